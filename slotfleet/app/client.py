@@ -1,0 +1,164 @@
+"""The client API: enqueue, get, wait, cancel and list jobs.
+
+:class:`App` is async; :class:`SyncApp` (``slotfleet.app.sync``) wraps it for scripts.
+Both talk to a :class:`~slotfleet.store.Store` chosen by DSN and nothing else: the app
+never runs jobs and never imports the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Sequence
+from types import TracebackType
+from typing import Any
+
+from slotfleet.app.decorator import JobFunction
+from slotfleet.models import (
+    InvalidJobError,
+    Job,
+    JobId,
+    JobNotFoundError,
+    JobState,
+    QueuedJob,
+    QueueStats,
+    Reference,
+    SlotfleetError,
+)
+from slotfleet.store import Store, dsn_from_env, open_store
+
+JobLike = Job | JobFunction[..., Any]
+RefLike = Reference | QueuedJob | int | str
+
+
+def job_id_of(ref: RefLike) -> JobId:
+    """The id behind a reference, a queued job, or a number as typed by a user."""
+    if isinstance(ref, Reference):
+        return ref.identifier
+    if isinstance(ref, QueuedJob):
+        return ref.id
+    try:
+        value = int(ref)
+    except (TypeError, ValueError):
+        raise JobNotFoundError(f"{ref!r} is not a job id (job ids are whole numbers)") from None
+    if value <= 0:
+        raise JobNotFoundError(f"{ref!r} is not a job id (job ids are positive)")
+    return JobId(value)
+
+
+def as_job(item: JobLike, kwargs: dict[str, Any]) -> Job:
+    if isinstance(item, JobFunction):
+        return item.with_kwargs(**kwargs)
+    if isinstance(item, Job):
+        if kwargs:
+            raise InvalidJobError(
+                "pass kwargs to job.with_options(kwargs=...) or to a @job function"
+            )
+        return item
+    raise InvalidJobError(
+        f"cannot enqueue {type(item).__name__}: expected a Job or a @job function"
+    )
+
+
+class App:
+    """A connection to a job store: ``async with App("postgresql://...") as app: ...``.
+
+    ``dsn`` defaults to ``$SLOTFLEET_DSN`` or the embedded ``sqlite:///slotfleet.db``.
+    """
+
+    def __init__(self, dsn: str | None = None) -> None:
+        self.dsn = dsn or dsn_from_env()
+        self._store: Store | None = None
+
+    async def open(self) -> App:
+        if self._store is None:
+            store = open_store(self.dsn)
+            await store.open()
+            self._store = store
+        return self
+
+    async def close(self) -> None:
+        if self._store is not None:
+            store, self._store = self._store, None
+            await store.close()
+
+    async def __aenter__(self) -> App:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise SlotfleetError(
+                "the app is not open: use 'async with App(...)' or await app.open()"
+            )
+        return self._store
+
+    async def enqueue(self, item: JobLike, /, **kwargs: Any) -> Reference:
+        """Queue one job (``enqueue(send_email, to="a@b")`` or ``enqueue(job)``)."""
+        [queued] = await self.store.enqueue([as_job(item, kwargs)])
+        return queued.ref
+
+    async def enqueue_many(self, items: Iterable[Job]) -> list[Reference]:
+        """Queue a batch in one round trip; references come back in input order."""
+        jobs = [as_job(item, {}) for item in items]
+        if not jobs:
+            return []
+        return [queued.ref for queued in await self.store.enqueue(jobs)]
+
+    async def get(self, ref: RefLike) -> QueuedJob:
+        job_id = job_id_of(ref)
+        found = await self.store.get(job_id)
+        if found is None:
+            raise JobNotFoundError(f"no job has id {job_id}")
+        return found
+
+    async def wait(
+        self, ref: RefLike, *, timeout: float | None = None, interval: float = 0.05
+    ) -> QueuedJob:
+        """Poll until the job is terminal; ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = interval
+        while True:
+            found = await self.get(ref)
+            if found.is_terminal:
+                return found
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {found.id} is still {found.state} after {timeout} s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def cancel(self, ref: RefLike) -> QueuedJob:
+        """Cancel a job: a pending one at once, a running one by its worker."""
+        job_id = job_id_of(ref)
+        found = await self.store.request_cancel(job_id)
+        if found is None:
+            raise JobNotFoundError(f"no job has id {job_id}")
+        return found
+
+    async def queues(self, queue: str | None = None) -> list[QueueStats]:
+        """Backlog and live slots per queue."""
+        return await self.store.queue_stats(queue)
+
+    async def list(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState | str] | None = None,
+        limit: int = 100,
+    ) -> list[QueuedJob]:
+        parsed = None
+        if states is not None:
+            try:
+                parsed = [JobState(s) for s in states]
+            except ValueError:
+                known = ", ".join(s.value for s in JobState)
+                raise InvalidJobError(f"unknown state in {list(states)} (known: {known})") from None
+        return await self.store.list_jobs(queue=queue, states=parsed, limit=limit)

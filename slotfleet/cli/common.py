@@ -1,0 +1,70 @@
+"""Shared pieces of the command line: the parser class, DSN option, output helpers.
+
+Every command reports bad input as one line on stderr (exit 2) and a failure as
+``error: <message>`` (exit 1); tracebacks are for bugs only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn, TypeVar
+
+from slotfleet.models import SlotfleetError
+
+T = TypeVar("T")
+Handler = Callable[[argparse.Namespace], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line with a pointer to ``--help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def add_dsn(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dsn",
+        default=None,
+        help="job store: sqlite:///path.db or postgresql://... "
+        "(default: $SLOTFLEET_DSN, else sqlite:///slotfleet.db)",
+    )
+
+
+def run_async(main: Awaitable[T]) -> T:
+    return asyncio.run(main)  # type: ignore[arg-type]
+
+
+def guarded(handler: Callable[[argparse.Namespace], int]) -> Handler:
+    """Turn slotfleet errors into one line and exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except SlotfleetError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except TimeoutError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*headers).rstrip())
+    for row in cells:
+        print(line.format(*row).rstrip())

@@ -1,0 +1,64 @@
+"""Plain data shared by every layer: jobs, references, queue settings, errors.
+
+This package is the bottom of the stack. It performs no I/O and imports nothing else
+from slotfleet, so the store, the worker, the operator and the CLI can all speak in
+the same terms without depending on one another.
+"""
+
+from slotfleet.models.errors import (
+    InvalidJobError,
+    InvalidSettingsError,
+    JobNotFoundError,
+    SlotfleetError,
+    StoreError,
+    StoreUnavailableError,
+    UnknownFunctionError,
+    describe_validation_error,
+)
+from slotfleet.models.jobs import (
+    TERMINAL_STATES,
+    Completion,
+    Job,
+    JobError,
+    JobId,
+    JobState,
+    Outcome,
+    QueuedJob,
+    Reference,
+    RetryPolicy,
+)
+from slotfleet.models.queues import (
+    ExecutorKind,
+    QueueSettings,
+    QueueStats,
+    RateLimit,
+    WorkerHeartbeat,
+    WorkerId,
+)
+
+__all__ = [
+    "TERMINAL_STATES",
+    "Completion",
+    "ExecutorKind",
+    "InvalidJobError",
+    "InvalidSettingsError",
+    "Job",
+    "JobError",
+    "JobId",
+    "JobNotFoundError",
+    "JobState",
+    "Outcome",
+    "QueueSettings",
+    "QueueStats",
+    "QueuedJob",
+    "RateLimit",
+    "Reference",
+    "RetryPolicy",
+    "SlotfleetError",
+    "StoreError",
+    "StoreUnavailableError",
+    "UnknownFunctionError",
+    "WorkerHeartbeat",
+    "WorkerId",
+    "describe_validation_error",
+]

@@ -1,0 +1,244 @@
+"""Jobs as the user declares them (:class:`Job`) and as the store holds them
+(:class:`QueuedJob`), plus the small values that travel between worker and store.
+
+A :class:`Job` is a frozen description: what to call, with which JSON kwargs, on which
+queue, with which retry and timeout policy. Enqueuing it yields a :class:`QueuedJob`,
+the store's row with an id, a state, attempts, lease and timestamps. Nothing here does
+I/O; validation (JSON-only kwargs, bounds) happens at construction so bad input is
+refused before it reaches a store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, NewType
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+
+from slotfleet.models.queues import QUEUE_NAME_PATTERN
+
+JobId = NewType("JobId", int)
+
+#: Largest encoded kwargs (or meta) accepted at enqueue; bigger payloads belong in
+#: object storage with a reference in the kwargs.
+MAX_PAYLOAD_BYTES = 1 << 20
+
+#: Deepest nesting of kwargs accepted at enqueue (JSON parsers and jsonb have limits).
+MAX_PAYLOAD_DEPTH = 64
+
+
+class JobState(StrEnum):
+    """Where a job is in its life. ``retrying`` is a pending job with a failed attempt."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRYING = "retrying"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+
+class RetryPolicy(BaseModel):
+    """Exponential backoff between attempts: ``min(cap, base * factor**(n-1))`` seconds
+    after failed attempt ``n``, spread by up to ``jitter`` (a fraction) either way."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    base: Annotated[float, Field(ge=0, le=86_400)] = 1.0
+    """Delay after the first failed attempt, in seconds."""
+    factor: Annotated[float, Field(ge=1, le=100)] = 2.0
+    """Multiplier applied for each further failed attempt."""
+    cap: Annotated[float, Field(ge=0, le=7 * 86_400)] = 300.0
+    """Longest delay, in seconds."""
+    jitter: Annotated[float, Field(ge=0, le=1)] = 0.1
+    """Random spread as a fraction of the delay (0.1 = plus or minus 10 %)."""
+
+    def delay(self, attempt: int, rand: float) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based).
+
+        ``rand`` is a number in [0, 1) supplied by the caller, so this stays pure.
+        """
+        exponent = min(max(attempt - 1, 0), 1000)
+        raw = self.base * self.factor**exponent if exponent < 1000 else math.inf
+        delay = min(self.cap, raw)
+        spread = delay * self.jitter * (2 * rand - 1)
+        return max(0.0, delay + spread)
+
+
+def _walk(value: Any, limit: int) -> tuple[int, bool]:
+    """Nesting depth of a JSON-like value (giving up past ``limit``) and whether any
+    string or key holds a NUL character (PostgreSQL's jsonb refuses those)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    deepest, has_nul = 0, False
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            break
+        if isinstance(item, str):
+            has_nul = has_nul or "\x00" in item
+        elif isinstance(item, dict):
+            has_nul = has_nul or any(isinstance(k, str) and "\x00" in k for k in item)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend((v, level + 1) for v in item)
+    return deepest, has_nul
+
+
+def check_json_payload(value: Any, what: str) -> None:
+    """Refuse ``value`` unless it encodes as strict JSON within the size and depth limits."""
+    depth, has_nul = _walk(value, MAX_PAYLOAD_DEPTH)
+    if depth > MAX_PAYLOAD_DEPTH:
+        raise ValueError(f"{what} is nested deeper than {MAX_PAYLOAD_DEPTH} levels")
+    if has_nul:
+        raise ValueError(f"{what} must not contain NUL characters")
+    try:
+        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{what} must be JSON-serializable: {exc}") from None
+    try:
+        size = len(encoded.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} contains a lone surrogate (not valid Unicode)") from None
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"{what} is {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}")
+
+
+class Job(BaseModel):
+    """What to run and how: the user's side of a job. Frozen; change it with
+    :meth:`with_options`.
+
+    ``func`` is an import path, ``"package.module:function"`` or
+    ``"package.module.function"``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    func: Annotated[str, Field(min_length=1, max_length=512)]
+    queue: Annotated[str, Field(min_length=1, max_length=63, pattern=QUEUE_NAME_PATTERN)] = (
+        "default"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    priority: Annotated[int, Field(ge=-32_768, le=32_767)] = 0
+    """Higher runs first; equal priorities run first in, first out."""
+    scheduled_at: datetime | None = None
+    """Not before this time (timezone-aware); ``None`` means now."""
+    max_attempts: Annotated[int, Field(ge=1, le=1000)] = 1
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout: Annotated[float, Field(gt=0, le=7 * 86_400)] | None = None
+    """Seconds one attempt may run before it is stopped and counted as failed."""
+    unique_key: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    """While a job with this key is not terminal, enqueuing another returns that job."""
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("func")
+    @classmethod
+    def _check_func(cls, value: str) -> str:
+        module, _, name = value.partition(":") if ":" in value else value.rpartition(".")
+        parts = [*module.split("."), *name.split(".")]
+        if not module or not name or not all(p.isidentifier() for p in parts):
+            raise ValueError(f"{value!r} is not an import path like 'package.module:function'")
+        return value
+
+    @field_validator("kwargs", "meta")
+    @classmethod
+    def _check_json(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        check_json_payload(value, info.field_name)
+        return value
+
+    @field_validator("scheduled_at")
+    @classmethod
+    def _check_aware(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("scheduled_at must be timezone-aware (for example datetime.now(UTC))")
+        return value
+
+    def with_options(self, **changes: Any) -> Job:
+        """A copy with ``changes`` applied and validated (``job.with_options(priority=5)``)."""
+        return type(self).model_validate({**self.model_dump(), **changes})
+
+
+class JobError(BaseModel):
+    """One failed attempt."""
+
+    model_config = ConfigDict(frozen=True)
+
+    attempt: int
+    error: str
+    traceback: str = ""
+    at: datetime
+
+
+class QueuedJob(Job):
+    """A job as the store holds it."""
+
+    id: JobId
+    state: JobState = JobState.PENDING
+    attempts: int = 0
+    result: JsonValue = None
+    errors: list[JobError] = Field(default_factory=list)
+    lease_owner: str | None = None
+    lease_expires_at: datetime | None = None
+    cancel_requested_at: datetime | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def ref(self) -> Reference:
+        return Reference(identifier=self.id)
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+class Reference(BaseModel):
+    """A handle on a queued job, as returned by ``enqueue`` and taken by ``cancel``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    identifier: JobId
+
+    def __str__(self) -> str:
+        return str(self.identifier)
+
+
+class Outcome(StrEnum):
+    """How an attempt ended, as the worker reports it to the store."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    RETRY = "retry"
+    CANCELLED = "cancelled"
+    RELEASED = "released"
+    """Handed back unfinished (drain): pending again, the attempt not counted."""
+
+
+class Completion(BaseModel):
+    """The end of one attempt, written by the worker that holds the job's lease.
+
+    The store applies it only while the job is still ``running`` under ``worker_id``'s
+    lease, so a late write from a worker that lost its lease changes nothing.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: JobId
+    worker_id: str
+    outcome: Outcome
+    result: JsonValue = None
+    error: JobError | None = None
+    retry_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Completion:
+        if self.outcome is Outcome.RETRY and self.retry_at is None:
+            raise ValueError("a retry needs retry_at")
+        return self

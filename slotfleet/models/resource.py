@@ -1,0 +1,263 @@
+"""The ``Queue`` custom resource (``slotfleet.dev/v1alpha1``) as pydantic models.
+
+These models are the one source of truth for the CRD: ``slotfleet crds`` turns them into
+the structural OpenAPI schema in ``crds/`` and the chart, and CI fails when the files
+drift. Field docstrings become the schema's descriptions, so ``kubectl explain queue.spec``
+shows them. Cross-field rules that the API server can check are written as CEL
+(``x-kubernetes-validations``) beside the model they constrain; what it cannot check
+(a Secret that does not exist, an unreachable database) the operator reports as
+conditions.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from slotfleet.models.queues import ExecutorKind, RateLimit
+
+GROUP = "slotfleet.dev"
+VERSION = "v1alpha1"
+KIND = "Queue"
+PLURAL = "queues"
+SINGULAR = "queue"
+SHORT_NAMES = ("sfq",)
+
+
+def _cel(rule: str, message: str) -> dict[str, Any]:
+    return {"rule": rule, "message": message}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+        alias_generator=to_camel,
+    )
+
+
+class SecretKeyRef(_Spec):
+    """A key of a Secret in the Queue's namespace."""
+
+    name: Annotated[str, Field(min_length=1, max_length=253)]
+    """Name of the Secret."""
+    key: Annotated[str, Field(min_length=1, max_length=253)] = "dsn"
+    """Key within the Secret whose value is used."""
+
+
+class StoreSpec(_Spec):
+    """Where the queue's jobs live. The DSN is only ever read from a Secret."""
+
+    secret_ref: SecretKeyRef = Field()
+    """Secret key holding the DSN, for example postgresql://user:pass@host:5432/db."""
+
+
+class ExecutorSpec(_Spec):
+    """How each worker runs jobs."""
+
+    kind: ExecutorKind = ExecutorKind.ASYNC
+    """async (coroutines), threads (a thread pool) or processes (a pool of child processes)."""
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 10
+    """Slots per worker pod: jobs one pod runs at once."""
+
+
+class AutoscalingMode(StrEnum):
+    OPERATOR = "operator"
+    HPA = "hpa"
+    OFF = "off"
+
+
+class AutoscalingSpec(_Spec):
+    """How the fleet follows demand. Desired pods =
+    ceil((busy + ready pending) / (concurrency * targetUtilization)), clamped."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+                ),
+            ]
+        }
+    )
+
+    mode: AutoscalingMode = AutoscalingMode.OPERATOR
+    """operator: the operator sizes the fleet; hpa: an HPA does, on a busy-slot metric;
+    off: spec.replicas is left to you (kubectl scale)."""
+    min_replicas: Annotated[int, Field(ge=0, le=1000)] = 0
+    """Fewest worker pods. 0 allows scale to zero after idleSeconds."""
+    max_replicas: Annotated[int, Field(ge=1, le=1000)] = 10
+    """Most worker pods."""
+    target_utilization: Annotated[float, Field(gt=0, le=1)] = 0.8
+    """Fraction of slots meant to be busy; lower keeps headroom for bursts."""
+    scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
+    """Scale down only to the highest desire seen within this window (no flapping)."""
+    idle_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
+    """With minReplicas 0: seconds with nothing pending or running before scaling to zero."""
+    max_scale_up_step: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Most pods added in one step; unset means no limit."""
+    max_scale_down_step: Annotated[int, Field(ge=1, le=1000)] | None = None
+    """Most pods removed in one step; unset means no limit."""
+
+
+class EnvVar(_Spec):
+    """A plain environment variable for worker containers."""
+
+    name: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    ]
+    """Variable name."""
+    value: str = ""
+    """Variable value."""
+
+
+class QueueSpec(_Spec):
+    """The desired state of a queue's worker fleet."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.replicas) || !has(self.autoscaling) || "
+                    "self.autoscaling.mode != 'operator' || "
+                    "self.replicas <= self.autoscaling.maxReplicas",
+                    "replicas must not exceed autoscaling.maxReplicas",
+                ),
+            ]
+        }
+    )
+
+    image: Annotated[str, Field(min_length=1, max_length=1024)] = (
+        "ghcr.io/slotfleet/slotfleet:0.1.0"
+    )
+    """Container image of the worker pods (the slotfleet image plus your task code)."""
+    image_pull_policy: Annotated[str, Field(alias="imagePullPolicy")] = "IfNotPresent"
+    """Always, IfNotPresent or Never."""
+    imports: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Python modules the worker imports at start (your task modules)."""
+    queue_name: (
+        Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=63,
+                pattern=r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$",
+            ),
+        ]
+        | None
+    ) = None
+    """Name of the queue jobs are enqueued to; defaults to the resource's name."""
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    """Executor kind and slots per pod."""
+    store: StoreSpec
+    """The job store shared by the fleet."""
+    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
+    """Worker pods wanted; the /scale subresource target (kubectl scale, an HPA or the operator)."""
+    autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
+    """How the fleet follows demand."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    """Extra environment variables for worker containers."""
+    resources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Container resources (requests/limits), as in a pod spec."""
+    polling_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    """Seconds between fetches when nothing wakes a worker earlier."""
+    rate_limit: RateLimit | None = Field(default=None)
+    """Job starts allowed per window across the whole fleet."""
+    paused: bool = False
+    """Stop fetching new jobs; running jobs finish."""
+    drain_timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
+    """Seconds a stopping worker lets running jobs finish before handing them back."""
+    metrics_port: Annotated[int, Field(ge=1024, le=65535)] = 9464
+    """Container port of the workers' /metrics, /healthz and /readyz."""
+    metrics_service: bool = Field(default=True)
+    """Create a headless Service selecting the worker pods' metrics port."""
+    pod_monitor: bool = Field(default=False)
+    """Create a Prometheus Operator PodMonitor (needs its CRD installed)."""
+
+    def effective_queue_name(self, resource_name: str) -> str:
+        return self.queue_name or resource_name
+
+
+class Condition(BaseModel):
+    """A standard Kubernetes condition."""
+
+    model_config = ConfigDict(
+        populate_by_name=True, use_attribute_docstrings=True, alias_generator=to_camel
+    )
+
+    type: str
+    """Ready, StoreReachable, Degraded or Scaling."""
+    status: str
+    """True, False or Unknown."""
+    reason: str = ""
+    """One CamelCase word."""
+    message: str = ""
+    """What happened, for a person."""
+    last_transition_time: str = Field(default="")
+    """When status last changed (RFC 3339)."""
+    observed_generation: int = Field(default=0)
+    """The spec generation this condition is about."""
+
+
+class SlotsStatus(BaseModel):
+    """Slots of the fleet's live workers, from their heartbeats."""
+
+    model_config = ConfigDict(
+        populate_by_name=True, use_attribute_docstrings=True, alias_generator=to_camel
+    )
+
+    total: int = 0
+    """All slots."""
+    busy: int = 0
+    """Slots running a job."""
+    free: int = 0
+    """Slots idle."""
+
+
+class CancellationEntry(BaseModel):
+    """A running job whose cancellation was requested; its worker stops it."""
+
+    model_config = ConfigDict(
+        populate_by_name=True, use_attribute_docstrings=True, alias_generator=to_camel
+    )
+
+    job: int
+    """Job id."""
+    requested_at: str = Field(default="")
+    """When the cancel was requested (RFC 3339)."""
+
+
+class QueueStatus(BaseModel):
+    """What the operator observed."""
+
+    model_config = ConfigDict(
+        populate_by_name=True, use_attribute_docstrings=True, alias_generator=to_camel
+    )
+
+    observed_generation: int = Field(default=0)
+    """The spec generation last reconciled."""
+    replicas: int = 0
+    """Worker pods that exist (the /scale status)."""
+    ready_replicas: int = Field(default=0)
+    """Worker pods ready."""
+    selector: str = ""
+    """Label selector of the worker pods (for /scale and HPAs)."""
+    slots: SlotsStatus = Field(default_factory=SlotsStatus)
+    """Slots across live workers."""
+    pending: int = 0
+    """Jobs ready to run and waiting for a slot."""
+    desired_replicas: int = Field(default=0)
+    """What the autoscaler last asked for."""
+    last_scale_time: str = Field(default="")
+    """When the autoscaler last changed replicas (RFC 3339)."""
+    cancellations: list[CancellationEntry] = Field(default_factory=list, max_length=100)
+    """Running jobs to cancel (bounded)."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Ready, StoreReachable, Degraded, Scaling."""

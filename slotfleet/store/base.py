@@ -1,0 +1,132 @@
+"""The store protocol: the only way the runtime touches persistent state.
+
+Both backends (``sqlite`` and ``postgres``) implement :class:`Store` and pass one
+contract suite (``tests/contract/test_store_contract.py``); nothing above this layer
+knows which one it talks to. Each method is one domain verb and, where it matters,
+one round trip: ``enqueue`` writes a batch in one statement, ``fetch`` claims up to
+``limit`` jobs in one statement, ``complete`` applies a batch of completions in one.
+
+What this layer is not: it makes no retry decisions (the executor base decides
+retry vs. fail and passes the outcome), it never imports user code, and it keeps no
+cache of job rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+from slotfleet.models import (
+    Completion,
+    Job,
+    JobId,
+    JobState,
+    QueuedJob,
+    QueueStats,
+    WorkerHeartbeat,
+)
+
+#: Seconds a fetched job's lease lasts unless its worker's heartbeat extends it. A job
+#: whose worker died is back in the queue within about this long.
+DEFAULT_LEASE_SECONDS = 15.0
+
+#: A worker whose heartbeat is older than this is not counted in slots or fleets.
+DEFAULT_WORKER_TTL_SECONDS = 30.0
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Persistent jobs, leases, worker heartbeats and rate-limit windows."""
+
+    dsn: str
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations. Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections. Safe to call twice."""
+
+    async def enqueue(self, jobs: Sequence[Job]) -> list[QueuedJob]:
+        """Insert ``jobs`` in one round trip and return them queued, in input order.
+
+        A job whose ``unique_key`` matches a non-terminal job (already stored, or
+        earlier in the same batch) is not inserted; that job is returned in its place.
+        """
+
+    async def get(self, job_id: JobId) -> QueuedJob | None:
+        """The job with that id, or ``None``."""
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] | None = None,
+        limit: int = 100,
+        after_id: JobId | None = None,
+    ) -> list[QueuedJob]:
+        """Jobs filtered by queue and states, newest first; ``after_id`` pages backwards."""
+
+    async def fetch(
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[QueuedJob]:
+        """Claim up to ``limit`` ready jobs of ``queue`` for ``worker_id``.
+
+        Ready means pending or retrying with ``scheduled_at <= now``; the order is
+        priority (high first), then scheduled time, then id. Claimed jobs become
+        ``running`` with ``attempts + 1``, ``started_at = now`` and a lease until
+        ``now + lease_seconds``. Two concurrent fetches never claim the same job.
+        """
+
+    async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
+        """Apply completions in one round trip; return the ids actually updated.
+
+        A completion applies only while its job is ``running`` and leased by its
+        ``worker_id``. ``RETRY`` makes the job ``retrying`` at ``retry_at``;
+        ``RELEASED`` makes it ``pending`` again and gives the attempt back;
+        ``SUCCEEDED``/``FAILED``/``CANCELLED`` are terminal. Errors are appended.
+        """
+
+    async def request_cancel(self, job_id: JobId) -> QueuedJob | None:
+        """Ask for a job to be cancelled. A pending, retrying job is cancelled at once;
+        a running one gets ``cancel_requested_at`` for its worker to act on; a
+        terminal one is left as it is. Returns the job afterwards, ``None`` if unknown."""
+
+    async def cancel_requests(
+        self, *, worker_id: str | None = None, queue: str | None = None
+    ) -> list[QueuedJob]:
+        """Running jobs with a cancel request, optionally only those leased by
+        ``worker_id`` or on ``queue``."""
+
+    async def heartbeat(self, beat: WorkerHeartbeat, lease_seconds: float) -> None:
+        """Record the worker's liveness and slots and extend the leases of the jobs it
+        holds to ``now + lease_seconds``."""
+
+    async def remove_worker(self, worker_id: str) -> None:
+        """Forget a worker that has stopped."""
+
+    async def workers(
+        self, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[WorkerHeartbeat]:
+        """Workers seen within ``ttl_seconds``."""
+
+    async def recover_expired(self) -> list[JobId]:
+        """Put running jobs whose lease has expired back in the queue (``retrying``
+        now, error ``lease expired`` recorded), or ``failed`` when they have used all
+        their attempts. Returns the ids it touched. Safe to run from every worker."""
+
+    async def queue_stats(
+        self, queue: str | None = None, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[QueueStats]:
+        """Backlog by state and live slots from heartbeats, per queue."""
+
+    async def take_rate_tokens(self, queue: str, wanted: int, count: int, period: float) -> int:
+        """Take up to ``wanted`` job starts from ``queue``'s shared window of ``count``
+        per ``period`` seconds; return how many were granted (possibly 0)."""
+
+    async def wait_for_jobs(self, queue: str, timeout: float) -> None:
+        """Return when a job may have become ready on ``queue`` or after ``timeout``
+        seconds. Postgres wakes on NOTIFY; SQLite simply sleeps."""
+
+    async def now(self) -> datetime:
+        """The store's clock (the database server's time on Postgres)."""

@@ -1,0 +1,54 @@
+"""The job store: the :class:`Store` protocol and :func:`open_store`, which picks a
+backend by DSN scheme.
+
+``sqlite:///path.db`` is the embedded default (a file several local workers share);
+``postgresql://...`` is for fleets. Backends are imported only when chosen, so
+importing this package does not load a database driver.
+"""
+
+from __future__ import annotations
+
+import os
+
+from slotfleet.models import InvalidSettingsError
+from slotfleet.store.base import DEFAULT_LEASE_SECONDS, DEFAULT_WORKER_TTL_SECONDS, Store
+
+#: The store used when neither ``--dsn`` nor ``SLOTFLEET_DSN`` names one.
+DEFAULT_DSN = "sqlite:///slotfleet.db"
+
+#: Environment variable holding the DSN.
+DSN_ENV = "SLOTFLEET_DSN"
+
+__all__ = [
+    "DEFAULT_DSN",
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_WORKER_TTL_SECONDS",
+    "DSN_ENV",
+    "Store",
+    "dsn_from_env",
+    "open_store",
+]
+
+
+def dsn_from_env() -> str:
+    """``$SLOTFLEET_DSN``, or :data:`DEFAULT_DSN` when unset or empty."""
+    return os.environ.get(DSN_ENV, "").strip() or DEFAULT_DSN
+
+
+def open_store(dsn: str) -> Store:
+    """A store for ``dsn``, not yet connected: ``await store.open()`` before use.
+
+    Raises :class:`InvalidSettingsError` for a DSN no backend understands.
+    """
+    scheme, sep, _ = dsn.partition("://")
+    scheme = scheme.lower()
+    if scheme == "sqlite" and sep:
+        from slotfleet.store.sqlite import SQLiteStore
+
+        return SQLiteStore(dsn)
+    if scheme in ("postgresql", "postgres") and sep:
+        from slotfleet.store.postgres import PostgresStore
+
+        return PostgresStore(dsn)
+    what = f"unsupported DSN scheme {scheme!r}" if sep else "the DSN has no scheme"
+    raise InvalidSettingsError(f"{what} (use sqlite:///path.db or postgresql://...)")

@@ -1,0 +1,358 @@
+"""The fleet store: PostgreSQL through psycopg 3 and a small connection pool.
+
+Connections are in autocommit mode and every verb is one statement (see
+``postgres_sql``), so a verb is one round trip. Times are the server's ``now()``, so
+workers on machines with skewed clocks agree on leases and schedules. Idle workers
+sleep in :meth:`PostgresStore.wait_for_jobs` on a dedicated LISTEN connection (not
+from the pool) and wake on ``NOTIFY`` from enqueues, retries and recovered jobs.
+
+What this is not: a general database layer. It runs only the named statements of
+``postgres_sql`` and keeps no cache of rows. Driver errors never escape: connection
+problems become :class:`StoreUnavailableError`, the rest :class:`StoreError`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import DictRow, dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from slotfleet.models import (
+    Completion,
+    Job,
+    JobId,
+    JobState,
+    QueuedJob,
+    QueueStats,
+    StoreError,
+    StoreUnavailableError,
+    WorkerHeartbeat,
+)
+from slotfleet.store import postgres_sql as sql
+from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
+from slotfleet.store.postgres_db import (
+    Conn,
+    check_idle,
+    job_row,
+    migrate,
+    parse_address,
+    utc,
+    worker_row,
+)
+from slotfleet.store.postgres_listen import Listener
+from slotfleet.store.rows import (
+    build_stats,
+    dedupe_completions,
+    error_json,
+    job_values,
+    one_line,
+)
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class PostgresStore:
+    """:class:`~slotfleet.store.Store` on PostgreSQL (``postgresql://...``)."""
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        """``min_size``/``max_size`` bound the pool (one worker needs few connections:
+        fetch, complete and heartbeat are short single statements); ``connect_timeout``
+        bounds both a new connection and waiting for a pooled one."""
+        self.dsn = dsn
+        self.address, params = parse_address(dsn)
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self._connect_kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
+        if "connect_timeout" not in params:
+            self._connect_kwargs["connect_timeout"] = max(1, round(connect_timeout))
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._listener: Listener | None = None
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
+        return StoreUnavailableError(
+            f"cannot reach the database at {self.address}: {one_line(exc)}"
+        )
+
+    async def _connect(self) -> Conn:
+        try:
+            return await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs)
+        except psycopg.Error as exc:
+            raise self._unavailable(exc) from exc
+
+    async def _run(self, body: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False) -> T:
+        """Run ``body`` on a pooled connection, translating driver errors. An idempotent
+        body is tried once more after a connection failure (a server restart leaves
+        dead connections in the pool; the retry gets a fresh one)."""
+        pool = self._pool
+        if pool is None:
+            raise StoreError("the store is not open: await store.open() first")
+        for attempt in (1, 2):
+            try:
+                async with pool.connection(timeout=self.connect_timeout) as conn:
+                    return await body(conn)
+            except PoolTimeout as exc:
+                raise StoreUnavailableError(
+                    f"cannot reach the database at {self.address}: no connection within "
+                    f"{self.connect_timeout:g}s"
+                ) from exc
+            except psycopg.OperationalError as exc:
+                with contextlib.suppress(Exception):
+                    await pool.check()
+                if not idempotent or attempt == 2:
+                    raise self._unavailable(exc) from exc
+                log.info("retrying after a connection failure: %s", one_line(exc))
+            except psycopg.Error as exc:
+                raise StoreError(f"database error: {one_line(exc)}") from exc
+        raise AssertionError("unreachable")
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        conn = await self._connect()
+        try:
+            async with conn:
+                await migrate(conn)
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot migrate the database: {one_line(exc)}") from exc
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs=self._connect_kwargs,
+            open=False,
+            timeout=self.connect_timeout,
+            check=check_idle,
+            name="slotfleet",
+        )
+        try:
+            await pool.open(wait=True, timeout=self.connect_timeout)
+        except PoolTimeout as exc:
+            await pool.close()
+            raise StoreUnavailableError(
+                f"cannot reach the database at {self.address}: pool not ready within "
+                f"{self.connect_timeout:g}s"
+            ) from exc
+        self._pool = pool
+
+    async def close(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            await listener.stop()
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    # -- jobs -------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[Job]) -> list[QueuedJob]:
+        if not jobs:
+            return []
+        names = (
+            *("queue", "func", "kwargs", "priority", "scheduled_at", "max_attempts"),
+            *("retry", "timeout", "unique_key", "meta"),
+        )
+        columns: dict[str, list[Any]] = {name: [] for name in names}
+        for job in jobs:
+            for name, value in job_values(job).items():
+                columns[name].append(Jsonb(value) if name in ("kwargs", "retry", "meta") else value)
+
+        async def body(conn: Conn) -> list[QueuedJob]:
+            cur = await conn.execute(sql.ENQUEUE, columns)
+            placed = {int(row["ord"]) - 1: job_row(row) for row in await cur.fetchall()}
+            missing = [i for i in range(len(jobs)) if i not in placed]
+            if missing:
+                # A concurrent enqueue committed one of our keys after this statement's
+                # snapshot: the conflict hid the row from it. Read those keys again.
+                keys = [jobs[i].unique_key for i in missing]
+                cur = await conn.execute(sql.FIND_ACTIVE_BY_KEYS, {"keys": keys})
+                by_key = {row["unique_key"]: job_row(row) for row in await cur.fetchall()}
+                for i in missing:
+                    key = jobs[i].unique_key
+                    if key not in by_key:
+                        raise StoreError(
+                            f"enqueue raced with a job of unique_key {key!r}; try again"
+                        )
+                    placed[i] = by_key[key]
+            return [placed[i] for i in range(len(jobs))]
+
+        return await self._run(body)
+
+    async def _one(self, query: str, params: dict[str, Any], *, idempotent: bool) -> DictRow | None:
+        async def body(conn: Conn) -> DictRow | None:
+            cur = await conn.execute(query, params)
+            return await cur.fetchone()
+
+        return await self._run(body, idempotent=idempotent)
+
+    async def _all(self, query: str, params: dict[str, Any], *, idempotent: bool) -> list[DictRow]:
+        async def body(conn: Conn) -> list[DictRow]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+        return await self._run(body, idempotent=idempotent)
+
+    async def get(self, job_id: JobId) -> QueuedJob | None:
+        row = await self._one(sql.GET_JOB, {"id": job_id}, idempotent=True)
+        return None if row is None else job_row(row)
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] | None = None,
+        limit: int = 100,
+        after_id: JobId | None = None,
+    ) -> list[QueuedJob]:
+        where = ["true"]
+        if queue is not None:
+            where.append("queue = %(queue)s")
+        if states is not None:
+            where.append("state = ANY(%(states)s::text[])")
+        if after_id is not None:
+            where.append("id < %(after_id)s")
+        query = (
+            f"SELECT * FROM slotfleet_jobs WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT %(limit)s"
+        )
+        params = {
+            "queue": queue,
+            "states": [JobState(s).value for s in states or ()],
+            "after_id": after_id,
+            "limit": limit,
+        }
+        return [job_row(r) for r in await self._all(query, params, idempotent=True)]
+
+    async def fetch(
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[QueuedJob]:
+        if limit <= 0:
+            return []
+        params = {
+            "queue": queue,
+            "worker_id": worker_id,
+            "limit": limit,
+            "lease_seconds": float(lease_seconds),
+        }
+        rows = await self._all(sql.FETCH, params, idempotent=False)
+        jobs = [job_row(r) for r in rows]
+        return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
+
+    async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
+        batch = dedupe_completions(completions)
+        if not batch:
+            return []
+        params: dict[str, list[Any]] = {
+            "id": [c.job_id for c in batch],
+            "worker_id": [c.worker_id for c in batch],
+            "outcome": [c.outcome.value for c in batch],
+            "result": [None if c.result is None else Jsonb(c.result) for c in batch],
+            "error": [None if (e := error_json(c)) is None else Jsonb(e) for c in batch],
+            "retry_at": [c.retry_at for c in batch],
+        }
+        # Idempotent: a repeated completion finds the job no longer running.
+        rows = await self._all(sql.COMPLETE, params, idempotent=True)
+        return [JobId(r["id"]) for r in rows]
+
+    async def request_cancel(self, job_id: JobId) -> QueuedJob | None:
+        row = await self._one(sql.REQUEST_CANCEL, {"id": job_id}, idempotent=True)
+        return None if row is None else job_row(row)
+
+    async def cancel_requests(
+        self, *, worker_id: str | None = None, queue: str | None = None
+    ) -> list[QueuedJob]:
+        query = (
+            "SELECT * FROM slotfleet_jobs WHERE state = 'running' "
+            "AND cancel_requested_at IS NOT NULL"
+        )
+        if worker_id is not None:
+            query += " AND lease_owner = %(worker_id)s"
+        if queue is not None:
+            query += " AND queue = %(queue)s"
+        params = {"worker_id": worker_id, "queue": queue}
+        return [
+            job_row(r) for r in await self._all(query + " ORDER BY id", params, idempotent=True)
+        ]
+
+    # -- workers and leases -----------------------------------------------------------
+
+    async def heartbeat(self, beat: WorkerHeartbeat, lease_seconds: float) -> None:
+        params = {
+            "worker_id": beat.worker_id,
+            "hostname": beat.hostname,
+            "pid": beat.pid,
+            "queues": Jsonb({k: list(v) for k, v in beat.queues.items()}),
+            "started_at": beat.started_at,
+            "draining": beat.draining,
+            "lease_seconds": float(lease_seconds),
+        }
+        await self._one(sql.HEARTBEAT, params, idempotent=True)
+
+    async def remove_worker(self, worker_id: str) -> None:
+        async def body(conn: Conn) -> None:
+            await conn.execute(sql.DELETE_WORKER, {"worker_id": worker_id})
+
+        await self._run(body, idempotent=True)
+
+    async def workers(
+        self, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[WorkerHeartbeat]:
+        rows = await self._all(sql.LIVE_WORKERS, {"ttl": float(ttl_seconds)}, idempotent=True)
+        return [worker_row(r) for r in rows]
+
+    async def recover_expired(self) -> list[JobId]:
+        rows = await self._all(sql.RECOVER_EXPIRED, {}, idempotent=True)
+        return [JobId(r["id"]) for r in rows]
+
+    async def queue_stats(
+        self, queue: str | None = None, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[QueueStats]:
+        async def body(conn: Conn) -> tuple[list[DictRow], list[DictRow]]:
+            counts = await (await conn.execute(sql.JOB_COUNTS, {"queue": queue})).fetchall()
+            live = await conn.execute(sql.LIVE_WORKERS, {"ttl": float(ttl_seconds)})
+            return counts, await live.fetchall()
+
+        counts, live = await self._run(body, idempotent=True)
+        return build_stats(counts, [worker_row(r) for r in live], queue)
+
+    async def take_rate_tokens(self, queue: str, wanted: int, count: int, period: float) -> int:
+        if wanted <= 0:
+            return 0
+        params = {"queue": queue, "wanted": wanted, "count": count, "period": float(period)}
+        row = await self._one(sql.TAKE_RATE_TOKENS, params, idempotent=False)
+        return 0 if row is None else int(row["granted"])
+
+    async def wait_for_jobs(self, queue: str, timeout: float) -> None:
+        if self._pool is None:
+            raise StoreError("the store is not open: await store.open() first")
+        if self._listener is None:
+            self._listener = Listener(self._connect, sql.CHANNEL)
+            self._listener.start()
+        await self._listener.wait(queue, timeout)
+
+    async def now(self) -> datetime:
+        row = await self._one(sql.NOW, {}, idempotent=True)
+        assert row is not None
+        return utc(row["now"])  # type: ignore[no-any-return]

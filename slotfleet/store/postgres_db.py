@@ -1,0 +1,84 @@
+"""PostgreSQL plumbing under :class:`~slotfleet.store.postgres.PostgresStore`: DSN
+parsing, the pool's connection check, migrations and row decoding. No verbs live here.
+"""
+
+from __future__ import annotations
+
+import select
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import DictRow
+
+from slotfleet.models import InvalidSettingsError, QueuedJob, WorkerHeartbeat
+from slotfleet.store import postgres_sql as sql
+from slotfleet.store.rows import JOB_COLUMNS, job_from_record, migration_scripts, one_line
+
+Conn = psycopg.AsyncConnection[DictRow]
+
+_TIME_COLUMNS = frozenset(
+    {
+        "scheduled_at",
+        "lease_expires_at",
+        "cancel_requested_at",
+        "created_at",
+        "started_at",
+        "completed_at",
+    }
+)
+
+
+def utc(value: Any) -> Any:
+    return value.astimezone(UTC) if isinstance(value, datetime) else value
+
+
+def job_row(row: DictRow) -> QueuedJob:
+    return job_from_record({k: utc(row[k]) if k in _TIME_COLUMNS else row[k] for k in JOB_COLUMNS})
+
+
+def worker_row(row: DictRow) -> WorkerHeartbeat:
+    return WorkerHeartbeat(
+        worker_id=row["worker_id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        queues={k: (int(v[0]), int(v[1])) for k, v in row["queues"].items()},
+        started_at=utc(row["started_at"]),
+        last_seen=utc(row["last_seen"]),
+        draining=row["draining"],
+    )
+
+
+async def check_idle(conn: Conn) -> None:
+    """Pool check on checkout, free in the common case: an idle autocommit connection
+    has nothing to read unless the server wrote to it (typically a FATAL before closing
+    it, as on a restart). Only then pay a round trip; if it fails, the pool discards the
+    connection and hands out another instead of failing the caller's statement."""
+    readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    if readable:
+        await conn.execute("")
+
+
+def parse_address(dsn: str) -> tuple[str, dict[str, Any]]:
+    """``host:port`` for messages, and the parsed connection parameters."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.Error as exc:
+        raise InvalidSettingsError(f"invalid PostgreSQL DSN: {one_line(exc)}") from exc
+    host = str(params.get("host") or params.get("hostaddr") or "localhost")
+    return f"{host}:{params.get('port') or 5432}", params
+
+
+async def migrate(conn: Conn) -> None:
+    """Apply missing migrations in one transaction under an advisory lock, so
+    workers starting together neither race nor apply a migration twice."""
+    async with conn.transaction():
+        await conn.execute(sql.LOCK_MIGRATIONS, {"key": sql.MIGRATION_LOCK_KEY})
+        await conn.execute(sql.MIGRATIONS_TABLE)
+        cur = await conn.execute(sql.APPLIED_VERSIONS)
+        applied = {row["version"] for row in await cur.fetchall()}
+        for version, name, script in migration_scripts("postgres"):
+            if version not in applied:
+                await conn.execute(script.encode())
+                await conn.execute(sql.RECORD_MIGRATION, {"version": version, "name": name})

@@ -1,0 +1,300 @@
+"""The SQL the PostgreSQL store runs, in one place. psycopg named parameters.
+
+Every verb is one statement (the store's connections are in autocommit mode, so one
+statement is one round trip and one transaction). Times come from the server's
+``now()``. Wake-ups go out on the ``slotfleet_jobs`` channel with the queue name as
+payload: from a statement-level trigger on insert, and from the statements that put
+jobs back in a queue (``complete`` for retry/release, ``recover_expired``).
+"""
+
+from __future__ import annotations
+
+from slotfleet.store.rows import JOB_COLUMNS
+
+CHANNEL = "slotfleet_jobs"
+
+#: Key of the transaction-level advisory lock held while migrating.
+MIGRATION_LOCK_KEY = 0x51_07F1_EE7
+
+
+def _cols(alias: str) -> str:
+    return ", ".join(f"{alias}.{name}" for name in JOB_COLUMNS)
+
+
+MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS slotfleet_migrations (
+    version integer PRIMARY KEY,
+    name text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now()
+)
+"""
+
+LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%(key)s)"
+
+APPLIED_VERSIONS = "SELECT version FROM slotfleet_migrations"
+
+RECORD_MIGRATION = "INSERT INTO slotfleet_migrations (version, name) VALUES (%(version)s, %(name)s)"
+
+# One statement for the whole batch. ``firsts`` keeps the first job of each unique_key
+# in the batch and takes ids from the sequence in input order (so FIFO follows input
+# order); the insert skips keys that a non-terminal stored job holds (the partial
+# unique index); the final SELECT maps every input position to the row it got: its own
+# insert, an earlier insert of the same key in this batch, or the stored job.
+ENQUEUE = f"""
+WITH input AS (
+    SELECT *
+    FROM unnest(
+        %(queue)s::text[], %(func)s::text[], %(kwargs)s::jsonb[], %(priority)s::smallint[],
+        %(scheduled_at)s::timestamptz[], %(max_attempts)s::integer[], %(retry)s::jsonb[],
+        %(timeout)s::float8[], %(unique_key)s::text[], %(meta)s::jsonb[]
+    ) WITH ORDINALITY AS t(
+        queue, func, kwargs, priority, scheduled_at, max_attempts, retry, timeout,
+        unique_key, meta, ord
+    )
+),
+firsts AS (
+    SELECT nextval('slotfleet_jobs_id_seq') AS id, x.*
+    FROM (
+        SELECT i.*, row_number() OVER (PARTITION BY i.unique_key ORDER BY i.ord) AS nth
+        FROM input AS i
+        ORDER BY i.ord
+    ) AS x
+    WHERE x.unique_key IS NULL OR x.nth = 1
+),
+inserted AS (
+    INSERT INTO slotfleet_jobs AS j (
+        id, queue, func, kwargs, priority, scheduled_at, max_attempts, retry, timeout,
+        unique_key, meta
+    )
+    SELECT f.id, f.queue, f.func, f.kwargs, f.priority, coalesce(f.scheduled_at, now()),
+        f.max_attempts, f.retry, f.timeout, f.unique_key, f.meta
+    FROM firsts AS f
+    ORDER BY f.ord
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying')
+        DO NOTHING
+    RETURNING j.*
+),
+placed AS (
+    SELECT f.ord, {_cols("ins")} FROM firsts AS f JOIN inserted AS ins ON ins.id = f.id
+)
+SELECT p.* FROM placed AS p
+UNION ALL
+SELECT i.ord, {_cols("p")}
+FROM input AS i JOIN placed AS p ON p.unique_key = i.unique_key AND p.ord <> i.ord
+UNION ALL
+SELECT i.ord, {_cols("s")}
+FROM input AS i
+JOIN slotfleet_jobs AS s
+    ON s.unique_key = i.unique_key AND s.state IN ('pending', 'running', 'retrying')
+WHERE NOT EXISTS (SELECT 1 FROM placed AS p WHERE p.unique_key = i.unique_key)
+ORDER BY 1
+"""
+
+# Used only when a concurrent enqueue committed a key after ENQUEUE took its snapshot.
+FIND_ACTIVE_BY_KEYS = """
+SELECT * FROM slotfleet_jobs
+WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 'retrying')
+"""
+
+GET_JOB = "SELECT * FROM slotfleet_jobs WHERE id = %(id)s"
+
+# The subquery walks slotfleet_jobs_fetch in index order and stops at LIMIT; SKIP
+# LOCKED lets concurrent fetches pass each other's claimed rows instead of waiting.
+FETCH = """
+UPDATE slotfleet_jobs AS j
+SET state = 'running',
+    attempts = j.attempts + 1,
+    started_at = now(),
+    lease_owner = %(worker_id)s,
+    lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+FROM (
+    SELECT id FROM slotfleet_jobs
+    WHERE queue = %(queue)s AND state IN ('pending', 'retrying') AND scheduled_at <= now()
+    ORDER BY priority DESC, scheduled_at, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS claimed
+WHERE j.id = claimed.id
+RETURNING j.*
+"""
+
+# Guarded by state and lease owner: a late write from a worker that lost its lease
+# matches no row. ``notified`` must be referenced by the final SELECT to run.
+COMPLETE = """
+WITH c AS (
+    SELECT *
+    FROM unnest(
+        %(id)s::bigint[], %(worker_id)s::text[], %(outcome)s::text[], %(result)s::jsonb[],
+        %(error)s::jsonb[], %(retry_at)s::timestamptz[]
+    ) AS t(id, worker_id, outcome, result, error, retry_at)
+),
+updated AS (
+    UPDATE slotfleet_jobs AS j
+    SET state = CASE
+            WHEN c.outcome IN ('retry', 'released') AND j.cancel_requested_at IS NOT NULL
+                THEN 'cancelled'
+            WHEN c.outcome = 'retry' THEN 'retrying'
+            WHEN c.outcome = 'released' THEN 'pending'
+            ELSE c.outcome
+        END,
+        attempts = CASE
+            WHEN c.outcome = 'released' THEN greatest(j.attempts - 1, 0) ELSE j.attempts
+        END,
+        scheduled_at = CASE
+            WHEN c.outcome = 'retry' AND j.cancel_requested_at IS NULL THEN c.retry_at
+            ELSE j.scheduled_at
+        END,
+        result = CASE WHEN c.outcome = 'succeeded' THEN c.result ELSE j.result END,
+        errors = CASE
+            WHEN c.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(c.error)
+        END,
+        completed_at = CASE
+            WHEN c.outcome IN ('retry', 'released') AND j.cancel_requested_at IS NULL THEN NULL
+            ELSE now()
+        END,
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    FROM c
+    WHERE j.id = c.id AND j.state = 'running' AND j.lease_owner = c.worker_id
+    RETURNING j.id, j.queue, j.state
+),
+notified AS (
+    SELECT pg_notify('slotfleet_jobs', q.queue) AS sent
+    FROM (SELECT DISTINCT queue FROM updated WHERE state IN ('pending', 'retrying')) AS q
+)
+SELECT u.id, n.sent FROM updated AS u CROSS JOIN (SELECT count(*) AS sent FROM notified) AS n
+"""
+
+REQUEST_CANCEL = """
+WITH changed AS (
+    UPDATE slotfleet_jobs
+    SET state = CASE WHEN state IN ('pending', 'retrying') THEN 'cancelled' ELSE state END,
+        completed_at = CASE
+            WHEN state IN ('pending', 'retrying') THEN now() ELSE completed_at
+        END,
+        cancel_requested_at = coalesce(cancel_requested_at, now())
+    WHERE id = %(id)s AND state IN ('pending', 'running', 'retrying')
+    RETURNING *
+)
+SELECT * FROM changed
+UNION ALL
+SELECT * FROM slotfleet_jobs
+WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM changed)
+"""
+
+HEARTBEAT = """
+WITH beat AS (
+    INSERT INTO slotfleet_workers AS w
+        (worker_id, hostname, pid, queues, started_at, last_seen, draining)
+    VALUES (
+        %(worker_id)s, %(hostname)s, %(pid)s, %(queues)s,
+        coalesce(%(started_at)s::timestamptz, now()), now(), %(draining)s
+    )
+    ON CONFLICT (worker_id) DO UPDATE SET
+        hostname = excluded.hostname,
+        pid = excluded.pid,
+        queues = excluded.queues,
+        started_at = coalesce(%(started_at)s::timestamptz, w.started_at),
+        last_seen = now(),
+        draining = excluded.draining
+    RETURNING 1
+),
+leases AS (
+    UPDATE slotfleet_jobs
+    SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
+    WHERE state = 'running' AND lease_owner = %(worker_id)s
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM beat) AS beats, (SELECT count(*) FROM leases) AS leases
+"""
+
+DELETE_WORKER = "DELETE FROM slotfleet_workers WHERE worker_id = %(worker_id)s"
+
+LIVE_WORKERS = """
+SELECT * FROM slotfleet_workers
+WHERE last_seen > now() - make_interval(secs => %(ttl)s)
+ORDER BY worker_id
+"""
+
+# SKIP LOCKED: a job being completed or recovered by someone else right now is theirs;
+# FOR UPDATE re-checks the lease on the row's latest version, so a heartbeat that just
+# extended it wins.
+RECOVER_EXPIRED = """
+WITH updated AS (
+    UPDATE slotfleet_jobs AS j
+    SET state = CASE
+            WHEN j.cancel_requested_at IS NOT NULL THEN 'cancelled'
+            WHEN j.attempts >= j.max_attempts THEN 'failed'
+            ELSE 'retrying'
+        END,
+        scheduled_at = CASE
+            WHEN j.cancel_requested_at IS NULL AND j.attempts < j.max_attempts THEN now()
+            ELSE j.scheduled_at
+        END,
+        completed_at = CASE
+            WHEN j.cancel_requested_at IS NULL AND j.attempts < j.max_attempts THEN NULL
+            ELSE now()
+        END,
+        errors = j.errors || jsonb_build_array(jsonb_build_object(
+            'attempt', j.attempts,
+            'error', 'lease expired (worker ' || coalesce(j.lease_owner, 'unknown')
+                || ' stopped heartbeating)',
+            'traceback', '',
+            'at', now()
+        )),
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    FROM (
+        SELECT id FROM slotfleet_jobs
+        WHERE state = 'running' AND lease_expires_at < now()
+        FOR UPDATE SKIP LOCKED
+    ) AS expired
+    WHERE j.id = expired.id
+    RETURNING j.id, j.queue, j.state
+),
+notified AS (
+    SELECT pg_notify('slotfleet_jobs', q.queue) AS sent
+    FROM (SELECT DISTINCT queue FROM updated WHERE state = 'retrying') AS q
+)
+SELECT u.id, n.sent FROM updated AS u CROSS JOIN (SELECT count(*) AS sent FROM notified) AS n
+"""
+
+JOB_COUNTS = """
+SELECT queue,
+    count(*) FILTER (WHERE state IN ('pending', 'retrying') AND scheduled_at <= now()) AS ready,
+    count(*) FILTER (WHERE state IN ('pending', 'retrying') AND scheduled_at > now())
+        AS scheduled,
+    count(*) FILTER (WHERE state = 'running') AS running,
+    count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+    count(*) FILTER (WHERE state = 'failed') AS failed,
+    count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+FROM slotfleet_jobs
+WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
+GROUP BY queue
+"""
+
+# One window per queue; ``granted`` records this take so RETURNING can report it (all
+# SET expressions read the row as it was before the statement).
+TAKE_RATE_TOKENS = """
+INSERT INTO slotfleet_rate_limits AS r (queue, window_start, used, granted)
+VALUES (%(queue)s, now(), least(%(wanted)s, %(count)s), least(%(wanted)s, %(count)s))
+ON CONFLICT (queue) DO UPDATE SET
+    window_start = CASE
+        WHEN r.window_start + make_interval(secs => %(period)s) <= now() THEN now()
+        ELSE r.window_start
+    END,
+    granted = CASE
+        WHEN r.window_start + make_interval(secs => %(period)s) <= now()
+            THEN least(%(wanted)s, %(count)s)
+        ELSE least(%(wanted)s, greatest(%(count)s - r.used, 0))
+    END,
+    used = CASE
+        WHEN r.window_start + make_interval(secs => %(period)s) <= now()
+            THEN least(%(wanted)s, %(count)s)
+        ELSE r.used + least(%(wanted)s, greatest(%(count)s - r.used, 0))
+    END
+RETURNING granted
+"""
+
+NOW = "SELECT now() AS now"

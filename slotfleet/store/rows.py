@@ -1,0 +1,144 @@
+"""What both store backends share: row <-> model conversion, migrations on disk,
+stats assembly and error text.
+
+Each backend turns its driver's row into a plain dict of Python values (datetimes,
+decoded JSON); :func:`job_from_record` validates it into a :class:`QueuedJob`. This
+module runs no SQL and knows no driver.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from importlib import resources
+from typing import Any
+
+from slotfleet.models import (
+    Completion,
+    Job,
+    JobState,
+    QueuedJob,
+    QueueStats,
+    WorkerHeartbeat,
+)
+
+#: Job columns in table order; every backend's job table has exactly these.
+JOB_COLUMNS = (
+    "id",
+    "queue",
+    "func",
+    "kwargs",
+    "priority",
+    "scheduled_at",
+    "max_attempts",
+    "retry",
+    "timeout",
+    "unique_key",
+    "meta",
+    "state",
+    "attempts",
+    "result",
+    "errors",
+    "lease_owner",
+    "lease_expires_at",
+    "cancel_requested_at",
+    "created_at",
+    "started_at",
+    "completed_at",
+)
+
+READY_STATES = (JobState.PENDING.value, JobState.RETRYING.value)
+ACTIVE_STATES = (JobState.PENDING.value, JobState.RUNNING.value, JobState.RETRYING.value)
+
+#: Stats counters filled from per-state counts (``ready``/``scheduled`` come separately).
+_STATE_FIELDS = ("running", "succeeded", "failed", "cancelled")
+
+
+def job_from_record(record: Mapping[str, Any]) -> QueuedJob:
+    """A validated :class:`QueuedJob` from a row already decoded to Python values."""
+    return QueuedJob.model_validate({name: record[name] for name in JOB_COLUMNS})
+
+
+def dump_json(value: Any) -> str:
+    """Compact JSON text as stored (models validated it is strict JSON already)."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def job_values(job: Job) -> dict[str, Any]:
+    """The user-given fields of ``job`` as storable Python values (JSON still decoded)."""
+    return {
+        "queue": job.queue,
+        "func": job.func,
+        "kwargs": job.kwargs,
+        "priority": job.priority,
+        "scheduled_at": job.scheduled_at,
+        "max_attempts": job.max_attempts,
+        "retry": job.retry.model_dump(mode="json"),
+        "timeout": job.timeout,
+        "unique_key": job.unique_key,
+        "meta": job.meta,
+    }
+
+
+def dedupe_completions(completions: Sequence[Completion]) -> list[Completion]:
+    """The first completion per job: a batch may name a job once."""
+    seen: set[int] = set()
+    kept = []
+    for completion in completions:
+        if completion.job_id not in seen:
+            seen.add(completion.job_id)
+            kept.append(completion)
+    return kept
+
+
+def error_json(completion: Completion) -> dict[str, Any] | None:
+    return None if completion.error is None else completion.error.model_dump(mode="json")
+
+
+def lease_expired_message(worker_id: str | None) -> str:
+    return f"lease expired (worker {worker_id or 'unknown'} stopped heartbeating)"
+
+
+def build_stats(
+    job_counts: Iterable[Mapping[str, Any]],
+    workers: Iterable[WorkerHeartbeat],
+    queue: str | None,
+) -> list[QueueStats]:
+    """Per-queue stats from rows ``{queue, ready, scheduled, running, succeeded, failed,
+    cancelled}`` and live workers; queues known only from workers are included, and a
+    named ``queue`` with neither jobs nor workers gets an all-zero entry."""
+    data: dict[str, dict[str, int]] = {}
+    for row in job_counts:
+        entry = data.setdefault(str(row["queue"]), {})
+        for name in ("ready", "scheduled", *_STATE_FIELDS):
+            entry[name] = entry.get(name, 0) + int(row[name] or 0)
+    for beat in workers:
+        for name, (total, busy) in beat.queues.items():
+            if queue is not None and name != queue:
+                continue
+            entry = data.setdefault(name, {})
+            entry["workers"] = entry.get("workers", 0) + 1
+            entry["slots_total"] = entry.get("slots_total", 0) + int(total)
+            entry["slots_busy"] = entry.get("slots_busy", 0) + int(busy)
+    if queue is not None and queue not in data:
+        data[queue] = {}
+    return [QueueStats(queue=name, **data[name]) for name in sorted(data)]
+
+
+def migration_scripts(backend: str) -> list[tuple[int, str, str]]:
+    """``(version, name, sql)`` of ``migrations/<backend>/NNNN_name.sql``, in order."""
+    folder = resources.files("slotfleet.store").joinpath("migrations", backend)
+    found = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.endswith(".sql"):
+            continue
+        version = int(name.split("_", 1)[0])
+        found.append((version, name.removesuffix(".sql"), entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def one_line(exc: BaseException) -> str:
+    """The driver's message on one line (libpq's messages span several)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

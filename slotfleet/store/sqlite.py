@@ -1,0 +1,358 @@
+"""The embedded store: one SQLite file that several local worker processes share.
+
+Each :class:`SQLiteStore` owns one connection used from one dedicated thread (a
+single-thread executor), so the event loop never blocks on disk and the connection is
+never shared between threads. The file is in WAL mode; every write runs under
+``BEGIN IMMEDIATE`` (the database-wide write lock, waited for up to the busy timeout),
+which is what makes a select-then-update atomic across processes. Timestamps are UTC
+epoch seconds from this machine's clock.
+
+What this is not: a store for a fleet on several machines (use PostgreSQL), and it has
+no cross-process notifications: :meth:`wait_for_jobs` sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from slotfleet.models import (
+    Completion,
+    Job,
+    JobId,
+    JobState,
+    QueuedJob,
+    QueueStats,
+    StoreError,
+    StoreUnavailableError,
+    WorkerHeartbeat,
+)
+from slotfleet.store import sqlite_sql as sql
+from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
+from slotfleet.store.rows import (
+    build_stats,
+    dedupe_completions,
+    dump_json,
+    error_json,
+    job_values,
+    one_line,
+)
+from slotfleet.store.sqlite_db import (
+    connect,
+    epoch,
+    job_row,
+    migrate,
+    sqlite_path,
+    worker_row,
+    write,
+)
+
+T = TypeVar("T")
+
+#: Longest single sleep of :meth:`SQLiteStore.wait_for_jobs`: with no notifications
+#: between processes, this bounds how late a worker notices another process's job.
+MAX_WAIT_SECONDS = 1.0
+
+
+class SQLiteStore:
+    """:class:`~slotfleet.store.Store` on a SQLite file (``sqlite:///path.db``)."""
+
+    def __init__(self, dsn: str, *, busy_timeout: float = 30.0) -> None:
+        """``busy_timeout`` is how long a write waits for another process's write lock
+        before the store reports the database as unavailable."""
+        self.dsn = dsn
+        self.path = sqlite_path(dsn)
+        self.busy_timeout = busy_timeout
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._wakeups: dict[str, asyncio.Event] = {}
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    async def _call(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
+            raise StoreError("the store is not open: await store.open() first")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(executor, self._in_thread, body)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailableError(
+                f"cannot use the SQLite database at {self.path}: {one_line(exc)}"
+            ) from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite error on {self.path}: {one_line(exc)}") from exc
+
+    def _in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = connect(self.path, self.busy_timeout)
+        return body(self._conn)
+
+    def _wake(self, queues: Sequence[str]) -> None:
+        for queue in set(queues):
+            event = self._wakeups.pop(queue, None)
+            if event is not None:
+                event.set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotfleet-sqlite")
+        try:
+            await self._call(migrate)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+
+        def shut(_: object = None) -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(executor, shut)
+        finally:
+            executor.shutdown(wait=False)
+
+    # -- jobs -------------------------------------------------------------------------
+
+    async def enqueue(self, jobs: Sequence[Job]) -> list[QueuedJob]:
+        if not jobs:
+            return []
+        rows = [job_values(job) for job in jobs]
+
+        def body(conn: sqlite3.Connection) -> list[QueuedJob]:
+            now = time.time()
+            by_key: dict[str, QueuedJob] = {}
+            out = []
+            for values in rows:
+                key = values["unique_key"]
+                if key is not None:
+                    if key not in by_key:
+                        found = conn.execute(sql.FIND_ACTIVE_BY_KEY, {"unique_key": key}).fetchone()
+                        if found is not None:
+                            by_key[key] = job_row(found)
+                    if key in by_key:
+                        out.append(by_key[key])
+                        continue
+                params = {
+                    **values,
+                    "kwargs": dump_json(values["kwargs"]),
+                    "retry": dump_json(values["retry"]),
+                    "meta": dump_json(values["meta"]),
+                    "scheduled_at": now
+                    if values["scheduled_at"] is None
+                    else epoch(values["scheduled_at"]),
+                    "now": now,
+                }
+                job = job_row(conn.execute(sql.INSERT_JOB, params).fetchone())
+                if key is not None:
+                    by_key[key] = job
+                out.append(job)
+            return out
+
+        queued = await self._call(lambda conn: write(conn, body))
+        self._wake([job.queue for job in queued])
+        return queued
+
+    async def get(self, job_id: JobId) -> QueuedJob | None:
+        def body(conn: sqlite3.Connection) -> QueuedJob | None:
+            row = conn.execute(sql.GET_JOB, {"id": job_id}).fetchone()
+            return None if row is None else job_row(row)
+
+        return await self._call(body)
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] | None = None,
+        limit: int = 100,
+        after_id: JobId | None = None,
+    ) -> list[QueuedJob]:
+        where = ["1 = 1"]
+        params: dict[str, Any] = {"limit": limit, "queue": queue, "after_id": after_id}
+        if queue is not None:
+            where.append("queue = :queue")
+        if states is not None:
+            names = [f"state{i}" for i in range(len(states))]
+            where.append(f"state IN ({', '.join(':' + n for n in names) or 'NULL'})")
+            params.update({n: JobState(s).value for n, s in zip(names, states, strict=True)})
+        if after_id is not None:
+            where.append("id < :after_id")
+        query = (
+            f"SELECT * FROM slotfleet_jobs WHERE {' AND '.join(where)} "
+            "ORDER BY id DESC LIMIT :limit"
+        )
+        return await self._call(lambda conn: [job_row(r) for r in conn.execute(query, params)])
+
+    async def fetch(
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float
+    ) -> list[QueuedJob]:
+        if limit <= 0:
+            return []
+        params = {
+            "queue": queue,
+            "worker_id": worker_id,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+        }
+
+        def body(conn: sqlite3.Connection) -> list[QueuedJob]:
+            rows = conn.execute(sql.FETCH, {**params, "now": time.time()}).fetchall()
+            return [job_row(r) for r in rows]
+
+        jobs = await self._call(lambda conn: write(conn, body))
+        return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
+
+    async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
+        batch = dedupe_completions(completions)
+        if not batch:
+            return []
+
+        def body(conn: sqlite3.Connection) -> list[JobId]:
+            now = time.time()
+            done = []
+            for c in batch:
+                error = error_json(c)
+                row = conn.execute(
+                    sql.COMPLETE,
+                    {
+                        "id": c.job_id,
+                        "worker_id": c.worker_id,
+                        "outcome": c.outcome.value,
+                        "result": None if c.result is None else dump_json(c.result),
+                        "error": None if error is None else dump_json(error),
+                        "retry_at": epoch(c.retry_at),
+                        "now": now,
+                    },
+                ).fetchone()
+                if row is not None:
+                    done.append(JobId(row[0]))
+            return done
+
+        return await self._call(lambda conn: write(conn, body))
+
+    async def request_cancel(self, job_id: JobId) -> QueuedJob | None:
+        def body(conn: sqlite3.Connection) -> QueuedJob | None:
+            row = conn.execute(sql.REQUEST_CANCEL, {"id": job_id, "now": time.time()}).fetchone()
+            if row is None:
+                row = conn.execute(sql.GET_JOB, {"id": job_id}).fetchone()
+            return None if row is None else job_row(row)
+
+        return await self._call(lambda conn: write(conn, body))
+
+    async def cancel_requests(
+        self, *, worker_id: str | None = None, queue: str | None = None
+    ) -> list[QueuedJob]:
+        query = (
+            "SELECT * FROM slotfleet_jobs WHERE state = 'running' "
+            "AND cancel_requested_at IS NOT NULL"
+        )
+        if worker_id is not None:
+            query += " AND lease_owner = :worker_id"
+        if queue is not None:
+            query += " AND queue = :queue"
+        params = {"worker_id": worker_id, "queue": queue}
+        return await self._call(
+            lambda conn: [job_row(r) for r in conn.execute(query + " ORDER BY id", params)]
+        )
+
+    # -- workers and leases -----------------------------------------------------------
+
+    async def heartbeat(self, beat: WorkerHeartbeat, lease_seconds: float) -> None:
+        params = {
+            "worker_id": beat.worker_id,
+            "hostname": beat.hostname,
+            "pid": beat.pid,
+            "queues": dump_json({k: list(v) for k, v in beat.queues.items()}),
+            "started_at": epoch(beat.started_at),
+            "draining": int(beat.draining),
+            "lease_seconds": lease_seconds,
+        }
+
+        def body(conn: sqlite3.Connection) -> None:
+            now = time.time()
+            conn.execute(sql.UPSERT_WORKER, {**params, "now": now})
+            conn.execute(sql.EXTEND_LEASES, {**params, "now": now})
+
+        await self._call(lambda conn: write(conn, body))
+
+    async def remove_worker(self, worker_id: str) -> None:
+        await self._call(
+            lambda conn: write(
+                conn, lambda c: c.execute(sql.DELETE_WORKER, {"worker_id": worker_id})
+            )
+        )
+
+    async def workers(
+        self, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[WorkerHeartbeat]:
+        params = {"now": time.time(), "ttl": ttl_seconds}
+        return await self._call(
+            lambda conn: [worker_row(r) for r in conn.execute(sql.LIVE_WORKERS, params)]
+        )
+
+    async def recover_expired(self) -> list[JobId]:
+        def body(conn: sqlite3.Connection) -> list[JobId]:
+            now = time.time()
+            params = {"now": now, "now_iso": datetime.fromtimestamp(now, UTC).isoformat()}
+            return [JobId(r[0]) for r in conn.execute(sql.RECOVER_EXPIRED, params).fetchall()]
+
+        return await self._call(lambda conn: write(conn, body))
+
+    async def queue_stats(
+        self, queue: str | None = None, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[QueueStats]:
+        query = sql.JOB_COUNTS.format(where="" if queue is None else "WHERE queue = :queue")
+
+        def body(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[WorkerHeartbeat]]:
+            now = time.time()
+            counts = conn.execute(query, {"now": now, "queue": queue}).fetchall()
+            live = conn.execute(sql.LIVE_WORKERS, {"now": now, "ttl": ttl_seconds}).fetchall()
+            return counts, [worker_row(r) for r in live]
+
+        counts, live = await self._call(body)
+        return build_stats([dict(zip(r.keys(), r, strict=True)) for r in counts], live, queue)
+
+    async def take_rate_tokens(self, queue: str, wanted: int, count: int, period: float) -> int:
+        if wanted <= 0:
+            return 0
+
+        def body(conn: sqlite3.Connection) -> int:
+            now = time.time()
+            row = conn.execute(sql.GET_RATE_WINDOW, {"queue": queue}).fetchone()
+            start, used = (now, 0) if row is None else (row[0], row[1])
+            if start + period <= now:
+                start, used = now, 0
+            granted = max(0, min(wanted, count - used))
+            conn.execute(
+                sql.PUT_RATE_WINDOW, {"queue": queue, "window_start": start, "used": used + granted}
+            )
+            return granted
+
+        return await self._call(lambda conn: write(conn, body))
+
+    async def wait_for_jobs(self, queue: str, timeout: float) -> None:
+        """Sleep up to ``min(timeout, MAX_WAIT_SECONDS)``; an enqueue through this same
+        store object wakes it at once (other processes are noticed on the next poll)."""
+        event = self._wakeups.setdefault(queue, asyncio.Event())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), max(0.0, min(timeout, MAX_WAIT_SECONDS)))
+
+    async def now(self) -> datetime:
+        return datetime.now(UTC)

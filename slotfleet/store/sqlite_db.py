@@ -1,0 +1,127 @@
+"""SQLite plumbing under :class:`~slotfleet.store.sqlite.SQLiteStore`: the connection,
+explicit write transactions, migrations and row decoding. No verbs live here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from slotfleet.models import InvalidSettingsError, QueuedJob, WorkerHeartbeat
+from slotfleet.store import sqlite_sql as sql
+from slotfleet.store.rows import job_from_record, migration_scripts
+
+T = TypeVar("T")
+
+_JSON_COLUMNS = ("kwargs", "retry", "meta", "result", "errors")
+_TIME_COLUMNS = (
+    "scheduled_at",
+    "lease_expires_at",
+    "cancel_requested_at",
+    "created_at",
+    "started_at",
+    "completed_at",
+)
+
+
+_Transaction = Callable[[sqlite3.Connection], T]
+
+
+def sqlite_path(dsn: str) -> str:
+    """The file path in ``sqlite:///relative.db`` or ``sqlite:////absolute.db``."""
+    prefix = "sqlite:///"
+    if not dsn.startswith(prefix) or len(dsn) == len(prefix):
+        raise InvalidSettingsError(
+            f"invalid SQLite DSN {dsn!r} (use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db)"
+        )
+    return dsn[len(prefix) :]
+
+
+def epoch(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def job_row(row: sqlite3.Row) -> QueuedJob:
+    record: dict[str, Any] = dict(zip(row.keys(), row, strict=True))
+    for name in _JSON_COLUMNS:
+        if record[name] is not None:
+            record[name] = json.loads(record[name])
+    for name in _TIME_COLUMNS:
+        if record[name] is not None:
+            record[name] = datetime.fromtimestamp(record[name], UTC)
+    return job_from_record(record)
+
+
+def worker_row(row: sqlite3.Row) -> WorkerHeartbeat:
+    return WorkerHeartbeat(
+        worker_id=row["worker_id"],
+        hostname=row["hostname"],
+        pid=row["pid"],
+        queues={k: (int(v[0]), int(v[1])) for k, v in json.loads(row["queues"]).items()},
+        started_at=datetime.fromtimestamp(row["started_at"], UTC),
+        last_seen=datetime.fromtimestamp(row["last_seen"], UTC),
+        draining=bool(row["draining"]),
+    )
+
+
+def write(conn: sqlite3.Connection, body: _Transaction[T]) -> T:
+    """Run ``body`` under the database write lock, committing on success."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+def split_script(script: str) -> list[str]:
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    if current.strip() and not all(
+        ln.strip().startswith("--") or not ln.strip() for ln in current.splitlines()
+    ):
+        statements.append(current.strip())
+    return statements
+
+
+def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit), WAL, busy timeout."""
+    conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Apply missing migrations under the write lock (concurrent openers wait)."""
+
+    def body(conn: sqlite3.Connection) -> None:
+        conn.execute(sql.MIGRATIONS_TABLE)
+        applied = {row[0] for row in conn.execute(sql.APPLIED_VERSIONS)}
+        for version, name, script in migration_scripts("sqlite"):
+            if version in applied:
+                continue
+            for statement in split_script(script):
+                conn.execute(statement)
+            conn.execute(
+                sql.RECORD_MIGRATION, {"version": version, "name": name, "now": time.time()}
+            )
+
+    write(conn, body)

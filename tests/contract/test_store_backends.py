@@ -1,0 +1,240 @@
+"""What only one backend can show: DSNs and connection errors, query plans, statement
+counts, NOTIFY wake-ups and surviving a PostgreSQL restart."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from slotfleet.models import InvalidSettingsError, Job, StoreError, StoreUnavailableError
+from slotfleet.store import DEFAULT_DSN, Store, dsn_from_env, open_store, postgres_sql
+from slotfleet.store.postgres import PostgresStore
+from slotfleet.store.sqlite import SQLiteStore
+from tests.fixtures.postgres import PostgresServer
+
+FETCH_PLAN_SQL = """
+SELECT id FROM slotfleet_jobs
+WHERE queue = 'default' AND state IN ('pending', 'retrying') AND scheduled_at <= {now}
+ORDER BY priority DESC, scheduled_at, id
+LIMIT 10
+"""
+
+
+FETCH_PARAMS = {"queue": "default", "worker_id": "w", "limit": 10, "lease_seconds": 15.0}
+
+
+def job(**changes: object) -> Job:
+    return Job.model_validate({"func": "tests.tasks:add", **changes})
+
+
+# -- DSNs and errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dsn", ["mysql://x/y", "nonsense", "", "sqlite://", "sqlite:///"])
+def test_bad_dsn_is_one_clear_line(dsn: str) -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        open_store(dsn)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "sqlite:///" in message
+
+
+def test_dsn_schemes_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(open_store("sqlite:///rel/jobs.db"), SQLiteStore)
+    assert SQLiteStore("sqlite:///rel/jobs.db").path == "rel/jobs.db"
+    assert SQLiteStore("sqlite:////abs/jobs.db").path == "/abs/jobs.db"
+    assert isinstance(open_store("postgresql://u@h:5433/db"), PostgresStore)
+    assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
+    assert PostgresStore("postgres://u:secret@db.example:6543/x").address == "db.example:6543"
+    monkeypatch.delenv("SLOTFLEET_DSN", raising=False)
+    assert dsn_from_env() == DEFAULT_DSN
+    monkeypatch.setenv("SLOTFLEET_DSN", "postgresql://h/db")
+    assert dsn_from_env() == "postgresql://h/db"
+
+
+async def test_unreachable_postgres_is_one_line_with_the_address() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/x")
+    with pytest.raises(StoreUnavailableError) as info:
+        await store.open()
+    message = str(info.value)
+    assert message.startswith("cannot reach the database at 127.0.0.1:1: ")
+    assert "\n" not in message
+    assert isinstance(info.value.__cause__, psycopg.Error)
+    await store.close()
+
+
+async def test_unopenable_sqlite_file_is_store_unavailable(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/missing-dir/jobs.db")
+    with pytest.raises(StoreUnavailableError) as info:
+        await store.open()
+    assert "\n" not in str(info.value)
+    assert "missing-dir" in str(info.value)
+    assert isinstance(info.value.__cause__, sqlite3.Error)
+
+
+async def test_store_used_before_open_says_so(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="not open"):
+        await open_store(f"sqlite:///{tmp_path}/a.db").get(1)  # type: ignore[arg-type]
+
+
+# -- SQLite ---------------------------------------------------------------------------
+
+
+async def test_sqlite_fetch_walks_the_fetch_index_without_sorting(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path}/jobs.db")
+    await store.open()
+    await store.close()
+    with sqlite3.connect(tmp_path / "jobs.db") as conn:
+        plan = conn.execute("EXPLAIN QUERY PLAN " + FETCH_PLAN_SQL.format(now=1e12)).fetchall()
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    conn.close()
+    details = " | ".join(row[-1] for row in plan)
+    assert "slotfleet_jobs_fetch" in details
+    assert "TEMP B-TREE" not in details
+    assert mode == "wal"
+
+
+# -- PostgreSQL -----------------------------------------------------------------------
+
+
+@pytest.fixture
+async def pg_store(postgres_dsn: str) -> Store:
+    store = open_store(postgres_dsn)
+    await store.open()
+    return store
+
+
+@pytest.mark.postgres
+async def test_postgres_fetch_is_an_index_scan_on_100k_rows_after_empty_analyze(
+    postgres_dsn: str,
+) -> None:
+    store = open_store(postgres_dsn)
+    await store.open()
+    await store.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        await conn.execute("ANALYZE slotfleet_jobs")  # statistics say: empty
+        await conn.execute(
+            """
+            INSERT INTO slotfleet_jobs (queue, func, priority, state, scheduled_at)
+            SELECT CASE WHEN g % 10 = 0 THEN 'default' ELSE 'q' || (g % 7) END,
+                   'tests.tasks:add',
+                   (g % 5)::smallint,
+                   CASE WHEN g % 3 = 0 THEN 'succeeded' ELSE 'pending' END,
+                   now() - make_interval(secs => g)
+            FROM generate_series(1, 100000) AS g
+            """
+        )
+        for statistics in ("stale (analyzed while empty)", "fresh"):
+            # EXPLAIN (not ANALYZE) of the store's real statement claims nothing.
+            cur = await conn.execute("EXPLAIN " + postgres_sql.FETCH, FETCH_PARAMS)
+            plan = "\n".join(str(row[0]) for row in await cur.fetchall())
+            assert "Scan using slotfleet_jobs_fetch" in plan, (statistics, plan)
+            assert "Sort" not in plan, (statistics, plan)
+            assert "Seq Scan" not in plan, (statistics, plan)
+            await conn.execute("ANALYZE slotfleet_jobs")
+        # psycopg prepares a statement after a few runs: the generic plan must agree.
+        prepared = postgres_sql.FETCH
+        for n, name in enumerate(("queue", "worker_id", "lease_seconds", "limit"), 1):
+            prepared = prepared.replace(f"%({name})s", f"${n}")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        await conn.execute(f"PREPARE fetch_jobs(text, text, float8, int) AS {prepared}")
+        cur = await conn.execute("EXPLAIN EXECUTE fetch_jobs('default', 'w', 15.0, 10)")
+        plan = "\n".join(str(row[0]) for row in await cur.fetchall())
+        assert "Scan using slotfleet_jobs_fetch" in plan, plan
+        assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
+async def test_postgres_enqueue_of_1000_jobs_is_one_statement(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    store = open_store(postgres_dsn)
+    await store.open()
+    jobs = [job(kwargs={"i": i}, unique_key=f"k{i % 900}") for i in range(1000)]
+    executed: list[str] = []
+    original = psycopg.AsyncConnection.execute
+
+    async def counting(self: psycopg.AsyncConnection[Any], query: Any, *a: Any, **kw: Any) -> Any:
+        executed.append(str(query)[:60])
+        return await original(self, query, *a, **kw)
+
+    if postgres_server.stat_statements:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            await conn.execute("SELECT pg_stat_statements_reset()")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(psycopg.AsyncConnection, "execute", counting)
+        queued = await store.enqueue(jobs)
+    assert len(executed) == 1, executed
+    assert len(queued) == 1000
+    assert len({q.id for q in queued}) == 900
+    assert [q.kwargs["i"] for q in queued[:900]] == list(range(900))
+    assert [q.id for q in queued[900:]] == [q.id for q in queued[:100]]
+    if postgres_server.stat_statements:
+        async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT query, calls FROM pg_stat_statements "
+                "WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                "AND query NOT ILIKE '%pg_stat_statements%'"
+            )
+            rows = await cur.fetchall()
+        assert sum(int(calls) for _, calls in rows) == 1, rows
+    await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_wait_for_jobs_wakes_on_enqueue_from_another_store(
+    postgres_dsn: str,
+) -> None:
+    waiter, producer = open_store(postgres_dsn), open_store(postgres_dsn)
+    await waiter.open()
+    await producer.open()
+    try:
+        await waiter.wait_for_jobs("default", 0.01)  # starts listening
+        started = time.monotonic()
+        task = asyncio.create_task(waiter.wait_for_jobs("default", 10))
+        await asyncio.sleep(0.2)
+        await producer.enqueue([job(queue="other")])  # another queue does not wake it
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        await producer.enqueue([job()])
+        await asyncio.wait_for(task, 10)
+        assert time.monotonic() - started < 5
+    finally:
+        await waiter.close()
+        await producer.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_survives_a_server_restart(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    store, producer = open_store(postgres_dsn), open_store(postgres_dsn)
+    await store.open()
+    await producer.open()
+    try:
+        [queued] = await store.enqueue([job()])
+        await store.wait_for_jobs("default", 0.01)  # listening
+        await asyncio.to_thread(postgres_server.restart)
+        # Idempotent reads retry once on a fresh connection.
+        assert await store.get(queued.id) == queued
+        # The listener reconnects and wakes again.
+        deadline = time.monotonic() + 20
+        while True:
+            task = asyncio.create_task(store.wait_for_jobs("default", 10))
+            await asyncio.sleep(0.3)
+            await producer.enqueue([job()])
+            started = time.monotonic()
+            await asyncio.wait_for(task, 15)
+            if time.monotonic() - started < 5 or time.monotonic() > deadline:
+                break
+        assert time.monotonic() - started < 5
+    finally:
+        await store.close()
+        await producer.close()

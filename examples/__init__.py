@@ -1,0 +1,1 @@
+"""Examples: a Queue manifest and the task module its workers import."""

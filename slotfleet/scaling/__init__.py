@@ -1,0 +1,15 @@
+"""The autoscaler shared by the operator and the local fleet: pure, no I/O, no clock.
+
+See :mod:`slotfleet.scaling.autoscaler` for the rules and why they size on demand.
+"""
+
+from slotfleet.scaling.autoscaler import (
+    Autoscaler,
+    Decision,
+    Observation,
+    ScalerState,
+    decide,
+    raw_replicas,
+)
+
+__all__ = ["Autoscaler", "Decision", "Observation", "ScalerState", "decide", "raw_replicas"]

@@ -1,0 +1,11 @@
+"""Tiny jobs for the local-fleet integration test (imported by real worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+
+
+async def nap(seconds: float) -> float:
+    """Sleep ``seconds`` and return it: a job that holds a slot for a known time."""
+    await asyncio.sleep(seconds)
+    return seconds

@@ -1,0 +1,349 @@
+"""The local fleet's sizing, victim choice and lifecycle, with fake processes and store."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from slotfleet.cli import fleet_cmd
+from slotfleet.cli.common import Parser
+from slotfleet.fleet import (
+    LocalFleet,
+    QueueManifest,
+    choose_victims,
+    load_queue_manifest,
+    parse_queue_manifest,
+    worker_command,
+)
+from slotfleet.fleet.runner import KILL_GRACE_SECONDS, Process
+from slotfleet.models import InvalidSettingsError, QueueStats, RateLimit, WorkerHeartbeat
+from slotfleet.models.resource import QueueSpec
+from slotfleet.store.base import Store
+
+EXAMPLE = Path(__file__).parents[2] / "examples" / "queue.yaml"
+
+
+def manifest(**autoscaling: Any) -> QueueManifest:
+    scaling = {
+        "minReplicas": 0,
+        "maxReplicas": 5,
+        "targetUtilization": 0.8,
+        "scaleDownStabilizationSeconds": 0,
+        "idleSeconds": 10,
+        **autoscaling,
+    }
+    spec = QueueSpec.model_validate(
+        {
+            "imports": ["examples.tasks"],
+            "executor": {"kind": "async", "concurrency": 10},
+            "store": {"secretRef": {"name": "db"}},
+            "autoscaling": scaling,
+            "drainTimeoutSeconds": 5,
+        }
+    )
+    return QueueManifest(name="emails", spec=spec)
+
+
+@dataclass
+class FakeProcess:
+    pid: int
+    drains: bool = True
+    code: int | None = None
+    signals: list[str] = field(default_factory=list)
+
+    def poll(self) -> int | None:
+        return self.code
+
+    def terminate(self) -> None:
+        self.signals.append("TERM")
+        if self.drains:
+            self.code = 0
+
+    def kill(self) -> None:
+        self.signals.append("KILL")
+        self.code = -9
+
+
+@dataclass
+class FakeLauncher:
+    drains: bool = True
+    started: dict[str, FakeProcess] = field(default_factory=dict)
+
+    def start(self, worker_id: str) -> Process:
+        process = FakeProcess(pid=1000 + len(self.started), drains=self.drains)
+        self.started[worker_id] = process
+        return process
+
+
+@dataclass
+class FakeStore:
+    """Only what the fleet reads: queue stats and heartbeats."""
+
+    stats: QueueStats = field(default_factory=lambda: QueueStats(queue="emails"))
+    beats: list[WorkerHeartbeat] = field(default_factory=list)
+
+    async def queue_stats(self, queue: str | None = None, **_: Any) -> list[QueueStats]:
+        return [QueueStats(queue="other", ready=99), self.stats]
+
+    async def workers(self, **_: Any) -> list[WorkerHeartbeat]:
+        return self.beats
+
+
+@dataclass
+class Rig:
+    fleet: LocalFleet
+    store: FakeStore
+    launcher: FakeLauncher
+    lines: list[str]
+    now: list[float]
+
+    def tick(self, seconds: float = 1.0) -> None:
+        self.now[0] += seconds
+
+
+def rig(m: QueueManifest | None = None, *, drains: bool = True) -> Rig:
+    store, launcher, now = FakeStore(), FakeLauncher(drains=drains), [0.0]
+    lines: list[str] = []
+    fleet = LocalFleet(
+        manifest=m or manifest(),
+        store=cast(Store, store),
+        launcher=launcher,
+        clock=lambda: now[0],
+        say=lines.append,
+    )
+    return Rig(fleet, store, launcher, lines, now)
+
+
+def beat(worker_id: str, busy: int, total: int = 10) -> WorkerHeartbeat:
+    return WorkerHeartbeat(worker_id=worker_id, queues={"emails": (total, busy)})
+
+
+# --- victims -------------------------------------------------------------------------------
+
+
+def test_victims_are_idle_first_then_newest() -> None:
+    beats = [beat("a", 3), beat("b", 0), beat("c", 1), beat("d", 0)]
+    assert choose_victims(["a", "b", "c", "d"], beats, "emails", 3) == ["d", "b", "c"]
+
+
+def test_a_worker_without_heartbeat_counts_as_idle() -> None:
+    assert choose_victims(["a", "new"], [beat("a", 2)], "emails", 1) == ["new"]
+
+
+def test_busy_on_other_queues_is_ignored() -> None:
+    other = WorkerHeartbeat(worker_id="a", queues={"other": (10, 10)})
+    assert choose_victims(["a", "b"], [other, beat("b", 1)], "emails", 1) == ["a"]
+
+
+def test_no_victims_for_zero() -> None:
+    assert choose_victims(["a"], [], "emails", 0) == []
+
+
+# --- sizing --------------------------------------------------------------------------------
+
+
+async def test_scales_from_zero_on_demand() -> None:
+    r = rig()
+    r.store.stats = QueueStats(queue="emails", ready=37)
+    decision = await r.fleet.step()
+    assert decision.replicas == 5
+    assert list(r.launcher.started) == [f"fleet-{i}" for i in range(1, 6)]
+    assert r.lines == [
+        "emails: 0 -> 5 workers: scale from zero: 37 jobs need 5 pods"
+        " [ready 37, running 0, slots 0/0 busy]"
+    ]
+
+
+async def test_scale_down_stops_idle_workers_and_keeps_busy_ones() -> None:
+    r = rig()
+    r.store.stats = QueueStats(queue="emails", ready=37)
+    await r.fleet.step()
+    r.tick()
+    r.store.stats = QueueStats(queue="emails", running=3, slots_busy=3, slots_total=50)
+    r.store.beats = [
+        beat("fleet-1", 0),
+        beat("fleet-2", 3),
+        *(beat(f"fleet-{i}", 0) for i in (3, 4, 5)),
+    ]
+    decision = await r.fleet.step()
+    assert decision.replicas == 1
+    assert [w.id for w in r.fleet.active] == ["fleet-2"]
+    assert r.launcher.started["fleet-2"].signals == []
+    assert all(r.launcher.started[f"fleet-{i}"].signals == ["TERM"] for i in (1, 3, 4, 5))
+    assert "5 -> 1 workers: scale down: 3 jobs need 1 pod" in r.lines[-1]
+
+
+async def test_steady_state_reports_once() -> None:
+    r = rig()
+    r.store.stats = QueueStats(queue="emails", ready=5)
+    for _ in range(5):
+        await r.fleet.step()
+        r.tick()
+    assert len(r.lines) == 1
+    assert len(r.launcher.started) == 1
+
+
+async def test_a_crashed_worker_is_reported_and_replaced() -> None:
+    r = rig()
+    r.store.stats = QueueStats(queue="emails", ready=5)
+    await r.fleet.step()
+    r.launcher.started["fleet-1"].code = 1
+    r.tick()
+    await r.fleet.step()
+    assert "emails: worker fleet-1 exited with code 1" in r.lines
+    assert [w.id for w in r.fleet.active] == ["fleet-2"]
+
+
+async def test_a_worker_that_does_not_drain_is_killed() -> None:
+    r = rig(drains=False)
+    r.store.stats = QueueStats(queue="emails", ready=5)
+    await r.fleet.step()
+    r.store.stats = QueueStats(queue="emails")
+    r.tick(11)  # past idleSeconds
+    assert (await r.fleet.step()).replicas == 0
+    process = r.launcher.started["fleet-1"]
+    assert process.signals == ["TERM"]
+    r.tick(5 + KILL_GRACE_SECONDS + 1)
+    r.fleet.reap()
+    assert process.signals == ["TERM", "KILL"]
+    r.fleet.reap()
+    assert r.fleet.workers == {}
+
+
+async def test_mode_off_runs_spec_replicas() -> None:
+    m = manifest(mode="off")
+    m = QueueManifest(m.name, m.spec.model_copy(update={"replicas": 2}))
+    r = rig(m)
+    r.store.stats = QueueStats(queue="emails", ready=500)
+    assert (await r.fleet.step()).replicas == 2
+    assert len(r.launcher.started) == 2
+
+
+async def test_run_until_idle_scales_back_and_drains() -> None:
+    r = rig()
+    r.store.stats = QueueStats(queue="emails", ready=20)
+
+    async def work_done() -> None:
+        await asyncio.sleep(0.05)
+        r.store.stats = QueueStats(queue="emails")
+
+    task = asyncio.create_task(work_done())
+
+    def clock() -> float:
+        r.now[0] += 1.0  # every reading advances a second: idleSeconds passes quickly
+        return r.now[0]
+
+    r.fleet.clock = clock
+    await r.fleet.run(asyncio.Event(), interval=0.01, until_idle=True)
+    await task
+    assert r.fleet.workers == {}
+    assert any("scale from zero" in line for line in r.lines)
+    assert any("scale to zero" in line for line in r.lines)
+    assert r.lines[-1] == "emails: idle; stopping"
+
+
+async def test_run_stops_on_event_and_drains() -> None:
+    r = rig()
+    r.store.stats = QueueStats(queue="emails", ready=20)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+    await r.fleet.run(stop, interval=0.01)
+    assert r.fleet.workers == {}
+    assert all(p.signals == ["TERM"] for p in r.launcher.started.values())
+    assert "draining 3 worker(s)" in r.lines[-1]
+
+
+async def test_run_stops_after_duration() -> None:
+    r = rig()
+    await r.fleet.run(asyncio.Event(), interval=0.01, duration=0.0)
+    assert r.lines == []
+
+
+# --- command line and manifests ----------------------------------------------------------------
+
+
+def test_worker_command() -> None:
+    argv = worker_command(manifest(), "sqlite:///x.db", "fleet-3")
+    assert argv[:4] == [sys.executable, "-m", "slotfleet.cli.main", "worker"]
+    text = " ".join(argv[4:])
+    assert "--dsn sqlite:///x.db --queue emails:async:10 --worker-id fleet-3" in text
+    assert "--metrics-port 0" in text
+    assert "--drain-timeout 5" in text
+    assert text.endswith("--import examples.tasks")
+    m = manifest()
+    limited = QueueManifest(m.name, m.spec.model_copy(update={"rate_limit": RateLimit(count=5)}))
+    assert "--rate-limit 5/1 --import" in " ".join(worker_command(limited, "x", "w"))
+
+
+def test_example_manifest_is_valid() -> None:
+    m = load_queue_manifest(EXAMPLE)
+    assert m.queue == "emails"
+    assert m.spec.autoscaling.max_replicas == 5
+    assert m.spec.executor.concurrency == 20
+
+
+GOOD = """
+apiVersion: v1
+kind: Secret
+metadata: {name: db}
+---
+apiVersion: slotfleet.dev/v1alpha1
+kind: Queue
+metadata: {name: emails}
+spec:
+  queueName: mail
+  store: {secretRef: {name: db}}
+"""
+
+
+def test_a_secret_beside_the_queue_is_fine() -> None:
+    assert parse_queue_manifest(GOOD).queue == "mail"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: [", "q.yaml: not valid YAML at line 1"),
+        ("kind: Secret", "q.yaml: expected one document of kind Queue, found no"),
+        (GOOD + "---" + GOOD.split("---", 1)[1], "found 2"),
+        (GOOD.replace("slotfleet.dev/v1alpha1", "v1"), "apiVersion must be slotfleet.dev"),
+        (GOOD.replace("{name: emails}", "{}"), "metadata.name is required"),
+        (
+            GOOD.replace("queueName: mail", "executor: {concurrency: 0}"),
+            "q.yaml: spec: executor.concurrency: Input should be greater than or equal to 1",
+        ),
+        (GOOD.replace("queueName: mail", "bogus: 1"), "spec: bogus: Extra inputs"),
+    ],
+)
+def test_bad_manifests_are_one_line(text: str, message: str) -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        parse_queue_manifest(text, "q.yaml")
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_reports_a_bad_manifest_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "q.yaml"
+    path.write_text(GOOD.replace("queueName: mail", "replicas: -1"))
+    parser = Parser(prog="slotfleet")
+    fleet_cmd.register(parser.add_subparsers(parser_class=Parser))
+    args = parser.parse_args(["fleet", "-f", str(path), "--dsn", f"sqlite:///{tmp_path}/x.db"])
+    assert args.handler(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: {path}: spec: replicas:")
+
+
+def test_cli_reports_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    parser = Parser(prog="slotfleet")
+    fleet_cmd.register(parser.add_subparsers(parser_class=Parser))
+    args = parser.parse_args(["fleet", "-f", str(tmp_path / "nope.yaml")])
+    assert args.handler(args) == 1
+    assert "nope.yaml: cannot read: No such file or directory" in capsys.readouterr().err

@@ -10,7 +10,14 @@ from slotfleet import __version__
 from slotfleet.cli.common import Parser
 
 #: Modules that each add subcommands through ``register(subparsers)``.
-COMMAND_MODULES = ("slotfleet.cli.jobs_cmd",)
+COMMAND_MODULES = (
+    "slotfleet.cli.worker_cmd",
+    "slotfleet.cli.jobs_cmd",
+    "slotfleet.cli.fleet_cmd",
+    "slotfleet.cli.operator_cmd",
+    "slotfleet.cli.crds_cmd",
+    "slotfleet.cli.demo",
+)
 
 
 def build_parser() -> Parser:

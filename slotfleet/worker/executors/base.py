@@ -1,0 +1,327 @@
+"""The executor contract and the completion logic every executor shares.
+
+An executor runs the jobs of one queue for one worker. It keeps the public shape of the
+seed API (``Executor(worker, queue)``, ``push``, ``cancel``, ``stop``, ``concurrency``,
+``free_slots``, ``get_function_and_kwargs``, ``on_job_starting``, ``on_job_completed``),
+and this base owns what happens when an attempt ends: :meth:`Executor.on_job_completed`
+turns a result or an exception into a :class:`~slotfleet.models.Completion` (succeeded,
+retry with backoff, failed, cancelled or released) and hands it to the worker, which
+batches the writes. Subclasses only decide *where* a job runs and *how* it is
+interrupted.
+
+Slot accounting: a slot is busy from ``push`` until the job's code has really stopped
+running (a thread that ignores its cancel token keeps its slot), so ``free_slots`` never
+promises capacity the executor does not have.
+
+Outcomes, in one place:
+
+- a return value must encode as strict JSON (within the store's payload limits); if it
+  does not, the attempt fails with "result of type X is not JSON-serializable";
+- an exception fails the attempt: ``retry`` at ``now + job.retry.delay(attempt)``
+  while attempts remain, else ``failed``; the error is recorded as "ExcType: message"
+  with its traceback;
+- a function that cannot be imported (missing module or attribute, or its module
+  raised on import) is an ordinary failure, retries included: during a rolling deploy
+  the retry may well land on a worker that has the new code. With the default
+  ``max_attempts=1`` it fails at once;
+- a timeout fails the attempt with "timed out after Ns" (retry rules apply); a cancel
+  ends it ``cancelled``; a drain hands it back (``released``, attempt not counted).
+
+What this module is not: it does not fetch jobs, talk to the store or decide how many
+jobs to push; that is the worker's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import traceback
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from slotfleet.models import (
+    Completion,
+    JobError,
+    JobId,
+    Outcome,
+    QueuedJob,
+    QueueSettings,
+    Reference,
+)
+from slotfleet.models.errors import SlotfleetError
+from slotfleet.models.jobs import check_json_payload
+from slotfleet.worker.context import CancelToken, JobCancelled
+from slotfleet.worker.executors.functions import encode_result, resolve_function
+
+
+class AttemptError(SlotfleetError):
+    """The attempt was ended by the executor; the message alone says why."""
+
+
+class JobTimeout(AttemptError, TimeoutError):
+    """The job ran past its timeout."""
+
+
+class JobReleased(SlotfleetError):
+    """The job was handed back to the queue unfinished (the worker is stopping)."""
+
+
+class RemoteJobError(SlotfleetError):
+    """An exception raised by a job in a child process, carried back as text."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+
+def format_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """``("ExcType: message", traceback)`` for a failed attempt."""
+    if isinstance(exc, RemoteJobError):
+        return str(exc), exc.remote_traceback
+    if isinstance(exc, AttemptError):
+        return str(exc), ""
+    message = str(exc)
+    error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ is not None else ""
+    return error, tb
+
+
+class ExecutorHost(Protocol):
+    """What an executor needs from the worker that owns it."""
+
+    @property
+    def worker_id(self) -> str:
+        """The lease owner written into every completion."""
+        ...
+
+    def now(self) -> datetime:
+        """The current time (timezone-aware), for retry times and error records."""
+        ...
+
+    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
+        """Take a finished attempt: batch its completion and count it in the metrics."""
+        ...
+
+    def slot_freed(self, queue: str) -> None:
+        """A slot of ``queue`` became free: the fetch loop may take another job."""
+        ...
+
+
+@dataclass(eq=False)
+class Run:
+    """One attempt in an executor: its job, cancel token and supervising task."""
+
+    job: QueuedJob
+    token: CancelToken = field(default_factory=CancelToken)
+    task: asyncio.Task[None] | None = None
+    deadline: asyncio.TimerHandle | None = None
+    started: float = field(default_factory=time.monotonic)
+    state: dict[str, Any] = field(default_factory=dict)
+    """Executor-specific bits (the inner task, the child process)."""
+
+
+class Executor(ABC):
+    """Runs the jobs of one queue. Subclasses implement ``push``, ``cancel``, ``stop``
+    and ``get_default_concurrency``; completion handling is shared."""
+
+    #: Whether a timeout is reported when the deadline passes (the job's code may still
+    #: be running, holding its slot) rather than when the code has stopped.
+    reports_timeout_at_deadline = False
+
+    #: Seconds :meth:`stop` waits for interrupted jobs to end before giving up on them.
+    stop_grace_seconds = 5.0
+
+    def __init__(self, worker: ExecutorHost, queue: QueueSettings) -> None:
+        self.worker = worker
+        self.queue = queue
+        self._concurrency = queue.concurrency or self.get_default_concurrency()
+        self._busy = 0
+        self._runs: dict[tuple[JobId, int], Run] = {}
+        self._open: dict[tuple[JobId, int], float] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+
+    # -- the seed API -------------------------------------------------------------
+
+    @property
+    def concurrency(self) -> int:
+        """Jobs this executor runs at once."""
+        return self._concurrency
+
+    @property
+    def free_slots(self) -> int:
+        """Jobs it can take now: ``concurrency`` minus slots still occupied."""
+        return max(0, self._concurrency - self._busy)
+
+    @abstractmethod
+    def get_default_concurrency(self) -> int:
+        """Slots when the queue's settings leave ``concurrency`` unset."""
+
+    @abstractmethod
+    async def push(self, job: QueuedJob) -> None:
+        """Start running ``job`` (already claimed by the worker); return at once."""
+
+    @abstractmethod
+    async def cancel(self, ref: Reference) -> None:
+        """Ask the running job ``ref`` to stop; it ends ``cancelled``. No-op if unknown."""
+
+    @abstractmethod
+    async def stop(self) -> None:
+        """Hand back every job still running (``released``) and free the resources."""
+
+    @staticmethod
+    def get_function_and_kwargs(job: QueuedJob) -> tuple[Callable[..., Any], dict[str, Any]]:
+        """The callable behind ``job.func`` (unwrapping ``@job``) and its kwargs."""
+        return resolve_function(job.func), dict(job.kwargs)
+
+    async def on_job_starting(self, job: QueuedJob) -> QueuedJob:
+        """Called before a job runs; marks the attempt open so it is reported once."""
+        self._open[(job.id, job.attempts)] = time.monotonic()
+        return job
+
+    async def on_job_completed(
+        self, *, job: QueuedJob, exc: Exception | None = None, result: Any = None
+    ) -> None:
+        """Decide the attempt's outcome and hand it to the worker. Reported once:
+        later calls for the same attempt (a timed-out thread returning) do nothing."""
+        started = self._open.pop((job.id, job.attempts), None)
+        if started is None:
+            return
+        completion = self.decide(job, exc, result)
+        self.worker.job_completed(job, completion, time.monotonic() - started)
+
+    # -- extras used by the worker ------------------------------------------------
+
+    @property
+    def busy_slots(self) -> int:
+        """Slots occupied, including code still running after a reported timeout."""
+        return self._busy
+
+    @property
+    def kind(self) -> str:
+        return self.queue.executor.value
+
+    def holds(self, job_id: JobId) -> bool:
+        """Whether an unreported attempt of ``job_id`` runs here."""
+        return any(k[0] == job_id for k in self._open)
+
+    # -- shared machinery ---------------------------------------------------------
+
+    def decide(self, job: QueuedJob, exc: Exception | None, result: Any) -> Completion:
+        """The completion for an attempt that ended with ``exc`` or ``result``."""
+        worker_id = self.worker.worker_id
+        if exc is None:
+            try:
+                normalized = json.loads(encode_result(result))
+                check_json_payload(normalized, "result")
+            except (TypeError, ValueError) as bad:
+                exc = bad
+            else:
+                return Completion(
+                    job_id=job.id, worker_id=worker_id, outcome=Outcome.SUCCEEDED, result=normalized
+                )
+        if isinstance(exc, JobCancelled):
+            return Completion(job_id=job.id, worker_id=worker_id, outcome=Outcome.CANCELLED)
+        if isinstance(exc, JobReleased):
+            return Completion(job_id=job.id, worker_id=worker_id, outcome=Outcome.RELEASED)
+        now = self.worker.now()
+        text, tb = describe_error(exc)
+        error = JobError(attempt=job.attempts, error=text, traceback=tb, at=now)
+        if job.attempts < job.max_attempts:
+            delay = job.retry.delay(job.attempts, random.random())
+            return Completion(
+                job_id=job.id,
+                worker_id=worker_id,
+                outcome=Outcome.RETRY,
+                error=error,
+                retry_at=now + timedelta(seconds=delay),
+            )
+        return Completion(job_id=job.id, worker_id=worker_id, outcome=Outcome.FAILED, error=error)
+
+    def begin(self, job: QueuedJob) -> Run:
+        """Occupy a slot for ``job`` and arm its timeout."""
+        run = Run(job=job)
+        self._runs[(job.id, job.attempts)] = run
+        self._busy += 1
+        if job.timeout is not None:
+            loop = asyncio.get_running_loop()
+            run.deadline = loop.call_later(job.timeout, self._on_deadline, run)
+        return run
+
+    async def finish(self, run: Run, exc: Exception | None, result: Any = None) -> None:
+        """Report the attempt (the token's reason wins over what the code did) and free
+        its slot."""
+        if run.deadline is not None:
+            run.deadline.cancel()
+        reason = run.token.reason
+        if reason == "cancelled":
+            exc, result = JobCancelled(), None
+        elif reason == "released":
+            exc, result = JobReleased(), None
+        elif reason == "timeout":
+            exc, result = self.timeout_error(run.job), None
+        try:
+            await self.on_job_completed(job=run.job, exc=exc, result=result)
+        finally:
+            self._runs.pop((run.job.id, run.job.attempts), None)
+            self._busy -= 1
+            self.worker.slot_freed(self.queue.name)
+
+    def find(self, job_id: JobId) -> list[Run]:
+        return [r for k, r in self._runs.items() if k[0] == job_id]
+
+    @staticmethod
+    def timeout_error(job: QueuedJob) -> JobTimeout:
+        return JobTimeout(f"timed out after {format_seconds(job.timeout or 0)}")
+
+    def interrupt(self, run: Run, reason: str) -> None:
+        """Set the run's token and ask its code to stop (see :meth:`signal`)."""
+        if run.token.cancelled:
+            return
+        run.token.cancel(reason)
+        self.signal(run, reason)
+
+    def signal(self, run: Run, reason: str) -> None:  # noqa: B027 - optional hook
+        """Executor-specific part of an interrupt; the token is already set. Threads
+        need nothing more (the token is all they get)."""
+
+    def _on_deadline(self, run: Run) -> None:
+        if run.token.cancelled:
+            return
+        self.interrupt(run, "timeout")
+        if self.reports_timeout_at_deadline:
+            self.spawn(self.on_job_completed(job=run.job, exc=self.timeout_error(run.job)))
+
+    def spawn(self, coro: Any) -> None:
+        """Run ``coro`` as a task this executor keeps a reference to."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def wait_runs(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds for every supervising task to end."""
+        tasks = [r.task for r in self._runs.values() if r.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)
+
+
+class ConcurrentExecutor(Executor, ABC):
+    """Base of executors that run jobs on pool workers outside the event loop (threads,
+    child processes). It owns ``cancel``: the job's token is set and :meth:`signal`
+    reaches the code the way the pool allows."""
+
+    async def cancel(self, ref: Reference) -> None:
+        for run in self.find(ref.identifier):
+            self.interrupt(run, "cancelled")

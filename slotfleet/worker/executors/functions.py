@@ -1,0 +1,93 @@
+"""Finding a job's function from its import path, and encoding what it returns.
+
+Used on both sides of the process executor's pipe, so it imports nothing heavier than
+the standard library and ``slotfleet.models.errors``: a child process pays only for the
+user's own modules.
+
+What this module is not: it does not run anything; executors decide how and where.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from collections.abc import Callable
+from typing import Any
+
+from slotfleet.models.errors import SlotfleetError, UnknownFunctionError
+
+
+class InvalidResultError(SlotfleetError, TypeError):
+    """The job's result is not JSON-serializable."""
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``("pkg.mod", "func")`` from ``"pkg.mod:func"`` or ``"pkg.mod.func"``."""
+    if ":" in path:
+        module, _, attr = path.partition(":")
+    else:
+        module, _, attr = path.rpartition(".")
+    return module, attr
+
+
+def unwrap(obj: Any) -> Any:
+    """The plain function behind an ``@job``-decorated object.
+
+    Only callable objects that are not functions themselves are unwrapped (the app's
+    ``JobFunction`` keeps the original in ``__wrapped__``); a function decorated with
+    ``functools.wraps`` also has ``__wrapped__`` but is called as it is, so the user's
+    own decorators (retries, tracing) still run.
+    """
+    if inspect.isroutine(obj) or inspect.isclass(obj):
+        return obj
+    inner = getattr(obj, "__wrapped__", None)
+    if callable(inner):
+        return inner
+    inner = getattr(obj, "func", None)
+    return inner if callable(inner) else obj
+
+
+def resolve_function(path: str) -> Callable[..., Any]:
+    """Import the function named by ``path``; raise :class:`UnknownFunctionError` with
+    one line naming the path when the module or the attribute is missing, or when
+    importing the module raised."""
+    module_name, attr = split_path(path)
+    if not module_name or not attr:
+        raise UnknownFunctionError(f"{path!r} is not an import path like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise UnknownFunctionError(
+                f"cannot import {path!r}: no module named {exc.name!r}"
+            ) from None
+        raise UnknownFunctionError(
+            f"cannot import {path!r}: importing {module_name} raised ModuleNotFoundError: {exc}"
+        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise UnknownFunctionError(
+            f"cannot import {path!r}: importing {module_name} raised {type(exc).__name__}: {exc}"
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise UnknownFunctionError(
+                f"cannot import {path!r}: {module_name} has no attribute {attr!r}"
+            ) from None
+    func = unwrap(obj)
+    if not callable(func):
+        raise UnknownFunctionError(f"{path!r} is a {type(func).__name__}, not a function")
+    return func  # type: ignore[no-any-return]
+
+
+def encode_result(result: Any) -> str:
+    """``result`` as strict JSON text, or :class:`InvalidResultError` saying its type."""
+    try:
+        return json.dumps(result, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError, RecursionError):
+        raise InvalidResultError(
+            f"result of type {type(result).__name__} is not JSON-serializable"
+        ) from None

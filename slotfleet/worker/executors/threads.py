@@ -1,0 +1,85 @@
+"""The threaded executor: plain functions on a thread pool, for blocking I/O.
+
+Default slots: ``min(32, cpu + 4)``, as ``concurrent.futures`` does. A thread cannot be
+stopped from outside, so cancellation is cooperative: the job's
+:func:`~slotfleet.worker.context.current_token` is set, and the job ends ``cancelled``
+when its code returns, whatever it returns. A job that never looks at its token runs
+to its end.
+
+Timeouts are reported at the deadline: the token is set and the attempt is recorded as
+failed ("timed out after Ns") at once, so the retry policy applies without waiting for
+the code. The slot, however, stays busy until the thread really returns: ``free_slots``
+never counts a thread that is still running as free.
+
+On :meth:`stop` (drain timeout passed) running jobs are handed back at once and their
+threads are left to finish on their own; a stopping worker process that still has such
+threads exits without waiting for them (see ``slotfleet.cli.worker_cmd``). A handed-back
+job may therefore run twice if its code ignores the token.
+
+What this module is not: it does not run coroutines concurrently; an ``async def`` job
+given to it runs with ``asyncio.run`` inside its thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from slotfleet.models import QueuedJob, QueueSettings
+from slotfleet.worker.context import CancelToken, use_token
+from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, JobReleased, Run
+
+
+def _call(job: QueuedJob, token: CancelToken) -> Any:
+    """Runs in a pool thread: find the function and call it with the token current."""
+    with use_token(token):
+        func, kwargs = ThreadedExecutor.get_function_and_kwargs(job)
+        if inspect.iscoroutinefunction(func):
+            return asyncio.run(func(**kwargs))
+        return func(**kwargs)
+
+
+class ThreadedExecutor(ConcurrentExecutor):
+    """Runs jobs on a :class:`~concurrent.futures.ThreadPoolExecutor`."""
+
+    reports_timeout_at_deadline = True
+
+    def __init__(self, worker: ExecutorHost, queue: QueueSettings) -> None:
+        super().__init__(worker, queue)
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.concurrency, thread_name_prefix=f"slotfleet-{queue.name}"
+        )
+
+    def get_default_concurrency(self) -> int:
+        return min(32, (os.cpu_count() or 1) + 4)
+
+    async def push(self, job: QueuedJob) -> None:
+        job = await self.on_job_starting(job)
+        run = self.begin(job)
+        run.task = asyncio.get_running_loop().create_task(
+            self._supervise(run), name=f"slotfleet-job-{job.id}"
+        )
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for run in list(self._runs.values()):
+            self.interrupt(run, "released")
+        # Give cooperative jobs a moment to notice their token, then hand back the rest
+        # now: a thread cannot be killed, and the worker must not wait for it.
+        await self.wait_runs(min(1.0, self.stop_grace_seconds))
+        for run in list(self._runs.values()):
+            await self.on_job_completed(job=run.job, exc=JobReleased())
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _supervise(self, run: Run) -> None:
+        exc: Exception | None = None
+        result: Any = None
+        try:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._pool, _call, run.job, run.token)
+        except Exception as error:
+            exc = error
+        await self.finish(run, exc, result)

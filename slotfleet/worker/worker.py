@@ -1,0 +1,302 @@
+"""The worker: executors per queue, fetch loops, heartbeat, cancel source, drain.
+
+One :class:`Worker` serves one or more queues, each with its own executor. It claims
+jobs as slots free up (``loop.py``), writes completions in small batches
+(``batcher.py``), heartbeats its slots and extends its leases, and recovers jobs whose
+worker died (``store.recover_expired`` on every heartbeat, so an expired lease is back
+within seconds). :meth:`Worker.run` returns after a drain: stop fetching, let running
+jobs finish within ``drain_timeout``, hand the rest back (``released``), flush, forget
+the heartbeat.
+
+What this module is not: it installs no signal handlers (the CLI does, and calls
+:meth:`Worker.request_stop`), opens but never closes the store (its owner does), and
+does not know whether cancel requests come from the store or a Kubernetes resource.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
+
+from slotfleet.models import (
+    Completion,
+    InvalidSettingsError,
+    JobId,
+    QueuedJob,
+    QueueSettings,
+    Reference,
+    WorkerHeartbeat,
+)
+from slotfleet.store import DEFAULT_LEASE_SECONDS, Store
+from slotfleet.worker.batcher import CompletionBatcher
+from slotfleet.worker.cancel import CancelSource, StoreCancelSource
+from slotfleet.worker.executors import Executor, executor_class
+from slotfleet.worker.loop import QueueLoop
+from slotfleet.worker.metrics import SlotUsage, WorkerMetrics
+from slotfleet.worker.server import HealthServer, MetricsServerConfig
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_worker_id() -> str:
+    """Host, pid and a random suffix: a restarted process must never reuse an id, or its
+    heartbeat would keep extending the leases its predecessor died holding."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Worker:
+    """Runs the jobs of ``queues`` from ``store`` until stopped (or, in burst mode,
+    until nothing is ready)."""
+
+    def __init__(
+        self,
+        store: Store,
+        queues: Sequence[QueueSettings],
+        *,
+        worker_id: str | None = None,
+        max_slots: int | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        heartbeat_interval: float | None = None,
+        drain_timeout: float = 30.0,
+        cancel_source: CancelSource | None = None,
+        metrics: MetricsServerConfig | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        names = [q.name for q in queues]
+        if not queues:
+            raise InvalidSettingsError("a worker needs at least one queue")
+        if len(set(names)) != len(names):
+            raise InvalidSettingsError(f"a queue is listed twice: {', '.join(names)}")
+        if max_slots is not None and max_slots < 1:
+            raise InvalidSettingsError("max_slots must be at least 1")
+        if lease_seconds <= 0 or drain_timeout < 0:
+            raise InvalidSettingsError("lease_seconds must be positive, drain_timeout >= 0")
+        self.store = store
+        self.queues = list(queues)
+        self._worker_id = worker_id or default_worker_id()
+        self.max_slots = max_slots
+        self.lease_seconds = lease_seconds
+        self.heartbeat_interval = heartbeat_interval or lease_seconds / 3
+        self.drain_timeout = drain_timeout
+        self.cancel_source: CancelSource = cancel_source or StoreCancelSource(
+            store, self._worker_id, interval=min(1.0, self.heartbeat_interval)
+        )
+        self.metrics_config = metrics
+        self._clock = clock
+        self.executors: dict[str, Executor] = {}
+        self.metrics = WorkerMetrics(self)
+        self._loops: dict[str, QueueLoop] = {}
+        self._batcher = CompletionBatcher(store)
+        self._stopping = asyncio.Event()
+        self._slot_changed = asyncio.Event()
+        self._started_at: datetime | None = None
+        self.ready = False
+        """True once the store is open and the first heartbeat is written."""
+        self.draining = False
+        self.alive = False
+        """True while :meth:`run` runs."""
+
+    # -- ExecutorHost -------------------------------------------------------------
+
+    @property
+    def worker_id(self) -> str:
+        return self._worker_id
+
+    def now(self) -> datetime:
+        return self._clock()
+
+    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
+        self._batcher.add(completion)
+        self.metrics.job_completed(job.queue, completion.outcome.value, duration)
+
+    def slot_freed(self, queue: str) -> None:
+        self._slot_changed.set()
+        loops = self._loops.values() if self.max_slots is not None else [self._loops[queue]]
+        for loop in loops:
+            loop.wake.set()
+
+    # -- WorkerControl ------------------------------------------------------------
+
+    async def cancel(self, job_id: JobId) -> bool:
+        for executor in self.executors.values():
+            if executor.holds(job_id):
+                await executor.cancel(Reference(identifier=job_id))
+                return True
+        return False
+
+    def set_paused(self, queue: str, paused: bool) -> None:
+        loop = self._loops.get(queue)
+        if loop is not None and loop.paused != paused:
+            loop.paused = paused
+            loop.wake.set()
+
+    # -- SlotSource ---------------------------------------------------------------
+
+    def slot_usage(self) -> Iterator[SlotUsage]:
+        for name, executor in self.executors.items():
+            yield SlotUsage(name, executor.kind, executor.concurrency, executor.busy_slots)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Begin a drain; :meth:`run` returns when it is done. Safe from signal handlers
+        installed with ``loop.add_signal_handler``."""
+        self._stopping.set()
+
+    def busy_slots(self) -> int:
+        return sum(e.busy_slots for e in self.executors.values())
+
+    def _global_free(self) -> int:
+        if self.max_slots is None:
+            return 1 << 30
+        return max(0, self.max_slots - self.busy_slots())
+
+    async def run(self, *, burst: bool = False) -> None:
+        """Serve until :meth:`request_stop`; with ``burst``, until every queue has
+        nothing ready and nothing running. Always ends with a drain."""
+        if self.alive:
+            raise RuntimeError("this worker is already running")
+        self.alive = True
+        self._stopping.clear()
+        server: HealthServer | None = None
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await self.store.open()
+            self.executors = {q.name: executor_class(q.executor)(self, q) for q in self.queues}
+            self._loops = {name: self._make_loop(e) for name, e in self.executors.items()}
+            if self.metrics_config is not None and self.metrics_config.port:
+                server = HealthServer(
+                    self.metrics_config,
+                    render_metrics=self.metrics.render,
+                    alive=lambda: self.alive,
+                    ready=lambda: self.ready and not self.draining,
+                )
+                await server.start()
+            self._started_at = self.now()
+            await self._beat()
+            self.ready = True
+            background = [self._batcher.run(), self._heartbeats(), self.cancel_source.run(self)]
+            tasks = [asyncio.create_task(c) for c in background]
+            fetchers = [asyncio.create_task(loop.run()) for loop in self._loops.values()]
+            watchers: list[asyncio.Task[object]] = [asyncio.create_task(self._stopping.wait())]
+            if burst:
+                watchers.append(asyncio.create_task(self._burst_watch()))
+            done, _ = await asyncio.wait(
+                [*tasks, *fetchers, *watchers], return_when=asyncio.FIRST_COMPLETED
+            )
+            self._stopping.set()
+            await asyncio.gather(*fetchers, *watchers, return_exceptions=True)
+            for task in done:
+                crash = None if task.cancelled() else task.exception()
+                if crash is not None:  # a bug, not a store blip: those are handled inside
+                    raise crash
+        finally:
+            try:
+                await self._drain(tasks)
+            finally:
+                if server is not None:
+                    await server.stop()
+                self.alive = False
+                self.ready = False
+
+    def _make_loop(self, executor: Executor) -> QueueLoop:
+        return QueueLoop(
+            self.store,
+            executor,
+            worker_id=self.worker_id,
+            lease_seconds=self.lease_seconds,
+            global_free=self._global_free,
+            stopping=self._stopping,
+            on_fetched=self.metrics.job_started,
+        )
+
+    async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        self.draining = True
+        self._stopping.set()
+        try:
+            if self.executors:
+                await self._safely(self._beat())
+                await self._wait_idle(self.drain_timeout)
+                if self.busy_slots():
+                    log.warning("drain timeout: handing %d running jobs back", self.busy_slots())
+                for executor in self.executors.values():
+                    await executor.stop()
+                if not await self._batcher.flush(timeout=max(5.0, self.lease_seconds)):
+                    log.warning("some completions were not written; their leases will expire")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if self.executors:
+                await self._safely(self.store.remove_worker(self.worker_id))
+            self.draining = False
+
+    async def _wait_idle(self, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while self.busy_slots():
+                    self._slot_changed.clear()
+                    await self._slot_changed.wait()
+        except TimeoutError:
+            pass
+
+    async def _beat(self) -> None:
+        beat = WorkerHeartbeat(
+            worker_id=self.worker_id,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            queues={u.queue: (u.total, u.busy) for u in self.slot_usage()},
+            started_at=self._started_at,
+            last_seen=self.now(),
+            draining=self.draining,
+        )
+        await self.store.heartbeat(beat, self.lease_seconds)
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self._safely(self._beat())
+            await self._safely(self.store.recover_expired())
+
+    @staticmethod
+    async def _safely(awaitable: object) -> None:
+        try:
+            await awaitable  # type: ignore[misc]
+        except Exception as exc:  # a store blip must not stop the worker
+            log.warning("store call failed: %s", exc)
+
+    async def _burst_watch(self) -> None:
+        """Return when nothing is running, nothing is being fetched or written, and the
+        store has nothing ready for an unpaused queue (checked twice around the query,
+        so a job claimed meanwhile is noticed)."""
+        active = {name for name, loop in self._loops.items() if not loop.paused}
+        while True:
+            await asyncio.sleep(0.05)
+            if not self._quiet():
+                continue
+            fetched = sum(loop.fetched for loop in self._loops.values())
+            try:
+                stats = await self.store.queue_stats()
+            except Exception as exc:
+                log.warning("reading queue stats failed: %s", exc)
+                continue
+            if any(s.ready for s in stats if s.queue in active):
+                continue
+            if self._quiet() and fetched == sum(loop.fetched for loop in self._loops.values()):
+                return
+
+    def _quiet(self) -> bool:
+        return (
+            self.busy_slots() == 0
+            and self._batcher.pending == 0
+            and not any(loop.fetching for loop in self._loops.values())
+        )

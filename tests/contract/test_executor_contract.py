@@ -1,0 +1,456 @@
+"""One suite for every executor (async, threads, processes), chancy style.
+
+Most tests drive an executor directly with a fake worker that collects completions; the
+last ones run jobs through a real :class:`~slotfleet.worker.Worker` on the SQLite store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from slotfleet.models import (
+    Completion,
+    ExecutorKind,
+    Job,
+    JobId,
+    JobState,
+    Outcome,
+    QueuedJob,
+    QueueSettings,
+    Reference,
+    RetryPolicy,
+)
+from slotfleet.store import Store
+from slotfleet.worker import Worker
+from slotfleet.worker.executors import Executor, ProcessExecutor, executor_class
+from tests.fixtures.stores import StoreFactory
+
+KINDS = [ExecutorKind.ASYNC, ExecutorKind.THREADS, ExecutorKind.PROCESSES]
+
+
+def fn(kind: ExecutorKind, name: str) -> str:
+    """``tests.tasks`` function ``name`` in the flavour the executor runs."""
+    if kind is ExecutorKind.ASYNC and name in {"add", "fail", "sleep", "opaque", "decorated_add"}:
+        name = "async_" + name
+    return f"tests.tasks:{name}"
+
+
+class FakeWorker:
+    """Just enough of a worker for an executor: collects completions and freed slots."""
+
+    worker_id = "fake-worker"
+
+    def __init__(self) -> None:
+        self.completions: list[Completion] = []
+        self.durations: list[float] = []
+        self.freed = 0
+        self._changed = asyncio.Event()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
+        self.completions.append(completion)
+        self.durations.append(duration)
+        self._changed.set()
+
+    def slot_freed(self, queue: str) -> None:
+        self.freed += 1
+        self._changed.set()
+
+    async def until(self, check: Callable[[], bool], timeout: float = 15.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not check():
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def completion(self, job_id: int, timeout: float = 15.0) -> Completion:
+        await self.until(lambda: any(c.job_id == job_id for c in self.completions), timeout)
+        return next(c for c in self.completions if c.job_id == job_id)
+
+
+_ids = iter(range(1, 1_000_000))
+
+
+def make_job(func: str, **fields: Any) -> QueuedJob:
+    data: dict[str, Any] = {
+        "id": JobId(next(_ids)),
+        "func": func,
+        "state": JobState.RUNNING,
+        "attempts": 1,
+        "created_at": datetime.now(UTC),
+        "retry": RetryPolicy(base=10, jitter=0),
+    }
+    data.update(fields)
+    return QueuedJob.model_validate(data)
+
+
+@pytest.fixture(params=KINDS, ids=[k.value for k in KINDS])
+def kind(request: pytest.FixtureRequest) -> ExecutorKind:
+    return ExecutorKind(request.param)
+
+
+@pytest.fixture
+def worker() -> FakeWorker:
+    return FakeWorker()
+
+
+@pytest.fixture
+async def executor(kind: ExecutorKind, worker: FakeWorker) -> AsyncIterator[Executor]:
+    queue = QueueSettings(name="contract", executor=kind, concurrency=2)
+    ex = executor_class(kind)(worker, queue)
+    if isinstance(ex, ProcessExecutor):
+        ex.kill_grace_seconds = 0.5
+    yield ex
+    await ex.stop()
+
+
+async def wait_started(marker: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(marker.exists):
+        assert time.monotonic() < deadline, "the job never started"
+        await asyncio.sleep(0.02)
+
+
+async def test_success_returns_result(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job(fn(kind, "add"), kwargs={"a": 2, "b": 3})
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.SUCCEEDED
+    assert done.result == 5
+    assert done.worker_id == "fake-worker"
+
+
+async def test_job_decorator_is_unwrapped(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job(fn(kind, "decorated_add"), kwargs={"a": 1, "b": 1})
+    await executor.push(job)
+    assert (await worker.completion(job.id)).result == 2
+
+
+async def test_failure_retries_with_backoff(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job(fn(kind, "fail"), kwargs={"message": "nope"}, max_attempts=3)
+    before = datetime.now(UTC)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.RETRY
+    assert done.error is not None
+    assert done.error.error == "ValueError: nope"
+    assert done.error.attempt == 1
+    assert "ValueError" in done.error.traceback
+    assert done.retry_at is not None
+    # RetryPolicy(base=10, jitter=0): ten seconds after the first failed attempt.
+    assert 9 <= (done.retry_at - before).total_seconds() <= 12
+
+
+async def test_failure_on_last_attempt_fails(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job(fn(kind, "fail"), max_attempts=2, attempts=2)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.FAILED
+    assert done.error is not None
+    assert done.error.error == "ValueError: boom"
+
+
+async def test_timeout_fails_the_attempt(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job(fn(kind, "sleep"), kwargs={"seconds": 30}, timeout=0.3, max_attempts=2)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.RETRY
+    assert done.error is not None
+    assert done.error.error == "timed out after 0.3s"
+    await worker.until(lambda: executor.free_slots == executor.concurrency)
+
+
+async def test_cancel_running_job(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    job = make_job(fn(kind, "sleep"), kwargs={"seconds": 30, "marker": str(marker)})
+    await executor.push(job)
+    await wait_started(marker)
+    await executor.cancel(Reference(identifier=job.id))
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.CANCELLED
+    await worker.until(lambda: executor.free_slots == executor.concurrency)
+
+
+async def test_cancel_unknown_job_is_a_no_op(executor: Executor) -> None:
+    await executor.cancel(Reference(identifier=JobId(987654)))
+    assert executor.free_slots == executor.concurrency
+
+
+async def test_slots_accounting(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, tmp_path: Path
+) -> None:
+    assert executor.concurrency == 2
+    assert executor.free_slots == 2
+    markers = [tmp_path / "a", tmp_path / "b"]
+    jobs = [make_job(fn(kind, "sleep"), kwargs={"seconds": 30, "marker": str(m)}) for m in markers]
+    await executor.push(jobs[0])
+    assert executor.free_slots == 1
+    await executor.push(jobs[1])
+    assert executor.free_slots == 0
+    for m in markers:
+        await wait_started(m)
+    assert executor.free_slots == 0
+    await executor.cancel(jobs[0].ref)
+    await worker.completion(jobs[0].id)
+    await worker.until(lambda: executor.free_slots == 1)
+    await executor.cancel(jobs[1].ref)
+    await worker.until(lambda: executor.free_slots == 2)
+
+
+async def test_non_json_result_fails_readably(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job(fn(kind, "opaque"))
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.FAILED
+    assert done.error is not None
+    assert "result of type Opaque is not JSON-serializable" in done.error.error
+
+
+async def test_unknown_function_fails_and_executor_keeps_working(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    missing = make_job("tests.tasks:no_such_function")
+    no_module = make_job("tests.no_such_module:f")
+    for job in (missing, no_module):
+        await executor.push(job)
+        done = await worker.completion(job.id)
+        assert done.outcome is Outcome.FAILED
+        assert done.error is not None
+        assert job.func in done.error.error
+        assert done.error.error.startswith("UnknownFunctionError: cannot import")
+    ok = make_job(fn(kind, "add"), kwargs={"a": 1, "b": 2})
+    await executor.push(ok)
+    assert (await worker.completion(ok.id)).result == 3
+
+
+async def test_stop_releases_running_jobs(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    job = make_job(fn(kind, "sleep"), kwargs={"seconds": 30, "marker": str(marker)})
+    await executor.push(job)
+    await wait_started(marker)
+    await executor.stop()
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.RELEASED
+
+
+# -- executor-specific behaviour ------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.THREADS], ids=["threads"])
+async def test_thread_timeout_keeps_slot_until_thread_returns(
+    executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job("tests.tasks:stubborn_sleep", kwargs={"seconds": 1.5}, timeout=0.2)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.error is not None
+    assert done.error.error == "timed out after 0.2s"
+    assert executor.free_slots == 1, "the thread still runs: its slot is still busy"
+    await worker.until(lambda: executor.free_slots == 2)
+    assert len(worker.completions) == 1, "the returning thread must not report again"
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.THREADS], ids=["threads"])
+async def test_thread_cancel_ends_cancelled_whatever_it_returns(
+    executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job("tests.tasks:stubborn_sleep", kwargs={"seconds": 0.5})
+    await executor.push(job)
+    await executor.cancel(job.ref)
+    assert executor.free_slots == 1
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.CANCELLED
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.PROCESSES], ids=["processes"])
+async def test_process_children_are_reused(executor: Executor, worker: FakeWorker) -> None:
+    first, second = make_job("tests.tasks:pid"), make_job("tests.tasks:pid")
+    await executor.push(first)
+    pid = (await worker.completion(first.id)).result
+    await worker.until(lambda: executor.free_slots == 2)
+    await executor.push(second)
+    assert (await worker.completion(second.id)).result == pid
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.PROCESSES], ids=["processes"])
+async def test_process_child_death_fails_attempt_and_is_replaced(
+    executor: Executor, worker: FakeWorker
+) -> None:
+    poison = make_job("tests.tasks:exit_hard", kwargs={"code": 3}, max_attempts=2)
+    await executor.push(poison)
+    done = await worker.completion(poison.id)
+    assert done.outcome is Outcome.RETRY
+    assert done.error is not None
+    assert done.error.error == "worker process exited with code 3"
+    last = make_job("tests.tasks:exit_hard", kwargs={"code": 3}, max_attempts=2, attempts=2)
+    await executor.push(last)
+    assert (await worker.completion(last.id)).outcome is Outcome.FAILED
+    ok = make_job("tests.tasks:add", kwargs={"a": 2, "b": 2})
+    await executor.push(ok)
+    assert (await worker.completion(ok.id)).result == 4
+    await worker.until(lambda: executor.free_slots == 2)
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.PROCESSES], ids=["processes"])
+async def test_process_ignoring_sigterm_is_killed_after_grace(
+    executor: Executor, worker: FakeWorker
+) -> None:
+    assert isinstance(executor, ProcessExecutor)
+    job = make_job("tests.tasks:ignore_sigterm", kwargs={"seconds": 30})
+    await executor.push(job)
+    await asyncio.sleep(1.0)  # let the child install its handler
+    started = time.monotonic()
+    await executor.cancel(job.ref)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.CANCELLED
+    assert time.monotonic() - started < 5
+    await worker.until(lambda: executor.free_slots == 2)
+    ok = make_job("tests.tasks:add", kwargs={"a": 1, "b": 1})
+    await executor.push(ok)
+    assert (await worker.completion(ok.id)).result == 2
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.ASYNC], ids=["async"])
+async def test_async_executor_refuses_plain_functions(
+    executor: Executor, worker: FakeWorker
+) -> None:
+    job = make_job("tests.tasks:add", kwargs={"a": 1, "b": 1})
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.FAILED
+    assert done.error is not None
+    assert "is not an async function" in done.error.error
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.THREADS], ids=["threads"])
+async def test_token_is_current_in_thread_jobs(executor: Executor, worker: FakeWorker) -> None:
+    job = make_job("tests.tasks:token_state")
+    await executor.push(job)
+    assert (await worker.completion(job.id)).result is False
+
+
+# -- through a real Worker and store ---------------------------------------------------
+
+
+async def wait_state(
+    store: Store, job_id: JobId, states: set[JobState], timeout: float = 20.0
+) -> QueuedJob:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = await store.get(job_id)
+        assert job is not None
+        if job.state in states:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} stuck in {job.state}"
+        await asyncio.sleep(0.05)
+
+
+def worker_for(store: Store, kind: ExecutorKind, **options: Any) -> Worker:
+    queue = QueueSettings(name="work", executor=kind, concurrency=2, polling_interval=0.1)
+    options.setdefault("heartbeat_interval", 0.5)
+    return Worker(store, [queue], **options)
+
+
+async def test_worker_burst_runs_jobs_to_their_end(
+    kind: ExecutorKind, store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory()
+    quick = RetryPolicy(base=0, jitter=0)
+    queued = await store.enqueue(
+        [
+            Job(func=fn(kind, "add"), queue="work", kwargs={"a": 20, "b": 22}),
+            Job(func=fn(kind, "fail"), queue="work", max_attempts=2, retry=quick),
+            Job(func=fn(kind, "opaque"), queue="work"),
+            Job(func="tests.tasks:missing", queue="work"),
+        ]
+    )
+    await worker_for(store, kind).run(burst=True)
+    ok, failed, opaque, missing = [await store.get(j.id) for j in queued]
+    assert ok is not None
+    assert ok.state is JobState.SUCCEEDED
+    assert ok.result == 42
+    assert failed is not None
+    assert failed.state is JobState.FAILED
+    assert failed.attempts == 2
+    assert [e.error for e in failed.errors] == ["ValueError: boom"] * 2
+    assert opaque is not None
+    assert opaque.state is JobState.FAILED
+    assert "result of type Opaque is not JSON-serializable" in opaque.errors[-1].error
+    assert missing is not None
+    assert missing.state is JobState.FAILED
+    assert "tests.tasks:missing" in missing.errors[-1].error
+    assert await store.workers() == [], "a stopped worker forgets its heartbeat"
+
+
+async def test_worker_cancels_running_and_pending_jobs(
+    kind: ExecutorKind, store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory()
+    marker = tmp_path / "started"
+    running, pending = await store.enqueue(
+        [
+            Job(
+                func=fn(kind, "sleep"),
+                queue="work",
+                kwargs={"seconds": 60, "marker": str(marker)},
+            ),
+            Job(func=fn(kind, "add"), queue="idle", kwargs={"a": 1, "b": 1}),
+        ]
+    )
+    cancelled = await store.request_cancel(pending.id)
+    assert cancelled is not None
+    assert cancelled.state is JobState.CANCELLED
+    worker = worker_for(store, kind)
+    task = asyncio.create_task(worker.run())
+    try:
+        await wait_started(marker)
+        assert worker.executors["work"].free_slots == 1
+        await store.request_cancel(running.id)
+        job = await wait_state(store, running.id, {JobState.CANCELLED})
+        assert job.state is JobState.CANCELLED
+    finally:
+        worker.request_stop()
+        await task
+
+
+async def test_worker_drain_hands_back_unfinished_jobs(
+    kind: ExecutorKind, store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    store = await store_factory()
+    marker = tmp_path / "started"
+    (job,) = await store.enqueue(
+        [Job(func=fn(kind, "sleep"), queue="work", kwargs={"seconds": 60, "marker": str(marker)})]
+    )
+    worker = worker_for(store, kind, drain_timeout=0.2)
+    task = asyncio.create_task(worker.run())
+    await wait_started(marker)
+    worker.request_stop()
+    await asyncio.wait_for(task, 20)
+    back = await store.get(job.id)
+    assert back is not None
+    assert back.state is JobState.PENDING
+    assert back.attempts == 0, "a released attempt is given back"

@@ -1,0 +1,117 @@
+"""Task functions for worker and executor tests, importable as ``tests.tasks:<name>``.
+
+Child processes of the process executor and worker subprocesses import this module, so
+it must stay importable with only the repository root on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from slotfleet.worker.context import current_token
+
+
+class Opaque:
+    """Not JSON-serializable."""
+
+
+async def async_add(a: int, b: int) -> int:
+    await asyncio.sleep(0)
+    return a + b
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+async def async_fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def _mark(marker: str | None) -> None:
+    if marker:
+        Path(marker).write_text("started")
+
+
+async def async_sleep(seconds: float, marker: str | None = None) -> str:
+    _mark(marker)
+    await asyncio.sleep(seconds)
+    return "slept"
+
+
+def sleep(seconds: float, marker: str | None = None) -> str:
+    """Sleeps cooperatively: returns early when its cancel token is set."""
+    _mark(marker)
+    current_token().wait(seconds)
+    return "slept"
+
+
+def stubborn_sleep(seconds: float) -> str:
+    """Ignores its cancel token."""
+    time.sleep(seconds)
+    return "slept"
+
+
+async def async_opaque() -> Any:
+    return Opaque()
+
+
+def opaque() -> Any:
+    return Opaque()
+
+
+def token_state() -> bool:
+    return current_token().cancelled
+
+
+def exit_hard(code: int = 1) -> None:
+    """Kills the process that runs it (a poison job for the process executor)."""
+    os._exit(code)
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+async def async_pid() -> int:
+    return os.getpid()
+
+
+def flaky(marker: str) -> str:
+    """Fails on the first attempt, succeeds on the next."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("1")
+        raise ConnectionError("first attempt fails")
+    return "ok"
+
+
+def ignore_sigterm(seconds: float) -> str:
+    """Ignores SIGTERM (only meaningful in a process executor's child)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(seconds)
+    return "slept"
+
+
+class _Decorated:
+    """Stands in for the app's ``@job`` object: the real function is ``__wrapped__``."""
+
+    def __init__(self, func: Any) -> None:
+        self.__wrapped__ = func
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the worker must call __wrapped__, not the decorator")
+
+
+decorated_add = _Decorated(add)
+async_decorated_add = _Decorated(async_add)

@@ -68,6 +68,8 @@ def start_workers(dsn: str, workers: int, metrics_port: int, env: dict[str, str]
             "0.2",
             "--metrics-port",
             str(metrics_port if n == 0 else 0),
+            "--log-level",
+            "warning",
         ]
         for queue in QUEUES:
             cmd += ["--queue", queue]
@@ -219,8 +221,8 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--metrics-port",
         type=int,
-        default=9464,
-        help="metrics port of the first worker; 0 disables (default 9464)",
+        default=None,
+        help="metrics port of the first worker; 0 disables (default: a free port)",
     )
     p.add_argument("--timeout", type=float, default=120.0, help="give up after N s (default 120)")
     p.set_defaults(handler=guarded(_demo))

@@ -1,0 +1,279 @@
+"""The chart as rendered by ``helm template``: RBAC for both scopes, the operator's command
+line, security defaults, toggles, and values.yaml/values.schema.json staying in step.
+
+Needs only the helm binary from tools/k8s/build.sh (no control plane); test_chart.py takes
+the same chart to a real API server.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .helm import (
+    CHART,
+    OPERATOR_PERMISSIONS,
+    CommandError,
+    Helm,
+    Json,
+    find,
+    one,
+    rules_allow,
+)
+
+pytestmark = pytest.mark.kube
+
+NAMESPACED: dict[str, Any] = {
+    "rbac": {"scope": "namespaced"},
+    "operator": {"watch": {"allNamespaces": False, "namespaces": ["team-a", "team-b"]}},
+}
+
+
+@pytest.fixture(scope="module")
+def helm(kube_bin_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Helm:
+    return Helm.from_bin_dir(kube_bin_dir, tmp_path_factory.mktemp("helm"))
+
+
+def operator_container(docs: list[Json]) -> Json:
+    deployment = one(docs, "Deployment")
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def assert_grants_operator_permissions(rules: list[Json]) -> None:
+    missing = [
+        f"{verb} {group or 'core'}/{resource}{'/' + sub if sub else ''}"
+        for group, resource, sub, verbs in OPERATOR_PERMISSIONS
+        for verb in verbs
+        if not rules_allow(rules, group, resource, sub, verb)
+    ]
+    assert not missing, f"operator RBAC lacks: {missing}"
+
+
+def test_cluster_scope_renders_one_cluster_role_watching_all_namespaces(helm: Helm) -> None:
+    docs = helm.template({}, release="sf", namespace="ops")
+    role = one(docs, "ClusterRole", "sf-slotfleet")
+    assert_grants_operator_permissions(role["rules"])
+    for group, resource in (
+        ("apiextensions.k8s.io", "customresourcedefinitions"),
+        ("", "namespaces"),
+    ):
+        assert rules_allow(role["rules"], group, resource, "", "watch")
+    assert not rules_allow(role["rules"], "rbac.authorization.k8s.io", "roles", "", "escalate")
+    assert not rules_allow(role["rules"], "rbac.authorization.k8s.io", "roles", "", "bind")
+    binding = one(docs, "ClusterRoleBinding", "sf-slotfleet")
+    assert binding["roleRef"]["name"] == "sf-slotfleet"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sf-slotfleet", "namespace": "ops"}
+    ]
+    assert not find(docs, "Role")
+    assert not find(docs, "RoleBinding")
+    container = operator_container(docs)
+    assert container["command"] == ["slotfleet", "operator"]
+    assert container["args"] == [
+        "--all-namespaces",
+        "--standalone",
+        "--liveness=http://0.0.0.0:8080/healthz",
+    ]
+
+
+def test_namespaced_scope_renders_a_role_per_watched_namespace(helm: Helm) -> None:
+    docs = helm.template(NAMESPACED, release="sf", namespace="ops")
+    roles = find(docs, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    for role in roles:
+        assert_grants_operator_permissions(role["rules"])
+    bindings = find(docs, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "sf-slotfleet",
+        }
+        assert binding["subjects"][0]["namespace"] == "ops"
+    # the only cluster-scoped grant is read-only discovery for kopf
+    discovery = one(docs, "ClusterRole", "sf-slotfleet-discovery")
+    verbs = {verb for rule in discovery["rules"] for verb in rule["verbs"]}
+    assert verbs == {"get", "list", "watch"}
+    assert not find(docs, "ClusterRole", "sf-slotfleet")
+    args = operator_container(docs)["args"]
+    assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
+    assert "--all-namespaces" not in args
+
+    without_discovery = helm.template(
+        {**NAMESPACED, "rbac": {"scope": "namespaced", "discovery": False}}
+    )
+    assert not find(without_discovery, "ClusterRole")
+    assert not find(without_discovery, "ClusterRoleBinding")
+
+
+def test_namespaced_scope_defaults_to_the_release_namespace(helm: Helm) -> None:
+    values = {"rbac": {"scope": "namespaced"}, "operator": {"watch": {"allNamespaces": False}}}
+    docs = helm.template(values, namespace="ops")
+    assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ops"]
+    assert operator_container(docs)["args"][0] == "--namespace=ops"
+
+
+def test_namespaced_scope_refuses_to_watch_all_namespaces(helm: Helm) -> None:
+    proc = helm.template_text({"rbac": {"scope": "namespaced"}}, check=False)
+    assert proc.returncode != 0
+    assert "operator.watch.allNamespaces=false" in proc.stderr
+
+
+def test_peering_switches_standalone_off_and_grants_peering_objects(helm: Helm) -> None:
+    docs = helm.template({"operator": {"peering": "slotfleet"}})
+    args = operator_container(docs)["args"]
+    assert "--peering=slotfleet" in args
+    assert "--standalone" not in args
+    rules = one(docs, "ClusterRole")["rules"]
+    assert rules_allow(rules, "zalando.org", "clusterkopfpeerings", "", "patch")
+    assert rules_allow(rules, "zalando.org", "kopfpeerings", "", "patch")
+
+
+def test_operator_deployment_is_single_restricted_and_probed(helm: Helm) -> None:
+    docs = helm.template({})
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = operator_container(docs)
+    security = container["securityContext"]
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert {"name": "health", "containerPort": 8080, "protocol": "TCP"} in container["ports"]
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+    assert container["image"] == "ghcr.io/slotfleet/slotfleet:0.1.0"
+
+
+def test_crd_template_is_kept_on_uninstall_and_toggled(helm: Helm) -> None:
+    crd = one(helm.template({}), "CustomResourceDefinition", "queues.slotfleet.dev")
+    assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert not find(helm.template({"crds": {"install": False}}), "CustomResourceDefinition")
+
+
+def test_optional_monitoring_objects(helm: Helm) -> None:
+    assert [d["kind"] for d in helm.template({"crds": {"install": False}})] == [
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Deployment",
+    ]
+    docs = helm.template(
+        {
+            "metrics": {"podMonitor": {"enabled": True}},
+            "grafana": {"dashboard": {"enabled": True}},
+            "prometheusAdapter": {"rules": {"enabled": True}},
+        }
+    )
+    monitor = one(docs, "PodMonitor")
+    assert monitor["spec"]["selector"] == {
+        "matchLabels": {"app.kubernetes.io/name": "slotfleet-worker"}
+    }
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    dashboard = one(docs, "ConfigMap", "sf-slotfleet-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    exprs = [
+        t["expr"]
+        for p in json.loads(dashboard["data"]["slotfleet.json"])["panels"]
+        for t in p.get("targets", [])
+    ]
+    for metric in (
+        "slotfleet_slots_total",
+        "slotfleet_slots_busy",
+        "slotfleet_slots_free",
+        "slotfleet_queue_pending",
+        "slotfleet_jobs_total",
+        "slotfleet_job_duration_seconds_bucket",
+        "slotfleet_job_pickup_latency_seconds_bucket",
+    ):
+        assert any(metric in e for e in exprs), f"dashboard never shows {metric}"
+    assert any("outcome" in e and "rate(slotfleet_jobs_total" in e for e in exprs)
+    one(docs, "ConfigMap", "sf-slotfleet-prometheus-adapter-rules")
+
+
+def test_schema_rejects_unknown_and_invalid_values(helm: Helm) -> None:
+    for bad, message in (
+        ({"replicaCount": 2}, "additional properties 'replicaCount' not allowed"),
+        ({"operator": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"rbac": {"scope": "everywhere"}}, "value must be one of"),
+        ({"operator": {"liveness": {"port": 0}}}, "minimum"),
+    ):
+        proc = helm.template_text(bad, check=False)
+        assert proc.returncode != 0, bad
+        assert message in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------- values.yaml <-> schema
+
+
+def schema_keys(schema: Json, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    """Every chart key: properties of objects the schema closes (additionalProperties false)."""
+    for name, sub in schema.get("properties", {}).items():
+        path = (*prefix, name)
+        yield path
+        if sub.get("additionalProperties") is False:
+            yield from schema_keys(sub, path)
+
+
+def comment_above(lines: list[str], path: tuple[str, ...]) -> str:
+    """The comment block right above ``path``'s line in values.yaml ("" if none)."""
+    index = 0
+    for depth, name in enumerate(path):
+        pattern = re.compile(rf"^{' ' * (2 * depth)}{re.escape(name)}:")
+        while not pattern.match(lines[index]):
+            index += 1
+            if index >= len(lines):
+                raise AssertionError(f"{'.'.join(path)} is not in values.yaml")
+    above = []
+    for line in reversed(lines[:index]):
+        if not line.strip().startswith("#"):
+            break
+        above.append(line.strip().lstrip("#").strip())
+    return " ".join(reversed(above))
+
+
+def test_every_value_is_in_the_schema_and_commented() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    assert schema["additionalProperties"] is False
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    undocumented = []
+    for path in schema_keys(schema):
+        if path == ("global",):
+            continue
+        node: Any = values
+        for name in path:
+            assert isinstance(node, dict), f"{'.'.join(path)}: parent is not a mapping"
+            assert name in node, f"{'.'.join(path)}: no default in values.yaml"
+            node = node[name]
+        if not comment_above(lines, path):
+            undocumented.append(".".join(path))
+    assert not undocumented, f"values.yaml keys without a comment: {undocumented}"
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["kubeVersion"] == ">=1.30.0-0"
+    assert chart["appVersion"] == "0.1.0"
+
+
+def test_lint_fails_on_bad_values(helm: Helm) -> None:
+    with pytest.raises(CommandError):
+        helm.lint({"rbac": {"scope": "nowhere"}})

@@ -32,7 +32,7 @@ OUT="${CACHE_ROOT}/${TAG}"
 BIN="${OUT}/bin"
 WORK="${OUT}/work"
 STAMP="${BIN}/.stamp"
-STAMP_TEXT="kubernetes=${K8S_VERSION} etcd=${ETCD_VERSION} helm=${HELM_VERSION}"
+STAMP_TEXT="kubernetes=${K8S_VERSION} etcd=${ETCD_VERSION} helm=${HELM_VERSION} helm-kube-default=stamped"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 PARALLEL="${SLOTFLEET_K8S_BUILD_PARALLEL:-2}"
 
@@ -159,9 +159,17 @@ go 1.26.0
 require helm.sh/helm/v3 ${HELM_VERSION}
 GOMOD
   printf 'package tools\n' > "$dir/doc.go"
-  log "helm: go build helm.sh/helm/v3/cmd/helm"
+  # Like Helm's own Makefile: the Kubernetes version Helm assumes when it cannot ask a
+  # cluster (helm template, helm lint) is one minor past the client-go it was built with.
+  local kv kmaj kmin
+  kv=$(go mod download -json "helm.sh/helm/v3@${HELM_VERSION}" | sed -n 's/.*"GoMod": "\(.*\)",*/\1/p' \
+    | xargs awk '$1 == "k8s.io/client-go" {print $2}') || die "helm: no client-go version"
+  [[ -n "$kv" ]] || die "helm: k8s.io/client-go not found in helm's go.mod"
+  kv=${kv#v}; kmaj=$(( ${kv%%.*} + 1 )); kmin=$(echo "$kv" | cut -d. -f2)
+  local x="-X helm.sh/helm/v3"
+  log "helm: go build helm.sh/helm/v3/cmd/helm (default kube version ${kmaj}.${kmin})"
   (cd "$dir" && go build -p "$PARALLEL" -trimpath \
-    -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION} -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+    -ldflags "-s -w ${x}/internal/version.version=${HELM_VERSION} ${x}/internal/version.gitTreeState=clean ${x}/pkg/chartutil.k8sVersionMajor=${kmaj} ${x}/pkg/chartutil.k8sVersionMinor=${kmin} ${x}/pkg/lint/rules.k8sVersionMajor=${kmaj} ${x}/pkg/lint/rules.k8sVersionMinor=${kmin}" \
     -o "$BIN/helm" helm.sh/helm/v3/cmd/helm) || die "building helm failed"
   log "helm: done in $(( $(date +%s) - t0 ))s"
 }
@@ -170,7 +178,7 @@ GOMOD
 if [[ $FORCE == 1 || ! -f "$WORK/kube/.done-${K8S_VERSION}" || ! -x "$BIN/kube-apiserver" || ! -x "$BIN/kube-controller-manager" ]]; then
   build_kube; touch "$WORK/kube/.done-${K8S_VERSION}"
 fi
-[[ -x "$BIN/helm" && $FORCE == 0 && -f "$WORK/helm/.done-${HELM_VERSION}" ]] || { build_helm; touch "$WORK/helm/.done-${HELM_VERSION}"; }
+[[ -x "$BIN/helm" && $FORCE == 0 && -f "$WORK/helm/.done-${HELM_VERSION}-kv" ]] || { build_helm; touch "$WORK/helm/.done-${HELM_VERSION}-kv"; }
 
 log "versions:"
 "$BIN/kube-apiserver" --version

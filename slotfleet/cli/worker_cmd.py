@@ -34,7 +34,7 @@ from slotfleet.models import (
     describe_validation_error,
 )
 from slotfleet.store import DEFAULT_LEASE_SECONDS, dsn_from_env, open_store
-from slotfleet.worker import MetricsServerConfig, Worker
+from slotfleet.worker import CancelSource, MetricsServerConfig, Worker
 
 log = logging.getLogger("slotfleet.worker")
 
@@ -113,6 +113,19 @@ def _leftover_threads() -> list[threading.Thread]:
     ]
 
 
+def _queue_resource_source(text: str | None) -> CancelSource | None:
+    """``--queue-resource NS/NAME``: cancel requests and pause from that Queue resource
+    (in a cluster); without it the worker polls the store."""
+    if not text:
+        return None
+    from slotfleet.worker.kube_source import KubeQueueSource  # needs the kubernetes client
+
+    namespace, _, name = text.partition("/")
+    if not namespace or not name:
+        raise InvalidSettingsError(f"--queue-resource must be NAMESPACE/NAME, not {text!r}")
+    return KubeQueueSource(namespace, name)
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -130,6 +143,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         heartbeat_interval=args.heartbeat_interval,
         drain_timeout=args.drain_timeout,
         metrics=metrics if args.metrics_port else None,
+        cancel_source=_queue_resource_source(args.queue_resource),
     )
 
     def stop(signame: str) -> None:
@@ -238,6 +252,11 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=[],
         metavar="MODULE",
         help="import a task module before starting (repeatable)",
+    )
+    p.add_argument(
+        "--queue-resource",
+        metavar="NAMESPACE/NAME",
+        help="take cancel requests and pause from this Queue resource (set by the operator)",
     )
     p.add_argument(
         "--burst", action="store_true", help="exit once nothing is ready and nothing runs"

@@ -12,7 +12,7 @@ conditions.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
@@ -82,6 +82,11 @@ class AutoscalingSpec(_Spec):
                     "self.minReplicas <= self.maxReplicas",
                     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
                 ),
+                _cel(
+                    "self.mode != 'hpa' || self.minReplicas >= 1",
+                    "autoscaling.minReplicas must be at least 1 in hpa mode "
+                    "(a HorizontalPodAutoscaler cannot scale to zero)",
+                ),
             ]
         }
     )
@@ -136,7 +141,9 @@ class QueueSpec(_Spec):
         "ghcr.io/slotfleet/slotfleet:0.1.0"
     )
     """Container image of the worker pods (the slotfleet image plus your task code)."""
-    image_pull_policy: Annotated[str, Field(alias="imagePullPolicy")] = "IfNotPresent"
+    image_pull_policy: Annotated[
+        Literal["Always", "IfNotPresent", "Never"], Field(alias="imagePullPolicy")
+    ] = "IfNotPresent"
     """Always, IfNotPresent or Never."""
     imports: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
         default_factory=list, max_length=64
@@ -162,9 +169,30 @@ class QueueSpec(_Spec):
     """Worker pods wanted; the /scale subresource target (kubectl scale, an HPA or the operator)."""
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     """How the fleet follows demand."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=256)
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=256,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
     """Extra environment variables for worker containers."""
-    resources: dict[str, dict[str, str]] = Field(default_factory=dict)
+    resources: dict[
+        str, Annotated[dict[str, Annotated[str, Field(max_length=64)]], Field(max_length=32)]
+    ] = Field(
+        default_factory=dict,
+        max_length=2,
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.all(k, k == 'requests' || k == 'limits')",
+                    "resources may only have requests and limits",
+                ),
+                _cel(
+                    "self.all(k, self[k].all(r, isQuantity(self[k][r])))",
+                    "resources: every amount must be a quantity such as 500m, 2 or 1Gi",
+                ),
+            ]
+        },
+    )
     """Container resources (requests/limits), as in a pod spec."""
     polling_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
     """Seconds between fetches when nothing wakes a worker earlier."""

@@ -1,0 +1,103 @@
+"""``slotfleet operator``: run the Kubernetes operator that turns Queues into fleets.
+
+Flags::
+
+    --namespace NS        watch Queues in NS (repeatable); default: the pod's namespace
+                          ($POD_NAMESPACE) when neither this nor --all-namespaces is given
+    --all-namespaces      watch every namespace (needs cluster-wide RBAC)
+    --standalone          run without kopf peering (the default)
+    --peering NAME        coordinate with other operators through KopfPeering NAME
+    --liveness URL        serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz
+    --interval SECONDS    how often each Queue's status is refreshed (default 2)
+    --store-timeout S     seconds a store read may take (default 5)
+    --verbose / --debug   more logging
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from slotfleet.cli.common import guarded
+
+
+def run(args: argparse.Namespace) -> int:
+    import kopf  # heavy; only the operator command needs it
+
+    from slotfleet.operator.main import OperatorOptions, run_operator
+
+    kopf.configure(verbose=args.verbose, debug=args.debug)
+    if args.all_namespaces:
+        namespaces: tuple[str, ...] | None = None
+    elif args.namespace:
+        namespaces = tuple(args.namespace)
+    else:
+        own = os.environ.get("POD_NAMESPACE", "").strip()
+        namespaces = (own,) if own else None
+    run_operator(
+        OperatorOptions(
+            namespaces=namespaces,
+            liveness=args.liveness,
+            peering=None if args.standalone else args.peering,
+            interval=args.interval,
+            store_timeout=args.store_timeout,
+        )
+    )
+    return 0
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "operator",
+        help="run the Kubernetes operator (Queue resources -> worker fleets)",
+        description="Run the Kubernetes operator that turns Queue resources into worker fleets.",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="watch Queues in NS (repeatable; default $POD_NAMESPACE, else all namespaces)",
+    )
+    where.add_argument(
+        "--all-namespaces", action="store_true", help="watch Queues in every namespace"
+    )
+    peering = parser.add_mutually_exclusive_group()
+    peering.add_argument(
+        "--standalone", action="store_true", help="run without kopf peering (default)"
+    )
+    peering.add_argument(
+        "--peering", default=None, metavar="NAME", help="kopf peering object to coordinate through"
+    )
+    parser.add_argument(
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--interval",
+        type=_positive,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between status refreshes of each Queue (default 2)",
+    )
+    parser.add_argument(
+        "--store-timeout",
+        type=_positive,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds a job-store read may take before it counts as unreachable (default 5)",
+    )
+    parser.add_argument("--verbose", action="store_true", help="log more")
+    parser.add_argument("--debug", action="store_true", help="log everything (kopf internals)")
+    parser.set_defaults(handler=guarded(run))

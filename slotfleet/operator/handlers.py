@@ -1,0 +1,89 @@
+"""kopf handlers for Queues: thin wiring from kopf's callbacks to the reconciler.
+
+Nothing here decides anything. Handlers are registered on an explicit
+``kopf.OperatorRegistry`` (never kopf's global default), so importing this module has
+no effect and tests or embedders can build their own registry.
+
+* create / resume / spec update -> :meth:`QueueReconciler.apply_children`;
+* every watch event -> track which Queues exist; the reconciler's own loop observes
+  each one every ``interval`` seconds (status, autoscaling, pod deletion costs). This is
+  not a kopf timer on purpose: kopf puts a finalizer on every object with a timer, and
+  a Queue needs none (the garbage collector removes children by their owner
+  references), so deleting a Queue never waits for the operator.
+
+Error policy: an API error is a ``TemporaryError`` (kopf retries with a delay); a spec
+the model refuses is a ``PermanentError`` (retrying cannot help; the Event and the
+Degraded condition say why).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from slotfleet.models.resource import GROUP, PLURAL, VERSION
+from slotfleet.operator.kube import KubeApiError
+from slotfleet.operator.reconciler import QueueReconciler
+from slotfleet.operator.stores import StoreCache
+
+#: Seconds before kopf retries a handler that hit an API error.
+RETRY_DELAY = 5.0
+
+
+def register(
+    registry: kopf.OperatorRegistry,
+    reconciler: QueueReconciler,
+    stores: StoreCache,
+    *,
+    interval: float,
+) -> None:
+    """Register the Queue handlers on ``registry``."""
+    resource = (GROUP, VERSION, PLURAL)
+
+    # an explicit registry has none of kopf's default login handlers: in-cluster service
+    # account first, then KUBECONFIG, as kopf does by default
+    @kopf.on.login(registry=registry, id="login")
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        info: kopf.ConnectionInfo | None = kopf.login_with_service_account(
+            **kwargs
+        ) or kopf.login_with_kubeconfig(**kwargs)
+        return info
+
+    @kopf.on.resume(*resource, registry=registry, id="children")
+    @kopf.on.create(*resource, registry=registry, id="children")
+    @kopf.on.update(*resource, field="spec", registry=registry, id="children")
+    async def children(body: kopf.Body, **_: Any) -> None:
+        try:
+            await reconciler.apply_children(body)
+        except ValidationError as exc:
+            raise kopf.PermanentError(str(exc).splitlines()[0]) from exc
+        except KubeApiError as exc:
+            raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
+
+    @kopf.on.event(*resource, registry=registry, id="track")
+    async def track(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
+        # which Queues exist, for the observer loop (QueueReconciler.observe_forever);
+        # an event handler, unlike a kopf timer, needs no finalizer on the Queue
+        if event.get("type") == "DELETED":
+            reconciler.forget(namespace or "", name)
+        else:
+            reconciler.track(namespace or "", name)
+
+    observers: list[asyncio.Task[None]] = []
+
+    @kopf.on.startup(registry=registry, id="start-observer")
+    async def start_observer(**_: Any) -> None:
+        # started inside kopf's context, so Events posted by the loop reach kopf's poster
+        observers.append(asyncio.create_task(reconciler.observe_forever(interval)))
+
+    @kopf.on.cleanup(registry=registry, id="stop-observer")
+    async def stop_observer(**_: Any) -> None:
+        for task in observers:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await stores.close()

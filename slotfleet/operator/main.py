@@ -1,0 +1,86 @@
+"""Run the operator: kopf settings, the registry, and :func:`run_operator`.
+
+``slotfleet operator`` (``slotfleet/cli/operator_cmd.py``) parses flags and calls
+:func:`run_operator`; this module owns the choices about kopf itself:
+
+* progress and the last-handled spec are kept in annotations under ``slotfleet.dev/``
+  (the Queue's structural schema would prune kopf's own ``status`` fields);
+* no finalizers: children are removed by the garbage collector via owner references,
+  and the only delete handler is optional;
+* Events at INFO and above are posted to the Queue;
+* peering: ``standalone`` (one operator; the chart's Deployment has one replica and a
+  Recreate strategy) or a named KopfPeering object when several may run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import kopf
+
+from slotfleet.models.resource import GROUP
+from slotfleet.operator.handlers import register
+from slotfleet.operator.kube import KubeClient, KubeEvents, load_api_client
+from slotfleet.operator.reconciler import QueueReconciler
+from slotfleet.operator.stores import StoreCache
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    """How the operator runs (``slotfleet operator --help`` lists them as flags)."""
+
+    namespaces: tuple[str, ...] | None = None
+    """Namespaces to watch; ``None`` watches every namespace (cluster-wide)."""
+    liveness: str | None = None
+    """kopf's liveness endpoint, e.g. ``http://0.0.0.0:8080/healthz``; ``None``: none."""
+    peering: str | None = None
+    """KopfPeering name to coordinate through; ``None`` runs standalone."""
+    interval: float = 2.0
+    """Seconds between observations of each Queue (status, autoscaling, deletion costs)."""
+    store_timeout: float = 5.0
+    """Seconds one store read may take before the store counts as unreachable."""
+
+
+def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
+    settings = kopf.OperatorSettings()
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    settings.posting.enabled = True
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+    return settings
+
+
+async def operate(options: OperatorOptions) -> None:
+    """Run until stopped (SIGINT/SIGTERM)."""
+    kube = KubeClient(load_api_client())
+    stores = StoreCache()
+    reconciler = QueueReconciler(
+        kube, stores, KubeEvents(kube), store_timeout=options.store_timeout
+    )
+    registry = kopf.OperatorRegistry()
+    register(registry, reconciler, stores, interval=options.interval)
+    try:
+        await kopf.operator(
+            registry=registry,
+            settings=build_settings(options),
+            standalone=options.peering is None,
+            peering_name=options.peering,
+            liveness_endpoint=options.liveness,
+            clusterwide=options.namespaces is None,
+            namespaces=list(options.namespaces or ()),
+        )
+    finally:
+        await stores.close()
+        kube.close()
+
+
+def run_operator(options: OperatorOptions) -> None:
+    asyncio.run(operate(options))

@@ -1,0 +1,411 @@
+"""What the operator does for one Queue: apply its children, observe it, size it.
+
+The kopf handlers (``slotfleet.operator.handlers``) only unpack kopf's arguments and
+call :class:`QueueReconciler`. Two entry points:
+
+* :meth:`QueueReconciler.apply_children` on create, resume and spec changes: server-side
+  apply of everything the builders produce (idempotent: a restart or a retry changes
+  nothing; names are fixed, so there are never duplicates), and removal of children the
+  spec no longer wants (the HPA when the mode changes, the Service, the PodMonitor);
+* :meth:`QueueReconciler.observe` every few seconds (:meth:`observe_forever`): read the
+  DSN from the Secret, the store's figures and cancel requests, the Deployment; size
+  the fleet (``mode: operator``); keep pods' deletion cost at their busy slots; write
+  ``status`` when it changed.
+
+Errors the user can fix become conditions and Events, never crashes: a missing Secret
+is ``Degraded/SecretNotFound``; an unreachable database is ``StoreReachable=False``
+with the driver's one-line error, and recovers on a later tick by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import ValidationError
+
+from slotfleet.models import QueuedJob, QueueStats, WorkerHeartbeat, describe_validation_error
+from slotfleet.models.resource import AutoscalingMode, QueueSpec
+from slotfleet.operator import status as st
+from slotfleet.operator.builders import (
+    QueueRef,
+    build_children,
+    deletion_cost_patch,
+    selector_string,
+)
+from slotfleet.operator.kube import KubeApiError, KubeClient
+from slotfleet.operator.stores import StoreCache
+from slotfleet.scaling import Decision, Observation, ScalerState, decide
+
+Json = dict[str, Any]
+logger = logging.getLogger(__name__)
+QUEUE_API = "slotfleet.dev/v1alpha1"
+
+
+class EventSink(Protocol):
+    """Kubernetes Events about a Queue (kopf posts them in the operator)."""
+
+    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
+
+
+@dataclass
+class _QueueMemory:
+    """What the operator remembers about one Queue between ticks (lost on restart, which
+    is fine: each item is re-derived on the next create/resume or tick)."""
+
+    applied_generation: int | None = None
+    apply_error: str | None = None
+    scaler: ScalerState = field(default_factory=ScalerState)
+    scaler_spec: Any = None
+    last_decision: Decision | None = None
+    pod_monitor_warned: int | None = None
+
+
+@dataclass(frozen=True)
+class _StoreView:
+    stats: QueueStats | None
+    cancellations: list[QueuedJob] | None
+    workers: list[WorkerHeartbeat]
+    error: str | None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class QueueReconciler:
+    """Reconciles Queues. One instance per operator process."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        stores: StoreCache,
+        events: EventSink,
+        *,
+        store_timeout: float = 5.0,
+    ) -> None:
+        self.kube = kube
+        self.stores = stores
+        self.events = events
+        self.store_timeout = store_timeout
+        self._memory: dict[tuple[str, str], _QueueMemory] = {}
+        self._pod_monitor_api: bool | None = None
+        self._tracked: dict[tuple[str, str], None] = {}
+
+    def _mem(self, ref: QueueRef) -> _QueueMemory:
+        return self._memory.setdefault((ref.namespace, ref.name), _QueueMemory())
+
+    def track(self, namespace: str, name: str) -> None:
+        """Observe this Queue from now on (see :meth:`observe_forever`)."""
+        self._tracked.setdefault((namespace, name), None)
+
+    def forget(self, namespace: str, name: str) -> None:
+        self._tracked.pop((namespace, name), None)
+        self._memory.pop((namespace, name), None)
+
+    async def observe_forever(self, interval: float) -> None:
+        """Observe every tracked Queue every ``interval`` seconds, concurrently; one
+        Queue's failure is logged and never stops the others."""
+        while True:
+            started = time.monotonic()
+            keys = list(self._tracked)
+            results = await asyncio.gather(
+                *(self._observe_key(ns, name) for ns, name in keys), return_exceptions=True
+            )
+            for (ns, name), result in zip(keys, results, strict=True):
+                if isinstance(result, Exception):
+                    logger.warning("observing Queue %s/%s failed: %s", ns, name, _one_line(result))
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+    async def _observe_key(self, namespace: str, name: str) -> None:
+        body = await self.kube.get(QUEUE_API, "Queue", namespace, name)
+        if body is None:
+            self.forget(namespace, name)
+            return
+        if body["metadata"].get("deletionTimestamp"):
+            return
+        await self.observe(body)
+
+    @staticmethod
+    def ref_of(body: Mapping[str, Any]) -> QueueRef:
+        meta = body["metadata"]
+        return QueueRef(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+    def parse_spec(self, body: Mapping[str, Any]) -> QueueSpec:
+        """The spec as the model; the API server validated it, so failures are rare
+        (an object stored before a schema change)."""
+        return QueueSpec.model_validate(dict(body.get("spec") or {}))
+
+    # ------------------------------------------------------------------ children
+
+    async def apply_children(self, body: Mapping[str, Any]) -> None:
+        ref = self.ref_of(body)
+        memory = self._mem(ref)
+        generation = int(body["metadata"].get("generation", 0))
+        try:
+            spec = self.parse_spec(body)
+        except ValidationError as exc:
+            memory.apply_error = describe_validation_error(exc, "spec")
+            self.events.warn(body, "InvalidSpec", memory.apply_error)
+            raise
+        monitor_api = await self._has_pod_monitor_api()
+        if spec.pod_monitor and not monitor_api and memory.pod_monitor_warned != generation:
+            memory.pod_monitor_warned = generation
+            self.events.warn(
+                body,
+                "PodMonitorUnavailable",
+                "spec.podMonitor is true but the PodMonitor CRD (monitoring.coreos.com) is "
+                "not installed; skipping it",
+            )
+        try:
+            for child in build_children(ref, spec, pod_monitor_available=monitor_api):
+                await self.kube.apply(child)
+            await self._remove_unwanted(ref, spec, monitor_api)
+        except KubeApiError as exc:
+            memory.apply_error = str(exc)
+            self.events.warn(body, "ApplyFailed", str(exc))
+            raise
+        if memory.applied_generation != generation:
+            self.events.info(
+                body, "Applied", f"worker fleet configured for generation {generation}"
+            )
+        memory.applied_generation = generation
+        memory.apply_error = None
+
+    async def _has_pod_monitor_api(self) -> bool:
+        if self._pod_monitor_api is None:
+            try:
+                self._pod_monitor_api = await self.kube.has_api(
+                    "monitoring.coreos.com/v1", "podmonitors"
+                )
+            except KubeApiError:
+                return False
+        return self._pod_monitor_api
+
+    async def _remove_unwanted(self, ref: QueueRef, spec: QueueSpec, monitor_api: bool) -> None:
+        unwanted: list[tuple[str, str, str]] = []
+        if spec.autoscaling.mode is not AutoscalingMode.HPA:
+            unwanted.append(("autoscaling/v2", "HorizontalPodAutoscaler", ref.name))
+        if not spec.metrics_service:
+            unwanted.append(("v1", "Service", ref.metrics_service_name))
+        if not spec.pod_monitor and monitor_api:
+            unwanted.append(("monitoring.coreos.com/v1", "PodMonitor", ref.name))
+        for api_version, kind, name in unwanted:
+            found = await self.kube.get(api_version, kind, ref.namespace, name)
+            owners = (found or {}).get("metadata", {}).get("ownerReferences") or []
+            if any(o.get("uid") == ref.uid for o in owners):
+                await self.kube.delete(api_version, kind, ref.namespace, name)
+
+    # ------------------------------------------------------------------ observe
+
+    async def _read_dsn(
+        self, ref: QueueRef, spec: QueueSpec
+    ) -> tuple[str | None, st.ConditionUpdate | None]:
+        secret_ref = spec.store.secret_ref
+        where = f"Secret {ref.namespace}/{secret_ref.name}"
+        secret = await self.kube.get("v1", "Secret", ref.namespace, secret_ref.name)
+        if secret is None:
+            return None, st.ConditionUpdate(
+                st.DEGRADED, True, "SecretNotFound", f"{where} (spec.store.secretRef) not found"
+            )
+        raw = (secret.get("data") or {}).get(secret_ref.key)
+        if raw is None:
+            return None, st.ConditionUpdate(
+                st.DEGRADED, True, "SecretKeyNotFound", f"{where} has no key {secret_ref.key!r}"
+            )
+        try:
+            dsn = base64.b64decode(raw).decode("utf-8").strip()
+        except (binascii.Error, UnicodeDecodeError):
+            dsn = ""
+        if not dsn:
+            return None, st.ConditionUpdate(
+                st.DEGRADED, True, "SecretKeyInvalid", f"{where} key {secret_ref.key!r} is empty"
+            )
+        return dsn, None
+
+    async def _read_store(self, dsn: str, queue: str) -> _StoreView:
+        async def read() -> _StoreView:
+            store = await self.stores.get(dsn)
+            stats = await store.queue_stats(queue)
+            cancels = await store.cancel_requests(queue=queue)
+            workers = await store.workers()
+            mine = next((s for s in stats if s.queue == queue), QueueStats(queue=queue))
+            return _StoreView(mine, cancels, workers, None)
+
+        try:
+            return await asyncio.wait_for(read(), timeout=self.store_timeout)
+        except TimeoutError:
+            error = f"no answer from the job store within {self.store_timeout:g} s"
+        except Exception as exc:  # any driver error: report it, retry next tick
+            error = _one_line(exc)
+        await self.stores.discard(dsn)
+        return _StoreView(None, None, [], error)
+
+    async def observe(self, body: Mapping[str, Any]) -> None:
+        """One tick: gather, decide, write. Called by the timer."""
+        ref = self.ref_of(body)
+        memory = self._mem(ref)
+        generation = int(body["metadata"].get("generation", 0))
+        previous: Mapping[str, Any] = body.get("status") or {}
+        spec = self.parse_spec(body)
+        queue = spec.effective_queue_name(ref.name)
+        now = st.rfc3339(datetime.now(UTC))
+
+        deployment = await self.kube.get("apps/v1", "Deployment", ref.namespace, ref.worker_name)
+        dsn, degraded = await self._read_dsn(ref, spec)
+        if degraded is None and memory.apply_error:
+            degraded = st.ConditionUpdate(st.DEGRADED, True, "ApplyFailed", memory.apply_error)
+        view = await self._read_store(dsn, queue) if dsn else _StoreView(None, None, [], None)
+        if dsn is None:
+            store_cond = st.ConditionUpdate(
+                st.STORE_REACHABLE, None, "NoDSN", "the store DSN cannot be read"
+            )
+        elif view.error is not None:
+            store_cond = st.ConditionUpdate(st.STORE_REACHABLE, False, "StoreError", view.error)
+        else:
+            store_cond = st.ConditionUpdate(st.STORE_REACHABLE, True, "Connected", "")
+
+        conditions = [store_cond]
+        conditions.append(degraded or st.ConditionUpdate(st.DEGRADED, False, "AsExpected", ""))
+        ready_replicas = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
+        conditions.append(
+            st.ready_condition(
+                degraded=degraded,
+                store_ok=store_cond.status,
+                ready=ready_replicas,
+                wanted=spec.replicas,
+            )
+        )
+
+        desired: int | None = None
+        last_scale: str | None = None
+        drop: tuple[str, ...] = ()
+        if spec.autoscaling.mode is AutoscalingMode.OPERATOR:
+            if view.stats is not None:
+                decision = await self._autoscale(body, ref, spec, view.stats, memory)
+                desired = decision.desired
+                changed = decision.replicas != spec.replicas
+                if changed:
+                    last_scale = now
+                conditions.append(
+                    st.ConditionUpdate(
+                        st.SCALING, changed, "Scaled" if changed else "Steady", decision.reason
+                    )
+                )
+        else:
+            drop = (st.SCALING,)
+
+        await self._update_deletion_costs(ref, queue, view.workers, view.stats is not None)
+
+        self._report_transitions(body, previous, conditions)
+        new_status = st.build_status(
+            previous,
+            st.Observed(
+                generation=generation,
+                applied_generation=memory.applied_generation,
+                spec_replicas=spec.replicas,
+                deployment=deployment,
+                selector=selector_string(ref),
+                stats=view.stats,
+                cancellations=view.cancellations,
+                conditions=conditions,
+                drop_conditions=drop,
+                desired_replicas=desired,
+                last_scale_time=last_scale,
+            ),
+            now=now,
+        )
+        if st.status_changed(previous, new_status):
+            await self.kube.merge_patch(
+                QUEUE_API,
+                "Queue",
+                ref.namespace,
+                ref.name,
+                {"status": new_status},
+                subresource="status",
+            )
+
+    def _report_transitions(
+        self,
+        body: Mapping[str, Any],
+        previous: Mapping[str, Any],
+        conditions: list[st.ConditionUpdate],
+    ) -> None:
+        """An Event when Degraded or StoreReachable changes: what a user should notice."""
+        old = previous.get("conditions") or []
+        for cond in conditions:
+            if cond.type not in (st.DEGRADED, st.STORE_REACHABLE):
+                continue
+            if st.condition_status(old, cond.type) == cond.status_text:
+                continue
+            bad = (cond.type == st.DEGRADED and cond.status) or (
+                cond.type == st.STORE_REACHABLE and cond.status is False
+            )
+            if bad:
+                self.events.warn(body, cond.reason, cond.message)
+            elif st.condition_status(old, cond.type) is not None and cond.status is not None:
+                self.events.info(body, cond.reason, f"{cond.type} is {cond.status_text} again")
+
+    async def _autoscale(
+        self,
+        body: Mapping[str, Any],
+        ref: QueueRef,
+        spec: QueueSpec,
+        stats: QueueStats,
+        memory: _QueueMemory,
+    ) -> Decision:
+        """``mode: operator``: decide with the shared autoscaler and write ``spec.replicas``
+        through the Queue's ``/scale`` (so the Deployment follows by the same path as
+        ``kubectl scale`` or an HPA)."""
+        if memory.scaler_spec != spec.autoscaling:
+            memory.scaler_spec = spec.autoscaling
+            memory.scaler = ScalerState(last_active=memory.scaler.last_active)
+        observation = Observation(
+            at=time.monotonic(),
+            replicas=spec.replicas,
+            slots_per_pod=spec.executor.concurrency,
+            busy=stats.running,
+            ready_pending=stats.ready,
+        )
+        decision, memory.scaler = decide(memory.scaler, observation, spec.autoscaling)
+        memory.last_decision = decision
+        if decision.replicas != spec.replicas:
+            await self.kube.merge_patch(
+                QUEUE_API,
+                "Queue",
+                ref.namespace,
+                ref.name,
+                {"spec": {"replicas": decision.replicas}},
+                subresource="scale",
+            )
+            self.events.info(
+                body,
+                "Scaled",
+                f"replicas {spec.replicas} -> {decision.replicas}: {decision.reason}",
+            )
+        return decision
+
+    async def _update_deletion_costs(
+        self, ref: QueueRef, queue: str, workers: list[WorkerHeartbeat], known: bool
+    ) -> None:
+        if not known:
+            return  # without the store's heartbeats, keep the costs as they are
+        pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
+        for name, busy in st.deletion_costs(pods, workers, queue).items():
+            try:
+                await self.kube.merge_patch(
+                    "v1", "Pod", ref.namespace, name, deletion_cost_patch(busy)
+                )
+            except KubeApiError as exc:
+                if exc.status != 404:  # a pod that just went away needs no cost
+                    raise

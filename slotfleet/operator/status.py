@@ -1,0 +1,223 @@
+"""Pure builders of a Queue's ``status``: conditions, slots, backlog, cancellations.
+
+The operator's timer gathers what it observed (the worker Deployment, the store's
+figures, cancel requests, errors) and :func:`build_status` turns it into the status
+document; the handler writes it only when it differs from what is there, so a quiet
+queue causes no writes (and no watch events for its workers).
+
+What this module is not: it reads no clock (``now`` is passed in as RFC 3339 text) and
+does no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from slotfleet.models import QueuedJob, QueueStats, WorkerHeartbeat
+from slotfleet.operator.builders import DELETION_COST_ANNOTATION
+
+Json = dict[str, Any]
+
+#: Most cancellation entries kept in ``status.cancellations`` (oldest requests first).
+MAX_CANCELLATIONS = 100
+
+READY = "Ready"
+STORE_REACHABLE = "StoreReachable"
+DEGRADED = "Degraded"
+SCALING = "Scaling"
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionUpdate:
+    """One condition as the operator sees it now."""
+
+    type: str
+    status: bool | None
+    """True, False, or None for Unknown."""
+    reason: str
+    message: str = ""
+
+    @property
+    def status_text(self) -> str:
+        return {True: "True", False: "False", None: "Unknown"}[self.status]
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    update: ConditionUpdate,
+    *,
+    generation: int,
+    now: str,
+) -> list[Json]:
+    """``conditions`` with ``update`` applied; ``lastTransitionTime`` changes only when
+    the status does."""
+    result: list[Json] = []
+    found = False
+    for existing in conditions:
+        if existing.get("type") != update.type:
+            result.append(dict(existing))
+            continue
+        found = True
+        changed = existing.get("status") != update.status_text
+        result.append(
+            _condition(
+                update, generation, now if changed else existing.get("lastTransitionTime", now)
+            )
+        )
+    if not found:
+        result.append(_condition(update, generation, now))
+    return result
+
+
+def _condition(update: ConditionUpdate, generation: int, when: str) -> Json:
+    return {
+        "type": update.type,
+        "status": update.status_text,
+        "reason": update.reason,
+        "message": update.message,
+        "lastTransitionTime": when,
+        "observedGeneration": generation,
+    }
+
+
+def remove_condition(conditions: Sequence[Mapping[str, Any]], kind: str) -> list[Json]:
+    return [dict(c) for c in conditions if c.get("type") != kind]
+
+
+def condition_status(conditions: Iterable[Mapping[str, Any]], kind: str) -> str | None:
+    for condition in conditions:
+        if condition.get("type") == kind:
+            status = condition.get("status")
+            return str(status) if status is not None else None
+    return None
+
+
+def cancellation_entries(jobs: Sequence[QueuedJob]) -> list[Json]:
+    """Running jobs with a cancel request, oldest request first, at most
+    :data:`MAX_CANCELLATIONS`. A job that stopped running (cancelled, or finished
+    before its worker saw the request) is simply not among ``jobs`` any more."""
+    ordered = sorted(
+        jobs, key=lambda j: (j.cancel_requested_at or datetime.min.replace(tzinfo=UTC), j.id)
+    )
+    return [
+        {
+            "job": int(job.id),
+            "requestedAt": rfc3339(job.cancel_requested_at) if job.cancel_requested_at else "",
+        }
+        for job in ordered[:MAX_CANCELLATIONS]
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """Everything one reconcile tick saw, for :func:`build_status`."""
+
+    generation: int
+    """The Queue's ``metadata.generation``."""
+    applied_generation: int | None
+    """The generation whose children were last applied, if known."""
+    spec_replicas: int
+    deployment: Mapping[str, Any] | None
+    selector: str
+    stats: QueueStats | None
+    """``None`` when the store could not be read."""
+    cancellations: Sequence[QueuedJob] | None
+    """``None`` when the store could not be read (the previous entries are kept)."""
+    conditions: Sequence[ConditionUpdate]
+    drop_conditions: Sequence[str] = ()
+    desired_replicas: int | None = None
+    last_scale_time: str | None = None
+
+
+def build_status(previous: Mapping[str, Any], seen: Observed, *, now: str) -> Json:
+    """The new ``status`` from the previous one and what was observed."""
+    deployment_status = (seen.deployment or {}).get("status") or {}
+    status: Json = {
+        "observedGeneration": (
+            seen.applied_generation
+            if seen.applied_generation is not None
+            else int(previous.get("observedGeneration", 0))
+        ),
+        "replicas": int(deployment_status.get("replicas", 0) or 0),
+        "readyReplicas": int(deployment_status.get("readyReplicas", 0) or 0),
+        "selector": seen.selector,
+    }
+    if seen.stats is not None:
+        status["slots"] = {
+            "total": seen.stats.slots_total,
+            "busy": seen.stats.slots_busy,
+            "free": seen.stats.slots_free,
+        }
+        status["pending"] = seen.stats.ready
+    else:
+        status["slots"] = dict(previous.get("slots") or {"total": 0, "busy": 0, "free": 0})
+        status["pending"] = int(previous.get("pending", 0))
+    status["desiredReplicas"] = (
+        seen.desired_replicas
+        if seen.desired_replicas is not None
+        else int(previous.get("desiredReplicas", 0))
+    )
+    status["lastScaleTime"] = seen.last_scale_time or str(previous.get("lastScaleTime", ""))
+    status["cancellations"] = (
+        cancellation_entries(seen.cancellations)
+        if seen.cancellations is not None
+        else list(previous.get("cancellations") or [])
+    )
+    conditions: list[Json] = [dict(c) for c in previous.get("conditions") or []]
+    for kind in seen.drop_conditions:
+        conditions = remove_condition(conditions, kind)
+    for update in seen.conditions:
+        conditions = set_condition(conditions, update, generation=seen.generation, now=now)
+    status["conditions"] = conditions
+    return status
+
+
+def ready_condition(
+    *, degraded: ConditionUpdate | None, store_ok: bool | None, ready: int, wanted: int
+) -> ConditionUpdate:
+    """Ready: not degraded, the store reachable, and every wanted worker ready."""
+    if degraded is not None and degraded.status:
+        return ConditionUpdate(READY, False, degraded.reason, degraded.message)
+    if store_ok is False:
+        return ConditionUpdate(READY, False, "StoreUnreachable", "the job store cannot be reached")
+    if ready < wanted:
+        return ConditionUpdate(
+            READY, False, "WorkersStarting", f"{ready} of {wanted} workers ready"
+        )
+    if wanted == 0:
+        return ConditionUpdate(READY, True, "ScaledToZero", "no workers wanted now")
+    return ConditionUpdate(READY, True, "WorkersReady", f"{ready} of {wanted} workers ready")
+
+
+def status_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing ``new`` would change anything (ignoring fields not written)."""
+    return any(previous.get(key) != value for key, value in new.items())
+
+
+def deletion_costs(
+    pods: Sequence[Mapping[str, Any]], workers: Sequence[WorkerHeartbeat], queue: str
+) -> dict[str, int]:
+    """Pods whose ``pod-deletion-cost`` must change, mapped to their busy slots.
+
+    Worker ids are pod names (``--worker-id $(POD_NAME)``). A pod without a heartbeat
+    costs 0: it runs nothing the store knows of, so it may go first.
+    """
+    busy_by_worker = {w.worker_id: w.queues.get(queue, (0, 0))[1] for w in workers}
+    changes: dict[str, int] = {}
+    for pod in pods:
+        metadata = pod.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            continue
+        name = str(metadata.get("name", ""))
+        busy = int(busy_by_worker.get(name, 0))
+        current = (metadata.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
+        if current != str(busy):
+            changes[name] = busy
+    return changes

@@ -1,0 +1,729 @@
+"""The operator on a real control plane: CRD validation, children, status, RBAC, GC.
+
+The operator runs as a real subprocess (``slotfleet operator --standalone --namespace NS``)
+with the admin kubeconfig; worker pods run as local processes through the test node, with
+their own ServiceAccount tokens; the job store is a real PostgreSQL database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from slotfleet.models import Job, JobId, JobState
+from slotfleet.store import open_store
+
+from .controlplane import ControlPlane
+from .fixtures import KubeAdmin
+from .testnode import TestNode
+
+pytestmark = pytest.mark.kube
+
+REPO = Path(__file__).resolve().parents[2]
+CRD_FILE = REPO / "crds" / "queues.slotfleet.dev.yaml"
+VENV_BIN = Path(sys.executable).parent
+GROUP, VERSION, PLURAL = "slotfleet.dev", "v1alpha1", "queues"
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, check: Callable[[], T | None], timeout: float = 40.0, interval: float = 0.3
+) -> T:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except ApiException as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def kubectl(
+    admin: KubeAdmin, *args: str, stdin: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "KUBECONFIG": str(admin.kubeconfig)}
+    proc = subprocess.run(
+        ["kubectl", *args], input=stdin, env=env, capture_output=True, text=True, timeout=60
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {proc.stderr}")
+    return proc
+
+
+# ------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def queue_crd(kube_admin: KubeAdmin) -> str:
+    kubectl(kube_admin, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    kubectl(
+        kube_admin,
+        "wait",
+        "--for=condition=Established",
+        "--timeout=30s",
+        "crd/queues.slotfleet.dev",
+    )
+    return "queues.slotfleet.dev"
+
+
+class OperatorProcess:
+    """``slotfleet operator`` as a subprocess, stopped (or killed) by PID."""
+
+    def __init__(self, admin: KubeAdmin, namespace: str, log: Path) -> None:
+        self.admin = admin
+        self.namespace = namespace
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        env = {**os.environ, "KUBECONFIG": str(self.admin.kubeconfig), "PYTHONPATH": str(REPO)}
+        env.pop("POD_NAMESPACE", None)
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "slotfleet.cli.main",
+                    "operator",
+                    "--standalone",
+                    "--namespace",
+                    self.namespace,
+                    "--interval",
+                    "1",
+                    "--verbose",
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+    def tail(self) -> str:
+        return self.log.read_text(errors="replace")[-6000:] if self.log.exists() else ""
+
+
+@pytest.fixture
+def operator(
+    kube_admin: KubeAdmin, namespace: str, queue_crd: str, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(kube_admin, namespace, tmp_path / "operator.log")
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
+        if os.environ.get("SLOTFLEET_SHOW_OPERATOR_LOG") == "1":
+            print(op.tail())
+
+
+def custom(admin: KubeAdmin) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(admin.api_client)
+
+
+def get_queue(admin: KubeAdmin, namespace: str, name: str) -> dict[str, Any]:
+    found: dict[str, Any] = custom(admin).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, name
+    )
+    return found
+
+
+def queue_manifest(name: str, secret: str = "db", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "imports": ["examples.tasks"],
+        "store": {"secretRef": {"name": secret, "key": "dsn"}},
+        "executor": {"kind": "async", "concurrency": 4},
+        "autoscaling": {"mode": "off"},
+        "replicas": 1,
+        "drainTimeoutSeconds": 5,
+        "pollingInterval": 0.2,
+        # the test node runs commands from the test venv; task code comes from the repo
+        "env": [
+            {"name": "PATH", "value": f"{VENV_BIN}:{os.environ.get('PATH', '')}"},
+            {"name": "PYTHONPATH", "value": str(REPO)},
+        ],
+    }
+    base.update(spec)
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "Queue",
+        "metadata": {"name": name},
+        "spec": base,
+    }
+
+
+def create_secret(admin: KubeAdmin, namespace: str, dsn: str, name: str = "db") -> None:
+    body = client.V1Secret(metadata=client.V1ObjectMeta(name=name), string_data={"dsn": dsn})
+    core = client.CoreV1Api(admin.api_client)
+    try:
+        core.create_namespaced_secret(namespace, body)
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+        core.replace_namespaced_secret(name, namespace, body)
+
+
+def apply_queue(admin: KubeAdmin, namespace: str, manifest: dict[str, Any]) -> None:
+    kubectl(admin, "apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+
+
+def condition(queue: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (queue.get("status") or {}).get("conditions") or []:
+        if cond["type"] == kind:
+            found: dict[str, Any] = cond
+            return found
+    return None
+
+
+def owned_children(admin: KubeAdmin, namespace: str, queue_name: str) -> dict[str, list[Any]]:
+    selector = f"slotfleet.dev/queue={queue_name}"
+    core = client.CoreV1Api(admin.api_client)
+    rbac = client.RbacAuthorizationV1Api(admin.api_client)
+    apps = client.AppsV1Api(admin.api_client)
+    return {
+        "ServiceAccount": core.list_namespaced_service_account(
+            namespace, label_selector=selector
+        ).items,
+        "Role": rbac.list_namespaced_role(namespace, label_selector=selector).items,
+        "RoleBinding": rbac.list_namespaced_role_binding(namespace, label_selector=selector).items,
+        "Deployment": apps.list_namespaced_deployment(namespace, label_selector=selector).items,
+        "Service": core.list_namespaced_service(namespace, label_selector=selector).items,
+    }
+
+
+def running_pods(admin: KubeAdmin, namespace: str, queue_name: str) -> list[Any]:
+    pods = (
+        client.CoreV1Api(admin.api_client)
+        .list_namespaced_pod(namespace, label_selector=f"slotfleet.dev/queue={queue_name}")
+        .items
+    )
+    return [
+        p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+    ]
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+# ------------------------------------------------------------------ validation
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("no-store", {"store": None}, "spec.store: Required value"),
+    ("no-secret-name", {"store": {"secretRef": {"key": "dsn"}}}, "spec.store.secretRef.name"),
+    ("bad-kind", {"executor": {"kind": "fibers"}}, 'Unsupported value: "fibers"'),
+    ("zero-slots", {"executor": {"concurrency": 0}}, "spec.executor.concurrency"),
+    ("many-slots", {"executor": {"concurrency": 20000}}, "spec.executor.concurrency"),
+    ("negative-replicas", {"replicas": -1}, "spec.replicas"),
+    (
+        "over-max",
+        {"replicas": 20, "autoscaling": {"mode": "operator", "maxReplicas": 5}},
+        "replicas must not exceed autoscaling.maxReplicas",
+    ),
+    (
+        "min-over-max",
+        {"autoscaling": {"mode": "off", "minReplicas": 6, "maxReplicas": 5}},
+        "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+    ),
+    (
+        "hpa-zero",
+        {"autoscaling": {"mode": "hpa", "minReplicas": 0}},
+        "at least 1 in hpa mode",
+    ),
+    ("bad-mode", {"autoscaling": {"mode": "sometimes"}}, "spec.autoscaling.mode"),
+    ("zero-target", {"autoscaling": {"targetUtilization": 0}}, "targetUtilization"),
+    ("big-target", {"autoscaling": {"targetUtilization": 1.5}}, "targetUtilization"),
+    ("bad-queue-name", {"queueName": "Emails!"}, "spec.queueName"),
+    ("bad-env-name", {"env": [{"name": "1 bad"}]}, "spec.env[0].name"),
+    (
+        "dup-env",
+        {"env": [{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]},
+        "Duplicate value",
+    ),
+    ("zero-polling", {"pollingInterval": 0}, "spec.pollingInterval"),
+    ("zero-rate", {"rateLimit": {"count": 0}}, "spec.rateLimit.count"),
+    ("zero-drain", {"drainTimeoutSeconds": 0}, "spec.drainTimeoutSeconds"),
+    ("low-port", {"metricsPort": 80}, "spec.metricsPort"),
+    ("pull-policy", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
+    ("empty-image", {"image": ""}, "spec.image"),
+    ("unknown-field", {"replica": 3}, 'unknown field "spec.replica"'),
+    ("resources-key", {"resources": {"limitz": {"cpu": "1"}}}, "only have requests and limits"),
+    ("resources-qty", {"resources": {"limits": {"cpu": "lots"}}}, "must be a quantity"),
+]
+
+
+def test_invalid_queues_are_rejected_with_readable_messages(
+    kube_admin: KubeAdmin, namespace: str, queue_crd: str
+) -> None:
+    failures = []
+    for name, spec_patch, expected in INVALID:
+        manifest = queue_manifest(f"q-{name}")
+        for key, value in spec_patch.items():
+            if value is None:
+                manifest["spec"].pop(key)
+            else:
+                manifest["spec"][key] = value
+        proc = kubectl(
+            kube_admin,
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            stdin=json.dumps(manifest),
+            check=False,
+        )
+        if proc.returncode == 0 or expected not in proc.stderr:
+            failures.append(f"{name}: rc={proc.returncode} stderr={proc.stderr.strip()}")
+    # the name itself: too long, or not starting with a letter
+    for bad_name in ["9lives", "q" * 49]:
+        proc = kubectl(
+            kube_admin,
+            "apply",
+            "-n",
+            namespace,
+            "-f",
+            "-",
+            stdin=json.dumps(queue_manifest(bad_name)),
+            check=False,
+        )
+        if proc.returncode == 0 or "at most 48 characters" not in proc.stderr:
+            failures.append(f"name {bad_name}: {proc.stderr.strip()}")
+    assert not failures, "\n".join(failures)
+    assert len(INVALID) + 2 >= 15
+
+
+def test_valid_queue_gets_defaults_and_shows_in_get(
+    kube_admin: KubeAdmin, namespace: str, queue_crd: str
+) -> None:
+    apply_queue(kube_admin, namespace, queue_manifest("plain"))
+    spec = get_queue(kube_admin, namespace, "plain")["spec"]
+    assert spec["executor"] == {"kind": "async", "concurrency": 4}
+    assert spec["autoscaling"]["maxReplicas"] == 10
+    assert spec["metricsPort"] == 9464
+    out = kubectl(kube_admin, "get", "sfq", "-n", namespace).stdout
+    assert out.split("\n")[0].split() == [
+        "NAME",
+        "REPLICAS",
+        "READY",
+        "BUSY",
+        "FREE",
+        "PENDING",
+        "MODE",
+        "AGE",
+    ]
+
+
+# ------------------------------------------------------------------ children and status
+
+
+def test_children_rbac_status_scale_and_gc(
+    kube_admin: KubeAdmin,
+    namespace: str,
+    operator: OperatorProcess,
+    test_node: TestNode,
+    postgres_dsn: str,
+    control_plane: ControlPlane,
+) -> None:
+    create_secret(kube_admin, namespace, postgres_dsn)
+    apply_queue(kube_admin, namespace, queue_manifest("work"))
+    uid = get_queue(kube_admin, namespace, "work")["metadata"]["uid"]
+
+    def children_ready() -> dict[str, list[Any]] | None:
+        found = owned_children(kube_admin, namespace, "work")
+        return found if all(len(v) == 1 for v in found.values()) else None
+
+    children = wait_for("children", children_ready)
+    for kind, objs in children.items():
+        refs = objs[0].metadata.owner_references
+        assert [(r.kind, r.uid, r.controller) for r in refs] == [("Queue", uid, True)], kind
+
+    def status_ready() -> dict[str, Any] | None:
+        q = get_queue(kube_admin, namespace, "work")
+        reach = condition(q, "StoreReachable")
+        return q if reach and reach["status"] == "True" else None
+
+    queue = wait_for("StoreReachable", status_ready)
+    assert queue["status"]["selector"] == (
+        "app.kubernetes.io/name=slotfleet-worker,slotfleet.dev/queue=work"
+    )
+    assert condition(queue, "Degraded")["status"] == "False"  # type: ignore[index]
+
+    _check_worker_rbac(kube_admin, control_plane, namespace)
+
+    # scale through /scale (mode off): the Deployment follows spec.replicas
+    kubectl(kube_admin, "scale", "queue", "work", "-n", namespace, "--replicas=3")
+    apps = client.AppsV1Api(kube_admin.api_client)
+    wait_for(
+        "deployment replicas 3",
+        lambda: apps.read_namespaced_deployment("work-worker", namespace).spec.replicas == 3,
+    )
+    wait_for(
+        "status.replicas 3",
+        lambda: get_queue(kube_admin, namespace, "work")["status"]["replicas"] == 3,
+    )
+
+    # deleting the Queue removes its children (garbage collector, no finalizer)
+    assert not get_queue(kube_admin, namespace, "work")["metadata"].get("finalizers")
+    kubectl(kube_admin, "delete", "queue", "work", "-n", namespace, "--wait=true")
+    wait_for(
+        "children garbage-collected",
+        lambda: not any(owned_children(kube_admin, namespace, "work").values()),
+        timeout=60,
+    )
+
+
+def _token_client(
+    admin: KubeAdmin, control_plane: ControlPlane, namespace: str, sa: str
+) -> client.ApiClient:
+    core = client.CoreV1Api(admin.api_client)
+    token = core.create_namespaced_service_account_token(
+        sa,
+        namespace,
+        client.AuthenticationV1TokenRequest(
+            spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=600)
+        ),
+    ).status.token
+    configuration = client.Configuration()
+    configuration.host = admin.server
+    configuration.ssl_ca_cert = str(admin.ca_file)
+    configuration.api_key = {"authorization": f"Bearer {token}"}
+    return client.ApiClient(configuration)
+
+
+def _status_of(call: Callable[[], Any]) -> int:
+    try:
+        call()
+    except ApiException as exc:
+        return int(exc.status)
+    return 200
+
+
+def _check_worker_rbac(admin: KubeAdmin, control_plane: ControlPlane, namespace: str) -> None:
+    """The worker's ServiceAccount: its own Queue read-only, nothing else."""
+    # another Queue in the namespace, and a Secret, to be refused
+    apply_queue(admin, namespace, queue_manifest("other", replicas=0))
+    worker = _token_client(admin, control_plane, namespace, "work-worker")
+    objs = client.CustomObjectsApi(worker)
+    core = client.CoreV1Api(worker)
+    args = (GROUP, VERSION, namespace, PLURAL)
+    assert _status_of(lambda: objs.get_namespaced_custom_object(*args, "work")) == 200
+    assert (
+        _status_of(
+            lambda: objs.list_namespaced_custom_object(*args, field_selector="metadata.name=work")
+        )
+        == 200
+    )
+    assert (
+        _status_of(
+            lambda: objs.list_namespaced_custom_object(
+                *args,
+                field_selector="metadata.name=work",
+                watch=True,
+                timeout_seconds=1,
+                _preload_content=False,
+            ).read()
+        )
+        == 200
+    )
+    assert _status_of(lambda: objs.list_namespaced_custom_object(*args)) == 403
+    assert (
+        _status_of(
+            lambda: objs.patch_namespaced_custom_object(*args, "work", {"spec": {"paused": True}})
+        )
+        == 403
+    )
+    assert (
+        _status_of(
+            lambda: objs.patch_namespaced_custom_object_status(
+                *args, "work", {"status": {"pending": 1}}
+            )
+        )
+        == 403
+    )
+    assert _status_of(lambda: objs.get_namespaced_custom_object(*args, "other")) == 403
+    assert _status_of(lambda: core.read_namespaced_secret("db", namespace)) == 403
+    assert _status_of(lambda: core.list_namespaced_secret(namespace)) == 403
+    pod = client.V1Pod(
+        metadata=client.V1ObjectMeta(name="evil"),
+        spec=client.V1PodSpec(containers=[client.V1Container(name="c", image="x")]),
+    )
+    assert _status_of(lambda: core.create_namespaced_pod(namespace, pod)) == 403
+    worker.close()
+
+
+def test_missing_secret_and_unreachable_store_are_conditions(
+    kube_admin: KubeAdmin, namespace: str, operator: OperatorProcess, postgres_dsn: str
+) -> None:
+    apply_queue(kube_admin, namespace, queue_manifest("lost", secret="nope", replicas=0))
+
+    def degraded() -> dict[str, Any] | None:
+        cond = condition(get_queue(kube_admin, namespace, "lost"), "Degraded")
+        return cond if cond and cond["status"] == "True" else None
+
+    cond = wait_for("Degraded", degraded)
+    assert cond["reason"] == "SecretNotFound"
+    assert cond["message"] == f"Secret {namespace}/nope (spec.store.secretRef) not found"
+    ready = condition(get_queue(kube_admin, namespace, "lost"), "Ready")
+    assert ready is not None
+    assert (ready["status"], ready["reason"]) == ("False", "SecretNotFound")
+    wait_for(
+        "a SecretNotFound event",
+        lambda: any(
+            e.reason == "SecretNotFound"
+            for e in client.CoreV1Api(kube_admin.api_client)
+            .list_namespaced_event(namespace, field_selector="involvedObject.name=lost")
+            .items
+        ),
+    )
+
+    # a DSN nobody listens on: StoreReachable=False with one line, and it recovers
+    create_secret(kube_admin, namespace, "postgresql://nobody@127.0.0.1:1/nothing", name="nope")
+
+    def unreachable() -> dict[str, Any] | None:
+        c = condition(get_queue(kube_admin, namespace, "lost"), "StoreReachable")
+        return c if c and c["status"] == "False" else None
+
+    cond = wait_for("StoreReachable=False", unreachable)
+    assert "\n" not in cond["message"]
+    assert cond["message"]
+    assert condition(get_queue(kube_admin, namespace, "lost"), "Degraded")["status"] == "False"  # type: ignore[index]
+
+    create_secret(kube_admin, namespace, postgres_dsn, name="nope")
+
+    def reachable() -> bool:
+        c = condition(get_queue(kube_admin, namespace, "lost"), "StoreReachable")
+        return bool(c and c["status"] == "True")
+
+    wait_for("StoreReachable=True again", reachable)
+
+
+def test_hpa_mode_adds_and_removes_the_hpa(
+    kube_admin: KubeAdmin, namespace: str, operator: OperatorProcess, postgres_dsn: str
+) -> None:
+    create_secret(kube_admin, namespace, postgres_dsn)
+    manifest = queue_manifest(
+        "elastic",
+        replicas=1,
+        autoscaling={
+            "mode": "hpa",
+            "minReplicas": 1,
+            "maxReplicas": 4,
+            "targetUtilization": 0.5,
+            "scaleDownStabilizationSeconds": 90,
+        },
+    )
+    apply_queue(kube_admin, namespace, manifest)
+    hpas = client.AutoscalingV2Api(kube_admin.api_client)
+    hpa = wait_for(
+        "HPA",
+        lambda: hpas.read_namespaced_horizontal_pod_autoscaler("elastic", namespace),
+    )
+    assert hpa.spec.scale_target_ref.kind == "Queue"
+    assert hpa.spec.scale_target_ref.api_version == "slotfleet.dev/v1alpha1"
+    assert hpa.spec.metrics[0].pods.target.average_value == "500m"
+    assert hpa.spec.behavior.scale_down.stabilization_window_seconds == 90
+    manifest["spec"]["autoscaling"]["mode"] = "off"
+    apply_queue(kube_admin, namespace, manifest)
+
+    def gone() -> bool:
+        try:
+            hpas.read_namespaced_horizontal_pod_autoscaler("elastic", namespace)
+        except ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_for("HPA removed", gone)
+
+
+def test_operator_mode_scales_from_zero_on_backlog(
+    kube_admin: KubeAdmin, namespace: str, operator: OperatorProcess, postgres_dsn: str
+) -> None:
+    create_secret(kube_admin, namespace, postgres_dsn)
+    manifest = queue_manifest(
+        "auto",
+        replicas=0,
+        executor={"kind": "async", "concurrency": 2},
+        autoscaling={
+            "mode": "operator",
+            "minReplicas": 0,
+            "maxReplicas": 3,
+            "targetUtilization": 1.0,
+        },
+    )
+    apply_queue(kube_admin, namespace, manifest)
+
+    async def enqueue() -> None:
+        store = open_store(postgres_dsn)
+        await store.open()
+        try:
+            await store.enqueue(
+                [
+                    Job(
+                        func="examples.tasks:send_email",
+                        queue="auto",
+                        kwargs={"to": f"u{i}", "seconds": 30},
+                        scheduled_at=None,
+                    )
+                    for i in range(5)
+                ]
+            )
+        finally:
+            await store.close()
+
+    run(enqueue())
+    queue = wait_for(
+        "spec.replicas scaled up",
+        lambda: (q := get_queue(kube_admin, namespace, "auto"))["spec"]["replicas"] >= 3 and q,
+    )
+    assert queue["spec"]["replicas"] == 3  # ceil(5 / 2), clamped to maxReplicas
+    wait_for(
+        "status.desiredReplicas and Scaling",
+        lambda: get_queue(kube_admin, namespace, "auto")["status"].get("desiredReplicas") == 3,
+    )
+    wait_for(
+        "a Scaled event",
+        lambda: any(
+            e.reason == "Scaled"
+            for e in client.CoreV1Api(kube_admin.api_client)
+            .list_namespaced_event(namespace, field_selector="involvedObject.name=auto")
+            .items
+        ),
+    )
+
+
+def test_operator_killed_mid_reconcile_converges_without_duplicates(
+    kube_admin: KubeAdmin, namespace: str, operator: OperatorProcess, postgres_dsn: str
+) -> None:
+    create_secret(kube_admin, namespace, postgres_dsn)
+    apply_queue(kube_admin, namespace, queue_manifest("sturdy", replicas=0))
+    time.sleep(0.5)
+    operator.stop(signal.SIGKILL)
+    operator.start()
+    children = wait_for(
+        "children after restart",
+        lambda: (
+            (c := owned_children(kube_admin, namespace, "sturdy"))
+            and all(len(v) == 1 for v in c.values())
+            and c
+        ),
+    )
+    wait_for(
+        "observedGeneration",
+        lambda: (
+            get_queue(kube_admin, namespace, "sturdy").get("status", {}).get("observedGeneration")
+            == 1
+        ),
+    )
+    before = {k: v[0].metadata.resource_version for k, v in children.items()}
+    operator.stop()
+    operator.start()
+    time.sleep(4)  # resume handlers and a few ticks
+    after = owned_children(kube_admin, namespace, "sturdy")
+    assert {k: len(v) for k, v in after.items()} == {k: 1 for k in after}
+    assert {k: v[0].metadata.resource_version for k, v in after.items()} == before
+
+
+# ------------------------------------------------------------------ workers end to end
+
+
+def test_jobs_run_and_cancel_flows_through_the_queue_status(
+    kube_admin: KubeAdmin,
+    namespace: str,
+    operator: OperatorProcess,
+    test_node: TestNode,
+    postgres_dsn: str,
+) -> None:
+    create_secret(kube_admin, namespace, postgres_dsn)
+    apply_queue(kube_admin, namespace, queue_manifest("e2e", replicas=1))
+    wait_for("a worker pod running", lambda: running_pods(kube_admin, namespace, "e2e"), 60)
+
+    async def scenario() -> None:
+        store = open_store(postgres_dsn)
+        await store.open()
+        try:
+            quick = await store.enqueue(
+                [
+                    Job(
+                        func="examples.tasks:send_email",
+                        queue="e2e",
+                        kwargs={"to": f"u{i}", "seconds": 0.05},
+                    )
+                    for i in range(5)
+                ]
+            )
+            (slow,) = await store.enqueue(
+                [
+                    Job(
+                        func="examples.tasks:send_email",
+                        queue="e2e",
+                        kwargs={"to": "slow", "seconds": 600},
+                    )
+                ]
+            )
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                states = [(await store.get(j.id)).state for j in quick]  # type: ignore[union-attr]
+                running = (await store.get(slow.id)).state  # type: ignore[union-attr]
+                if all(s is JobState.SUCCEEDED for s in states) and running is JobState.RUNNING:
+                    break
+                await asyncio.sleep(0.3)
+            else:
+                raise AssertionError(f"jobs did not run: {states}, slow {running}")
+            await store.request_cancel(JobId(slow.id))
+            seen_in_status = False
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                status = get_queue(kube_admin, namespace, "e2e").get("status") or {}
+                if any(c["job"] == slow.id for c in status.get("cancellations") or []):
+                    seen_in_status = True
+                job = await store.get(slow.id)
+                if job is not None and job.state is JobState.CANCELLED:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                raise AssertionError("the slow job was not cancelled")
+            assert seen_in_status
+        finally:
+            await store.close()
+
+    run(scenario())
+    wait_for(
+        "cancellation entry dropped",
+        lambda: (
+            not (get_queue(kube_admin, namespace, "e2e").get("status") or {}).get("cancellations")
+        ),
+    )
+    out = kubectl(kube_admin, "get", "queues", "-n", namespace, "-o", "wide").stdout
+    row = out.splitlines()[1].split()
+    assert row[0] == "e2e"
+    assert row[1] == "1"  # replicas
+    assert row[5] == "0"  # pending
+    pods = running_pods(kube_admin, namespace, "e2e")
+    cost = (pods[0].metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost")
+    assert cost is not None

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.stores"]
+pytest_plugins = ["tests.fixtures.postgres", "tests.fixtures.stores", "tests.fixtures.prometheus"]

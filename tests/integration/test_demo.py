@@ -26,7 +26,8 @@ def test_demo_runs_every_kind_of_job_and_exits_zero() -> None:
     assert outcomes is not None
     assert outcomes.group(1) == "cancelled 1, failed 2, succeeded 60"
     retried = re.search(r"retried:\s+(\d+)", out)
-    assert retried is not None and int(retried.group(1)) == 6
+    assert retried is not None
+    assert int(retried.group(1)) == 6
     for queue in ("demo-async", "demo-threads", "demo-processes"):
         assert queue in out
     assert re.search(r'slotfleet_slots_total\{executor="async",queue="demo-async"\} 50', out)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slotfleet.app import App
 from slotfleet.app.decorator import make_job
 from slotfleet.cli.common import add_dsn, guarded, print_json, print_table, run_async
-from slotfleet.models import InvalidJobError, JobState, QueuedJob
+from slotfleet.models import InvalidJobError, JobNotFoundError, JobState, QueuedJob
 
 
 def parse_kwargs(json_text: str | None, pairs: list[str]) -> dict[str, Any]:
@@ -94,18 +95,27 @@ def _jobs(args: argparse.Namespace) -> int:
 
 
 def _cancel(args: argparse.Namespace) -> int:
-    async def main() -> list[QueuedJob]:
-        async with App(args.dsn) as app:
-            return [await app.cancel(i) for i in args.ids]
+    """Cancel each id in turn; report every one, and exit 1 if any could not be found."""
 
-    for job in run_async(main()):
-        if job.state is JobState.CANCELLED:
-            print(f"{job.id}: cancelled")
-        elif job.is_terminal:
-            print(f"{job.id}: already {job.state}, nothing to cancel")
-        else:
-            print(f"{job.id}: cancel requested; its worker will stop it")
-    return 0
+    async def main() -> int:
+        failures = 0
+        async with App(args.dsn) as app:
+            for raw in args.ids:
+                try:
+                    job = await app.cancel(raw)
+                except JobNotFoundError as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    failures += 1
+                    continue
+                if job.state is JobState.CANCELLED:
+                    print(f"{job.id}: cancelled")
+                elif job.is_terminal:
+                    print(f"{job.id}: already {job.state}, nothing to cancel")
+                else:
+                    print(f"{job.id}: cancel requested; its worker will stop it")
+        return 1 if failures else 0
+
+    return run_async(main())
 
 
 def _queues(args: argparse.Namespace) -> int:

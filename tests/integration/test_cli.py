@@ -1,0 +1,79 @@
+"""The client commands end to end on a SQLite file, in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from slotfleet.cli.main import main
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_enqueue_list_show_cancel_queues(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = f"sqlite:///{tmp_path / 'cli.db'}"
+    code, out, _ = run(
+        capsys,
+        "enqueue",
+        "--dsn",
+        dsn,
+        "tests.tasks:add",
+        "a=1",
+        "b=2",
+        "--queue",
+        "math",
+        "--count",
+        "3",
+        "--priority",
+        "5",
+    )
+    assert code == 0
+    ids = out.split()
+    assert len(ids) == 3
+
+    code, out, _ = run(capsys, "jobs", "--dsn", dsn, "--queue", "math", "--json")
+    listed = json.loads(out)
+    assert code == 0
+    assert sorted(j["id"] for j in listed) == sorted(int(i) for i in ids)
+    assert {j["priority"] for j in listed} == {5}
+    assert listed[0]["kwargs"] == {"a": 1, "b": 2}
+
+    code, out, _ = run(capsys, "jobs", "--dsn", dsn, ids[0])
+    assert json.loads(out)["state"] == "pending"
+
+    code, out, err = run(capsys, "cancel", "--dsn", dsn, ids[0], "999")
+    assert code == 1
+    assert f"{ids[0]}: cancelled" in out
+    assert err.strip() == "error: no job has id 999"
+
+    code, out, _ = run(capsys, "queues", "--dsn", dsn, "--json")
+    [stats] = json.loads(out)
+    assert (stats["queue"], stats["ready"], stats["cancelled"]) == ("math", 2, 1)
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["enqueue", "not a path"], "import path"),
+        (["enqueue", "a.b:c", "--kwargs", "[1]"], "JSON object"),
+        (["enqueue", "a.b:c", "--max-attempts", "0"], "max_attempts"),
+        (["jobs", "--dsn", "mysql://x"], "unsupported DSN scheme"),
+    ],
+)
+def test_bad_input_is_one_line(
+    argv: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if "--dsn" not in argv:
+        argv = [*argv, "--dsn", f"sqlite:///{tmp_path / 'x.db'}"]
+    code, _, err = run(capsys, *argv)
+    assert code == 1
+    assert needle in err
+    assert err.count("\n") == 1

@@ -14,6 +14,17 @@ from slotfleet.cli.common import add_dsn, guarded, print_json, print_table, run_
 from slotfleet.models import InvalidJobError, JobNotFoundError, JobState, QueuedJob
 
 
+def positive_int(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def parse_kwargs(json_text: str | None, pairs: list[str]) -> dict[str, Any]:
     """kwargs from ``--kwargs '{"a": 1}'`` and ``key=value`` pairs (values parsed as JSON
     when they parse, else kept as strings)."""
@@ -175,7 +186,7 @@ def register(commands: Any) -> None:
     p.add_argument("--timeout", type=float, help="seconds one attempt may run")
     p.add_argument("--unique-key", help="skip if a job with this key is not finished")
     p.add_argument("--delay", type=float, default=0.0, help="run no sooner than in N seconds")
-    p.add_argument("--count", type=int, default=1, help="queue N copies in one batch")
+    p.add_argument("--count", type=positive_int, default=1, help="queue N copies in one batch")
     p.set_defaults(handler=guarded(_enqueue))
 
     p = commands.add_parser("jobs", help="list jobs or show one", description="List or show jobs.")
@@ -188,7 +199,7 @@ def register(commands: Any) -> None:
         choices=[s.value for s in JobState],
         help="only these states (repeatable)",
     )
-    p.add_argument("--limit", type=int, default=50, help="most jobs to list (default 50)")
+    p.add_argument("--limit", type=positive_int, default=50, help="most jobs to list (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=guarded(_jobs))
 

@@ -73,7 +73,11 @@ class RetryPolicy(BaseModel):
 
 def _walk(value: Any, limit: int) -> tuple[int, bool]:
     """Nesting depth of a JSON-like value (giving up past ``limit``) and whether any
-    string or key holds a NUL character (PostgreSQL's jsonb refuses those)."""
+    string or key holds a NUL character (PostgreSQL's jsonb refuses those).
+
+    Raises ``ValueError`` for a key that is not a string at any depth: ``json.dumps``
+    would silently turn ``{1: "x", "1": "y"}`` into ``{"1": "y"}`` and lose a value.
+    """
     stack: list[tuple[Any, int]] = [(value, 1)]
     deepest, has_nul = 0, False
     while stack:
@@ -84,7 +88,10 @@ def _walk(value: Any, limit: int) -> tuple[int, bool]:
         if isinstance(item, str):
             has_nul = has_nul or "\x00" in item
         elif isinstance(item, dict):
-            has_nul = has_nul or any(isinstance(k, str) and "\x00" in k for k in item)
+            for key in item:
+                if not isinstance(key, str):
+                    raise ValueError(f"keys must be strings, not {type(key).__name__} ({key!r})")
+                has_nul = has_nul or "\x00" in key
             stack.extend((v, level + 1) for v in item.values())
         elif isinstance(item, list | tuple):
             stack.extend((v, level + 1) for v in item)
@@ -93,7 +100,10 @@ def _walk(value: Any, limit: int) -> tuple[int, bool]:
 
 def check_json_payload(value: Any, what: str) -> None:
     """Refuse ``value`` unless it encodes as strict JSON within the size and depth limits."""
-    depth, has_nul = _walk(value, MAX_PAYLOAD_DEPTH)
+    try:
+        depth, has_nul = _walk(value, MAX_PAYLOAD_DEPTH)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
     if depth > MAX_PAYLOAD_DEPTH:
         raise ValueError(f"{what} is nested deeper than {MAX_PAYLOAD_DEPTH} levels")
     if has_nul:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from slotfleet.models.queues import ExecutorKind, RateLimit
@@ -29,6 +29,26 @@ SHORT_NAMES = ("sfq",)
 
 def _cel(rule: str, message: str) -> dict[str, Any]:
     return {"rule": rule, "message": message}
+
+
+# Cross-field rules, written once: as CEL for the API server (x-kubernetes-validations)
+# and checked again by the models' validators for what runs without an API server
+# (``slotfleet fleet -f queue.yaml``), with the same message.
+MIN_LE_MAX = _cel(
+    "self.minReplicas <= self.maxReplicas",
+    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+)
+HPA_MIN_ONE = _cel(
+    "self.mode != 'hpa' || self.minReplicas >= 1",
+    "autoscaling.minReplicas must be at least 1 in hpa mode "
+    "(a HorizontalPodAutoscaler cannot scale to zero)",
+)
+REPLICAS_LE_MAX = _cel(
+    "!has(self.replicas) || !has(self.autoscaling) || "
+    "self.autoscaling.mode != 'operator' || "
+    "self.replicas <= self.autoscaling.maxReplicas",
+    "replicas must not exceed autoscaling.maxReplicas",
+)
 
 
 class _Spec(BaseModel):
@@ -77,17 +97,7 @@ class AutoscalingSpec(_Spec):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "self.minReplicas <= self.maxReplicas",
-                    "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
-                ),
-                _cel(
-                    "self.mode != 'hpa' || self.minReplicas >= 1",
-                    "autoscaling.minReplicas must be at least 1 in hpa mode "
-                    "(a HorizontalPodAutoscaler cannot scale to zero)",
-                ),
-            ]
+            "x-kubernetes-validations": [MIN_LE_MAX, HPA_MIN_ONE],
         }
     )
 
@@ -109,6 +119,14 @@ class AutoscalingSpec(_Spec):
     max_scale_down_step: Annotated[int, Field(ge=1, le=1000)] | None = None
     """Most pods removed in one step; unset means no limit."""
 
+    @model_validator(mode="after")
+    def _cross_field(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(MIN_LE_MAX["message"])
+        if self.mode is AutoscalingMode.HPA and self.min_replicas < 1:
+            raise ValueError(HPA_MIN_ONE["message"])
+        return self
+
 
 class EnvVar(_Spec):
     """A plain environment variable for worker containers."""
@@ -126,14 +144,7 @@ class QueueSpec(_Spec):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "!has(self.replicas) || !has(self.autoscaling) || "
-                    "self.autoscaling.mode != 'operator' || "
-                    "self.replicas <= self.autoscaling.maxReplicas",
-                    "replicas must not exceed autoscaling.maxReplicas",
-                ),
-            ]
+            "x-kubernetes-validations": [REPLICAS_LE_MAX],
         }
     )
 
@@ -208,6 +219,13 @@ class QueueSpec(_Spec):
     """Create a headless Service selecting the worker pods' metrics port."""
     pod_monitor: bool = Field(default=False)
     """Create a Prometheus Operator PodMonitor (needs its CRD installed)."""
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> QueueSpec:
+        scaling = self.autoscaling
+        if scaling.mode is AutoscalingMode.OPERATOR and self.replicas > scaling.max_replicas:
+            raise ValueError(REPLICAS_LE_MAX["message"])
+        return self
 
     def effective_queue_name(self, resource_name: str) -> str:
         return self.queue_name or resource_name

@@ -40,6 +40,12 @@ def open_store(dsn: str) -> Store:
 
     Raises :class:`InvalidSettingsError` for a DSN no backend understands.
     """
+    if "\x00" in dsn:
+        raise InvalidSettingsError("the DSN contains a NUL character")
+    try:
+        dsn.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidSettingsError("the DSN is not valid Unicode (a lone surrogate)") from None
     scheme, sep, _ = dsn.partition("://")
     scheme = scheme.lower()
     if scheme == "sqlite" and sep:

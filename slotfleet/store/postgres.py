@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from slotfleet.models import (
@@ -177,7 +177,7 @@ class PostgresStore:
         columns: dict[str, list[Any]] = {name: [] for name in names}
         for job in jobs:
             for name, value in job_values(job).items():
-                columns[name].append(Jsonb(value) if name in ("kwargs", "retry", "meta") else value)
+                columns[name].append(_json_param(name, value))
 
         async def body(conn: Conn) -> list[QueuedJob]:
             cur = await conn.execute(sql.ENQUEUE, columns)
@@ -268,7 +268,7 @@ class PostgresStore:
             "id": [c.job_id for c in batch],
             "worker_id": [c.worker_id for c in batch],
             "outcome": [c.outcome.value for c in batch],
-            "result": [None if c.result is None else Jsonb(c.result) for c in batch],
+            "result": [None if c.result is None else Json(c.result) for c in batch],
             "error": [None if (e := error_json(c)) is None else Jsonb(e) for c in batch],
             "retry_at": [c.retry_at for c in batch],
         }
@@ -356,3 +356,10 @@ class PostgresStore:
         row = await self._one(sql.NOW, {}, idempotent=True)
         assert row is not None
         return utc(row["now"])  # type: ignore[no-any-return]
+
+
+def _json_param(column: str, value: Any) -> Any:
+    """kwargs and meta are ``json`` columns (exact text), retry is ``jsonb``."""
+    if column in ("kwargs", "meta"):
+        return Json(value)
+    return Jsonb(value) if column == "retry" else value

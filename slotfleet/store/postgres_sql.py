@@ -44,9 +44,9 @@ ENQUEUE = f"""
 WITH input AS (
     SELECT *
     FROM unnest(
-        %(queue)s::text[], %(func)s::text[], %(kwargs)s::jsonb[], %(priority)s::smallint[],
+        %(queue)s::text[], %(func)s::text[], %(kwargs)s::json[], %(priority)s::smallint[],
         %(scheduled_at)s::timestamptz[], %(max_attempts)s::integer[], %(retry)s::jsonb[],
-        %(timeout)s::float8[], %(unique_key)s::text[], %(meta)s::jsonb[]
+        %(timeout)s::float8[], %(unique_key)s::text[], %(meta)s::json[]
     ) WITH ORDINALITY AS t(
         queue, func, kwargs, priority, scheduled_at, max_attempts, retry, timeout,
         unique_key, meta, ord
@@ -125,7 +125,7 @@ COMPLETE = """
 WITH c AS (
     SELECT *
     FROM unnest(
-        %(id)s::bigint[], %(worker_id)s::text[], %(outcome)s::text[], %(result)s::jsonb[],
+        %(id)s::bigint[], %(worker_id)s::text[], %(outcome)s::text[], %(result)s::json[],
         %(error)s::jsonb[], %(retry_at)s::timestamptz[]
     ) AS t(id, worker_id, outcome, result, error, retry_at)
 ),

@@ -4,19 +4,22 @@ CREATE TABLE slotfleet_jobs (
     id bigserial PRIMARY KEY,
     queue text NOT NULL,
     func text NOT NULL,
-    kwargs jsonb NOT NULL DEFAULT '{}',
+    -- kwargs, meta and result are json, not jsonb: json keeps the text a client wrote,
+    -- so floats such as 1e16, 1e300 or -0.0 come back exactly (jsonb turns them into
+    -- decimals). Nothing queries inside them.
+    kwargs json NOT NULL DEFAULT '{}',
     priority smallint NOT NULL DEFAULT 0,
     scheduled_at timestamptz NOT NULL DEFAULT now(),
     max_attempts integer NOT NULL DEFAULT 1,
     retry jsonb NOT NULL DEFAULT '{}',
     timeout double precision,
     unique_key text,
-    meta jsonb NOT NULL DEFAULT '{}',
+    meta json NOT NULL DEFAULT '{}',
     state text NOT NULL DEFAULT 'pending'
         CONSTRAINT slotfleet_jobs_state_check
         CHECK (state IN ('pending', 'running', 'succeeded', 'failed', 'retrying', 'cancelled')),
     attempts integer NOT NULL DEFAULT 0,
-    result jsonb,
+    result json,
     errors jsonb NOT NULL DEFAULT '[]',
     lease_owner text,
     lease_expires_at timestamptz,

@@ -73,6 +73,17 @@ def positive(kind: type[int] | type[float], minimum: float = 0.0) -> Any:
     return convert
 
 
+def port_arg(text: str) -> int:
+    """``--metrics-port``: a TCP port, 0-65535 (0 disables the server)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
+    return value
+
+
 def default_worker_id() -> str:
     """``$SLOTFLEET_WORKER_ID`` as given; else the pod (or host) name, the pid and a
     random suffix, so a restarted container never inherits its predecessor's leases."""
@@ -212,7 +223,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--metrics-port",
-        type=positive(int),
+        type=port_arg,
         default=9464,
         help="port of /metrics, /healthz, /readyz (default 9464; 0 disables)",
     )

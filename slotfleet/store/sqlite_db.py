@@ -5,6 +5,7 @@ explicit write transactions, migrations and row decoding. No verbs live here.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -96,7 +97,14 @@ def split_script(script: str) -> list[str]:
 
 
 def connect(path: str, busy_timeout: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (transactions are explicit), WAL, busy timeout."""
+    """A connection in autocommit mode (transactions are explicit), WAL, busy timeout.
+
+    A missing directory is a settings mistake, not an outage: it is refused at once
+    rather than retried like an unreachable server.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InvalidSettingsError(f"the SQLite file's directory {folder} does not exist")
     conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     try:
         conn.row_factory = sqlite3.Row

@@ -4,7 +4,9 @@ A finished job should not stay invisible for long, and one round trip per job wa
 store. The batcher writes whatever is buffered after at most ``max_delay`` seconds (5 ms
 by default), or at once when ``max_items`` are waiting. A failed write is retried with
 the same completions (they are idempotent: the store applies a completion only while
-the job is still running under this worker's lease), so a store blip loses nothing.
+the job is still running under this worker's lease), so a store blip loses nothing; while
+the store stays down the retries back off exponentially, from ``retry_delay`` up to
+``max_retry_delay`` seconds.
 
 What this module is not: it makes no decisions about outcomes (the executors do) and
 never drops a completion on its own; if the store stays down past the worker's stop,
@@ -31,12 +33,14 @@ class CompletionBatcher:
         *,
         max_items: int = 50,
         max_delay: float = 0.005,
-        retry_delay: float = 0.5,
+        retry_delay: float = 0.1,
+        max_retry_delay: float = 2.0,
     ) -> None:
         self._store = store
         self._max_items = max_items
         self._max_delay = max_delay
         self._retry_delay = retry_delay
+        self._max_retry_delay = max_retry_delay
         self._buffer: list[Completion] = []
         self._writing = 0
         self._wake = asyncio.Event()
@@ -73,6 +77,7 @@ class CompletionBatcher:
         return True
 
     async def _write_all(self) -> None:
+        delay = self._retry_delay
         while self._buffer:
             batch = self._buffer[: self._max_items]
             del self._buffer[: len(batch)]
@@ -80,13 +85,17 @@ class CompletionBatcher:
             try:
                 applied = await self._store.complete(batch)
             except Exception as exc:  # the store is down or flaky: keep them, retry
-                log.warning("writing %d completions failed, will retry: %s", len(batch), exc)
+                log.warning(
+                    "writing %d completions failed, retrying in %gs: %s", len(batch), delay, exc
+                )
                 self._buffer[:0] = batch
                 self._writing = 0
-                await asyncio.sleep(self._retry_delay)
+                await asyncio.sleep(delay)
+                delay = min(self._max_retry_delay, delay * 2)
                 continue
             finally:
                 self._writing = 0
+            delay = self._retry_delay
             if len(applied) < len(batch):
                 log.info(
                     "%d of %d completions were not applied (lease lost or job cancelled)",

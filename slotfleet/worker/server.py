@@ -2,7 +2,8 @@
 
 Served by aiohttp on the worker's own event loop, so ``/healthz`` answering at all shows
 the loop is alive. ``/readyz`` is 200 once the store is open and the first heartbeat is
-written, and 503 while the worker drains (so a Service stops routing scrapes it would
+written, and 503 (with the reason: "store unreachable", "draining") before that and
+while the worker drains (so a Service stops routing scrapes it would
 miss anyway, and a rollout waits for the new pod to be really serving).
 
 What this module is not: it computes no metrics (``metrics.py``) and has no control
@@ -11,6 +12,7 @@ endpoints; a worker is controlled through the store or its Queue resource.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,12 +41,13 @@ class HealthServer:
         *,
         render_metrics: Callable[[], bytes],
         alive: Callable[[], bool],
-        ready: Callable[[], bool],
+        not_ready: Callable[[], str | None],
     ) -> None:
+        """``not_ready`` says why the worker is not serving, or ``None`` when it is."""
         self.config = config
         self._render = render_metrics
         self._alive = alive
-        self._ready = ready
+        self._not_ready = not_ready
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -57,11 +60,14 @@ class HealthServer:
         site = web.TCPSite(runner, self.config.host, self.config.port)
         try:
             await site.start()
-        except OSError as exc:
+        except (OSError, OverflowError, ValueError) as exc:  # in use, bad host, bad port
             await runner.cleanup()
+            reason = str(exc)
+            if isinstance(exc, OSError):  # "Address already in use", not asyncio's wrapping
+                code = exc.errno or 0
+                reason = os.strerror(code) if code > 0 else exc.strerror or reason
             raise InvalidSettingsError(
-                f"cannot serve metrics on {self.config.host}:{self.config.port}: "
-                f"{exc.strerror or exc}"
+                f"cannot serve metrics on {self.config.host}:{self.config.port}: {reason}"
             ) from exc
         self._runner = runner
 
@@ -81,6 +87,7 @@ class HealthServer:
         return web.Response(status=503, text="worker loop stopped\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        if self._ready():
+        reason = self._not_ready()
+        if reason is None:
             return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready\n")
+        return web.Response(status=503, text=f"{reason}\n")

@@ -8,6 +8,13 @@ within seconds). :meth:`Worker.run` returns after a drain: stop fetching, let ru
 jobs finish within ``drain_timeout``, hand the rest back (``released``), flush, forget
 the heartbeat.
 
+A worker that cannot reach the store when it starts (a database failover, a pod started
+before its database) waits: it retries opening the store and writing its first
+heartbeat with a capped exponential backoff, one log line per failure, serving
+``/healthz`` (alive) and a 503 ``/readyz`` meanwhile; a stop request ends the wait at
+once. Only :class:`~slotfleet.models.StoreUnavailableError` is waited out: a bad DSN or
+any other settings error still fails at once.
+
 What this module is not: it installs no signal handlers (the CLI does, and calls
 :meth:`Worker.request_stop`), opens but never closes the store (its owner does), and
 does not know whether cancel requests come from the store or a Kubernetes resource.
@@ -20,7 +27,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 from slotfleet.models import (
@@ -30,6 +37,7 @@ from slotfleet.models import (
     QueuedJob,
     QueueSettings,
     Reference,
+    StoreUnavailableError,
     WorkerHeartbeat,
 )
 from slotfleet.store import DEFAULT_LEASE_SECONDS, Store
@@ -41,6 +49,9 @@ from slotfleet.worker.metrics import SlotUsage, WorkerMetrics
 from slotfleet.worker.server import HealthServer, MetricsServerConfig
 
 log = logging.getLogger(__name__)
+
+#: First and longest pause between attempts to reach the store at startup.
+STARTUP_BACKOFF_SECONDS = (0.2, 5.0)
 
 
 def utcnow() -> datetime:
@@ -101,6 +112,9 @@ class Worker:
         self._started_at: datetime | None = None
         self.ready = False
         """True once the store is open and the first heartbeat is written."""
+        self.waiting_for_store = False
+        """True while the store is unreachable at startup (and :meth:`run` retries)."""
+        self._registered = False
         self.draining = False
         self.alive = False
         """True while :meth:`run` runs."""
@@ -167,22 +181,24 @@ class Worker:
             raise RuntimeError("this worker is already running")
         self.alive = True
         self._stopping.clear()
+        self._registered = False
+        self.executors = {}
         server: HealthServer | None = None
         tasks: list[asyncio.Task[None]] = []
         try:
-            await self.store.open()
-            self.executors = {q.name: executor_class(q.executor)(self, q) for q in self.queues}
-            self._loops = {name: self._make_loop(e) for name, e in self.executors.items()}
             if self.metrics_config is not None and self.metrics_config.port:
                 server = HealthServer(
                     self.metrics_config,
                     render_metrics=self.metrics.render,
                     alive=lambda: self.alive,
-                    ready=lambda: self.ready and not self.draining,
+                    not_ready=self._not_ready,
                 )
                 await server.start()
+            self.executors = {q.name: executor_class(q.executor)(self, q) for q in self.queues}
+            self._loops = {name: self._make_loop(e) for name, e in self.executors.items()}
             self._started_at = self.now()
-            await self._beat()
+            if not await self._connect():
+                return  # stopped while waiting for the store: nothing ran, nothing to hand back
             self.ready = True
             background = [self._batcher.run(), self._heartbeats(), self.cancel_source.run(self)]
             tasks = [asyncio.create_task(c) for c in background]
@@ -207,6 +223,7 @@ class Worker:
                     await server.stop()
                 self.alive = False
                 self.ready = False
+                self.waiting_for_store = False
 
     def _make_loop(self, executor: Executor) -> QueueLoop:
         return QueueLoop(
@@ -219,12 +236,61 @@ class Worker:
             on_fetched=self.metrics.job_started,
         )
 
+    def _not_ready(self) -> str | None:
+        """Why ``/readyz`` answers 503, or ``None`` when the worker is serving."""
+        if self.draining:
+            return "draining"
+        if self.waiting_for_store:
+            return "store unreachable"
+        return None if self.ready else "starting"
+
+    async def _connect(self) -> bool:
+        """Open the store and write the first heartbeat, waiting out an unreachable store
+        with a capped exponential backoff; return ``False`` if stopped meanwhile."""
+        delay, longest = STARTUP_BACKOFF_SECONDS
+        while True:
+            try:
+                if not await self._unless_stopped(self._open_and_register()):
+                    return False
+            except StoreUnavailableError as exc:
+                self.waiting_for_store = True
+                log.warning("store unreachable, retrying in %gs: %s", delay, exc)
+                if not await self._unless_stopped(asyncio.sleep(delay)):
+                    return False
+                delay = min(longest, delay * 2)
+                continue
+            self.waiting_for_store = False
+            return True
+
+    async def _open_and_register(self) -> None:
+        await self.store.open()
+        await self._beat()
+        self._registered = True
+
+    async def _unless_stopped(self, awaitable: Awaitable[None]) -> bool:
+        """Await ``awaitable`` unless a stop is requested first (it is then cancelled);
+        return whether it completed. Its exception, if any, propagates."""
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for future in (work, stop):
+                if not future.done():
+                    future.cancel()
+            await asyncio.gather(work, stop, return_exceptions=True)
+        if work.cancelled():
+            return False
+        work.result()
+        return True
+
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         self.draining = True
         self._stopping.set()
         try:
-            if self.executors:
+            if self._registered:
                 await self._safely(self._beat())
+            if self.executors:
                 await self._wait_idle(self.drain_timeout)
                 if self.busy_slots():
                     log.warning("drain timeout: handing %d running jobs back", self.busy_slots())
@@ -236,7 +302,7 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self.executors:
+            if self._registered:
                 await self._safely(self.store.remove_worker(self.worker_id))
             self.draining = False
 

@@ -245,6 +245,36 @@ async def test_unknown_function_fails_and_executor_keeps_working(
     assert (await worker.completion(ok.id)).result == 3
 
 
+def raise_base(what: str) -> None:
+    """A job that raises SystemExit or KeyboardInterrupt (run by the executors below)."""
+    raise SystemExit(3) if what == "exit" else KeyboardInterrupt()
+
+
+async def async_raise_base(what: str) -> None:
+    raise_base(what)
+
+
+@pytest.mark.parametrize(
+    ("what", "error"), [("exit", "SystemExit: 3"), ("interrupt", "KeyboardInterrupt")]
+)
+async def test_job_raising_system_exit_or_keyboard_interrupt_fails_the_attempt(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, what: str, error: str
+) -> None:
+    """Raised by a job's code they are the job's failure, not a reason to stop the worker
+    (an asyncio task raising them would stop the event loop)."""
+    prefix = "async_" if kind is ExecutorKind.ASYNC else ""
+    job = make_job(f"{__name__}:{prefix}raise_base", kwargs={"what": what}, max_attempts=2)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.RETRY
+    assert done.error is not None
+    assert done.error.error == error
+    assert "raise_base" in done.error.traceback
+    ok = make_job(fn(kind, "add"), kwargs={"a": 1, "b": 2})
+    await executor.push(ok)
+    assert (await worker.completion(ok.id)).result == 3
+
+
 async def test_stop_releases_running_jobs(
     kind: ExecutorKind, executor: Executor, worker: FakeWorker, tmp_path: Path
 ) -> None:

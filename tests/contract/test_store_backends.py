@@ -238,3 +238,11 @@ async def test_postgres_survives_a_server_restart(
     finally:
         await store.close()
         await producer.close()
+
+
+async def test_sqlite_missing_directory_is_a_settings_error_not_an_outage() -> None:
+    """A worker retries an unreachable store; a typo in a SQLite path must not be retried."""
+    store = open_store("sqlite:////nonexistent-slotfleet-dir/jobs.db")
+    with pytest.raises(InvalidSettingsError, match="does not exist"):
+        await store.open()
+    await store.close()

@@ -22,7 +22,7 @@ from typing import Any
 from slotfleet.models import QueuedJob, Reference
 from slotfleet.models.errors import SlotfleetError
 from slotfleet.worker.context import JobCancelled, context_with_token
-from slotfleet.worker.executors.base import Executor, Run
+from slotfleet.worker.executors.base import Executor, Run, await_job
 
 
 class NotACoroutineError(SlotfleetError, TypeError):
@@ -71,7 +71,7 @@ class AsyncExecutor(Executor):
                 )
             if not run.token.cancelled:
                 inner = asyncio.get_running_loop().create_task(
-                    func(**kwargs), context=context_with_token(run.token)
+                    await_job(func(**kwargs)), context=context_with_token(run.token)
                 )
                 run.state["inner"] = inner
                 await asyncio.wait([inner])

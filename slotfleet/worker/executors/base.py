@@ -24,6 +24,12 @@ Outcomes, in one place:
   raised on import) is an ordinary failure, retries included: during a rolling deploy
   the retry may well land on a worker that has the new code. With the default
   ``max_attempts=1`` it fails at once;
+- ``SystemExit`` or ``KeyboardInterrupt`` raised by a job's code (``sys.exit()`` in a
+  job, a library that "exits" on error) is a bug in the job, not a request to stop the
+  worker: it fails the attempt like any exception ("SystemExit: 3"), retries included.
+  Executors route the job's code through :func:`call_job` / :func:`await_job`, which
+  turn them into :class:`JobExitError` before they reach the event loop. A real Ctrl-C
+  never lands there: the CLI handles SIGINT (and ``asyncio.run`` does too);
 - a timeout fails the attempt with "timed out after Ns" (retry rules apply); a cancel
   ends it ``cancelled``; a drain hands it back (``released``, attempt not counted).
 
@@ -39,10 +45,10 @@ import random
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from slotfleet.models import (
     Completion,
@@ -57,6 +63,8 @@ from slotfleet.models.errors import SlotfleetError
 from slotfleet.models.jobs import check_json_payload
 from slotfleet.worker.context import CancelToken, JobCancelled
 from slotfleet.worker.executors.functions import encode_result, resolve_function
+
+T = TypeVar("T")
 
 
 class AttemptError(SlotfleetError):
@@ -80,6 +88,39 @@ class RemoteJobError(SlotfleetError):
         self.remote_traceback = remote_traceback
 
 
+class JobExitError(SlotfleetError):
+    """A job's code raised ``SystemExit`` or ``KeyboardInterrupt``; carried as an
+    ordinary exception so that it fails the attempt instead of stopping the worker."""
+
+    def __init__(self, exc: BaseException) -> None:
+        message = str(exc)
+        name = type(exc).__name__
+        super().__init__(f"{name}: {message}" if message else name)
+        self.type_name = name
+        self.job_traceback = "".join(traceback.format_exception(exc))
+
+
+#: What a job may raise that is not an :class:`Exception` but still only ends its attempt.
+JOB_EXITS = (SystemExit, KeyboardInterrupt)
+
+
+def call_job(func: Callable[..., T], kwargs: dict[str, Any]) -> T:
+    """``func(**kwargs)``, with ``SystemExit``/``KeyboardInterrupt`` as :class:`JobExitError`."""
+    try:
+        return func(**kwargs)
+    except JOB_EXITS as exc:
+        raise JobExitError(exc) from None
+
+
+async def await_job(awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, with ``SystemExit``/``KeyboardInterrupt`` as
+    :class:`JobExitError` (a task raising those would stop the whole event loop)."""
+    try:
+        return await awaitable
+    except JOB_EXITS as exc:
+        raise JobExitError(exc) from None
+
+
 def format_seconds(seconds: float) -> str:
     return f"{seconds:g}s"
 
@@ -88,6 +129,8 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     """``("ExcType: message", traceback)`` for a failed attempt."""
     if isinstance(exc, RemoteJobError):
         return str(exc), exc.remote_traceback
+    if isinstance(exc, JobExitError):
+        return str(exc), exc.job_traceback
     if isinstance(exc, AttemptError):
         return str(exc), ""
     message = str(exc)

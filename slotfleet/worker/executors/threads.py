@@ -30,16 +30,24 @@ from typing import Any
 
 from slotfleet.models import QueuedJob, QueueSettings
 from slotfleet.worker.context import CancelToken, use_token
-from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, JobReleased, Run
+from slotfleet.worker.executors.base import (
+    ConcurrentExecutor,
+    ExecutorHost,
+    JobReleased,
+    Run,
+    await_job,
+    call_job,
+)
 
 
 def _call(job: QueuedJob, token: CancelToken) -> Any:
-    """Runs in a pool thread: find the function and call it with the token current."""
+    """Runs in a pool thread: find the function and call it with the token current
+    (a ``SystemExit`` from the job becomes :class:`JobExitError`, a failed attempt)."""
     with use_token(token):
         func, kwargs = ThreadedExecutor.get_function_and_kwargs(job)
         if inspect.iscoroutinefunction(func):
-            return asyncio.run(func(**kwargs))
-        return func(**kwargs)
+            return asyncio.run(await_job(func(**kwargs)))
+        return call_job(func, kwargs)
 
 
 class ThreadedExecutor(ConcurrentExecutor):

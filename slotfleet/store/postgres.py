@@ -49,6 +49,7 @@ from slotfleet.store.postgres_db import (
 from slotfleet.store.postgres_listen import Listener
 from slotfleet.store.rows import (
     build_stats,
+    cancel_requests_query,
     dedupe_completions,
     error_json,
     job_values,
@@ -283,18 +284,9 @@ class PostgresStore:
     async def cancel_requests(
         self, *, worker_id: str | None = None, queue: str | None = None
     ) -> list[QueuedJob]:
-        query = (
-            "SELECT * FROM slotfleet_jobs WHERE state = 'running' "
-            "AND cancel_requested_at IS NOT NULL"
-        )
-        if worker_id is not None:
-            query += " AND lease_owner = %(worker_id)s"
-        if queue is not None:
-            query += " AND queue = %(queue)s"
+        query = cancel_requests_query(worker_id, queue, lambda name: f"%({name})s")
         params = {"worker_id": worker_id, "queue": queue}
-        return [
-            job_row(r) for r in await self._all(query + " ORDER BY id", params, idempotent=True)
-        ]
+        return [job_row(r) for r in await self._all(query, params, idempotent=True)]
 
     # -- workers and leases -----------------------------------------------------------
 

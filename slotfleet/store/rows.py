@@ -9,7 +9,7 @@ module runs no SQL and knows no driver.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from importlib import resources
 from typing import Any
 
@@ -123,6 +123,21 @@ def build_stats(
     if queue is not None and queue not in data:
         data[queue] = {}
     return [QueueStats(queue=name, **data[name]) for name in sorted(data)]
+
+
+def cancel_requests_query(
+    worker_id: str | None, queue: str | None, placeholder: Callable[[str], str]
+) -> str:
+    """Running jobs with a cancel request, optionally filtered; ``placeholder`` spells a
+    named parameter in the backend's style (``%(name)s`` or ``:name``)."""
+    query = (
+        "SELECT * FROM slotfleet_jobs WHERE state = 'running' AND cancel_requested_at IS NOT NULL"
+    )
+    if worker_id is not None:
+        query += f" AND lease_owner = {placeholder('worker_id')}"
+    if queue is not None:
+        query += f" AND queue = {placeholder('queue')}"
+    return query + " ORDER BY id"
 
 
 def migration_scripts(backend: str) -> list[tuple[int, str, str]]:

@@ -37,6 +37,7 @@ from slotfleet.store import sqlite_sql as sql
 from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
 from slotfleet.store.rows import (
     build_stats,
+    cancel_requests_query,
     dedupe_completions,
     dump_json,
     error_json,
@@ -259,18 +260,9 @@ class SQLiteStore:
     async def cancel_requests(
         self, *, worker_id: str | None = None, queue: str | None = None
     ) -> list[QueuedJob]:
-        query = (
-            "SELECT * FROM slotfleet_jobs WHERE state = 'running' "
-            "AND cancel_requested_at IS NOT NULL"
-        )
-        if worker_id is not None:
-            query += " AND lease_owner = :worker_id"
-        if queue is not None:
-            query += " AND queue = :queue"
+        query = cancel_requests_query(worker_id, queue, lambda name: f":{name}")
         params = {"worker_id": worker_id, "queue": queue}
-        return await self._call(
-            lambda conn: [job_row(r) for r in conn.execute(query + " ORDER BY id", params)]
-        )
+        return await self._call(lambda conn: [job_row(r) for r in conn.execute(query, params)])
 
     # -- workers and leases -----------------------------------------------------------
 

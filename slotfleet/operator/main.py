@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import kopf
 
+from slotfleet.kube_client import load_api_client
 from slotfleet.models.resource import GROUP
 from slotfleet.operator.handlers import register
-from slotfleet.operator.kube import KubeClient, KubeEvents, load_api_client
+from slotfleet.operator.kube import KubeClient, KubeEvents
 from slotfleet.operator.reconciler import QueueReconciler
 from slotfleet.operator.stores import StoreCache
 

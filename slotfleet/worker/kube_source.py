@@ -28,10 +28,12 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from slotfleet.kube_client import load_api_client
 from slotfleet.models import JobId
+from slotfleet.models.resource import GROUP, PLURAL, VERSION
 
 if TYPE_CHECKING:
     from slotfleet.worker.cancel import WorkerControl
@@ -39,23 +41,12 @@ if TYPE_CHECKING:
 Json = dict[str, Any]
 logger = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "slotfleet.dev", "v1alpha1", "queues"
 #: Seconds the API server keeps one watch open before the source reconnects.
 WATCH_SECONDS = 60
 #: Longest pause between reconnect attempts.
 MAX_BACKOFF = 30.0
 #: Cancelled job ids remembered; older ones are forgotten once they leave the status.
 _HANDLED_LIMIT = 10_000
-
-
-def load_api_client() -> client.ApiClient:
-    """An API client from the in-cluster service account, else from ``KUBECONFIG``."""
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    return client.ApiClient(configuration)
 
 
 class _Gone(Exception):

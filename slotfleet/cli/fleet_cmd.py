@@ -15,7 +15,13 @@ import sys
 from typing import Any
 
 from slotfleet.cli.common import add_dsn, guarded, run_async
-from slotfleet.fleet import LocalFleet, QueueManifest, SubprocessLauncher, load_queue_manifest
+from slotfleet.fleet import (
+    LocalFleet,
+    QueueManifest,
+    SubprocessLauncher,
+    load_queue_manifest,
+    parse_override,
+)
 from slotfleet.models import InvalidSettingsError
 from slotfleet.store import dsn_from_env, open_store
 
@@ -60,7 +66,8 @@ def _fleet(args: argparse.Namespace) -> int:
         raise InvalidSettingsError("--duration must be positive")
     if args.interval <= 0:
         raise InvalidSettingsError("--interval must be positive")
-    manifest = load_queue_manifest(args.file)
+    overrides = [parse_override(text) for text in args.set or []]
+    manifest = load_queue_manifest(args.file, overrides)
     dsn = args.dsn or dsn_from_env()
     run_async(_run(manifest, dsn, args))
     return 0
@@ -83,6 +90,13 @@ def register(commands: Any) -> None:
         "SIGINT/SIGTERM drains every worker and exits.",
     )
     parser.add_argument("-f", "--file", required=True, help="Queue manifest (YAML, kind Queue)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a spec field before validation, as a dotted camelCase path and a "
+        "YAML value (repeatable), e.g. --set autoscaling.idleSeconds=5",
+    )
     add_dsn(parser)
     parser.add_argument(
         "--duration", type=float, default=None, metavar="S", help="stop after S seconds"

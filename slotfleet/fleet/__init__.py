@@ -1,7 +1,13 @@
 """The local fleet: a Queue manifest run as ``slotfleet worker`` processes on this machine,
 sized by the same autoscaler as the operator's. No cluster, no kopf."""
 
-from slotfleet.fleet.manifest import QueueManifest, load_queue_manifest, parse_queue_manifest
+from slotfleet.fleet.manifest import (
+    Override,
+    QueueManifest,
+    load_queue_manifest,
+    parse_override,
+    parse_queue_manifest,
+)
 from slotfleet.fleet.runner import (
     Launcher,
     LocalFleet,
@@ -14,11 +20,13 @@ from slotfleet.fleet.runner import (
 __all__ = [
     "Launcher",
     "LocalFleet",
+    "Override",
     "Process",
     "QueueManifest",
     "SubprocessLauncher",
     "choose_victims",
     "load_queue_manifest",
+    "parse_override",
     "parse_queue_manifest",
     "worker_command",
 ]

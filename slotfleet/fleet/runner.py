@@ -5,8 +5,9 @@ queue's backlog and slots from the store, asks the same autoscaler
 (:mod:`slotfleet.scaling`) how many workers the queue wants, starts
 ``slotfleet worker`` processes or sends SIGTERM to some, and prints a line whenever the
 decision changes. Scale-down picks idle workers first (fewest busy slots in their
-heartbeats, newest first), and a terminated worker drains: no running job is killed by
-a scale-down. Stopping the fleet drains every worker.
+heartbeats or running jobs, newest first), the fleet never shrinks below the workers
+holding a job, and a terminated worker drains: no running job is killed by a scale-down.
+Stopping the fleet drains every worker.
 
 What this module is not: it runs no jobs itself, needs no cluster and no kopf, and
 talks to the store only through the :class:`~slotfleet.store.base.Store` protocol.
@@ -27,9 +28,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from slotfleet.fleet.manifest import QueueManifest
-from slotfleet.models import QueueStats, SlotfleetError, WorkerHeartbeat
+from slotfleet.models import JobState, QueuedJob, QueueStats, SlotfleetError, WorkerHeartbeat
 from slotfleet.models.resource import AutoscalingMode
-from slotfleet.scaling import Decision, Observation, ScalerState, decide
+from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
 from slotfleet.store.base import Store
 
 #: Seconds a terminated worker gets beyond its drain timeout before it is killed.
@@ -100,14 +101,19 @@ class Worker:
 
 
 def choose_victims(
-    candidates: Sequence[str], beats: Sequence[WorkerHeartbeat], queue: str, count: int
+    candidates: Sequence[str],
+    beats: Sequence[WorkerHeartbeat],
+    queue: str,
+    count: int,
+    running: Sequence[QueuedJob] = (),
 ) -> list[str]:
     """The ``count`` workers to stop: fewest busy slots first, then the newest.
 
-    ``candidates`` are in start order. A worker without a heartbeat is still starting
-    and holds no job, so it counts as idle.
+    ``candidates`` are in start order. Busy slots are the larger of a worker's heartbeat
+    and its ``running`` jobs (by lease owner; a heartbeat lags a claim). A worker with
+    neither is still starting or idle.
     """
-    busy = {b.worker_id: b.queues.get(queue, (0, 0))[1] for b in beats}
+    busy = busy_by_worker(running, beats, queue)
     order = sorted(range(len(candidates)), key=lambda i: (busy.get(candidates[i], 0), -i))
     return [candidates[i] for i in order[: max(count, 0)]]
 
@@ -128,6 +134,10 @@ class LocalFleet:
     workers: dict[str, Worker] = field(default_factory=dict)
     state: ScalerState = field(default_factory=ScalerState)
     last_stats: QueueStats | None = None
+    beats: list[WorkerHeartbeat] = field(default_factory=list)
+    """Heartbeats as of the last tick."""
+    running: list[QueuedJob] = field(default_factory=list)
+    """The queue's running jobs as of the last tick."""
     _serial: int = 0
     _last_reported: tuple[int, str] | None = None
 
@@ -158,12 +168,14 @@ class LocalFleet:
             return Decision(spec.replicas, "fixed: autoscaling is off", spec.replicas)
         # Busy slots from heartbeats can lag a fetch by a heartbeat; running jobs in the
         # store cannot. Either shows work in flight, so take the larger.
+        busy = busy_by_worker(self.running, self.beats, self.manifest.queue)
         observation = Observation(
             at=self.clock(),
             replicas=current,
             slots_per_pod=spec.executor.concurrency,
             busy=max(stats.slots_busy, stats.running),
             ready_pending=stats.ready,
+            busy_pods=sum(1 for w in self.active if busy.get(w.id, 0) > 0),
         )
         decision, self.state = decide(self.state, observation, spec.autoscaling)
         return decision
@@ -177,6 +189,14 @@ class LocalFleet:
         """One tick: reap, observe, decide, start or stop workers, report."""
         self.reap()
         stats = self.last_stats = await self.stats()
+        self.beats = await self.store.workers()
+        self.running = (
+            await self.store.list_jobs(
+                queue=self.manifest.queue, states=[JobState.RUNNING], limit=stats.running
+            )
+            if stats.running
+            else []
+        )
         decision = self.decide(stats)
         current = len(self.active)
         self._report(current, decision, stats)
@@ -184,10 +204,10 @@ class LocalFleet:
             for _ in range(decision.replicas - current):
                 self._start()
         elif decision.replicas < current:
-            beats = await self.store.workers()
             ids = [w.id for w in self.active]
+            count = current - decision.replicas
             for worker_id in choose_victims(
-                ids, beats, self.manifest.queue, current - decision.replicas
+                ids, self.beats, self.manifest.queue, count, self.running
             ):
                 self._stop(self.workers[worker_id])
         return decision

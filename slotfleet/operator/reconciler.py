@@ -8,9 +8,11 @@ call :class:`QueueReconciler`. Two entry points:
   nothing; names are fixed, so there are never duplicates), and removal of children the
   spec no longer wants (the HPA when the mode changes, the Service, the PodMonitor);
 * :meth:`QueueReconciler.observe` every few seconds (:meth:`observe_forever`): read the
-  DSN from the Secret, the store's figures and cancel requests, the Deployment; size
-  the fleet (``mode: operator``); keep pods' deletion cost at their busy slots; write
-  ``status`` when it changed.
+  DSN from the Secret, the store's figures, running jobs and cancel requests, the
+  Deployment; keep pods' deletion cost at their busy slots (running jobs by lease owner,
+  or the heartbeat if higher); size the fleet (``mode: operator``), never below the pods
+  that run a job and only once their costs are in place; write ``status`` when it
+  changed.
 
 Errors the user can fix become conditions and Events, never crashes: a missing Secret
 is ``Degraded/SecretNotFound``; an unreachable database is ``StoreReachable=False``
@@ -31,7 +33,13 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from slotfleet.models import QueuedJob, QueueStats, WorkerHeartbeat, describe_validation_error
+from slotfleet.models import (
+    JobState,
+    QueuedJob,
+    QueueStats,
+    WorkerHeartbeat,
+    describe_validation_error,
+)
 from slotfleet.models.resource import AutoscalingMode, QueueSpec
 from slotfleet.operator import status as st
 from slotfleet.operator.builders import (
@@ -42,7 +50,7 @@ from slotfleet.operator.builders import (
 )
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.stores import StoreCache
-from slotfleet.scaling import Decision, Observation, ScalerState, decide
+from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
 
 Json = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -76,6 +84,8 @@ class _StoreView:
     cancellations: list[QueuedJob] | None
     workers: list[WorkerHeartbeat]
     error: str | None
+    running: list[QueuedJob] = field(default_factory=list)
+    """The queue's running jobs (their lease owners say which pods are busy)."""
 
 
 def _one_line(exc: BaseException) -> str:
@@ -240,7 +250,14 @@ class QueueReconciler:
             cancels = await store.cancel_requests(queue=queue)
             workers = await store.workers()
             mine = next((s for s in stats if s.queue == queue), QueueStats(queue=queue))
-            return _StoreView(mine, cancels, workers, None)
+            # Exactly as many as the stats counted: the newest-first walk stops there (a
+            # job claimed in between is still caught by its worker's next heartbeat).
+            running = (
+                await store.list_jobs(queue=queue, states=[JobState.RUNNING], limit=mine.running)
+                if mine.running
+                else []
+            )
+            return _StoreView(mine, cancels, workers, None, running)
 
         try:
             return await asyncio.wait_for(read(), timeout=self.store_timeout)
@@ -287,12 +304,18 @@ class QueueReconciler:
             )
         )
 
+        # Deletion costs first: a scale-down written this tick must find every busy pod
+        # already marked, or the ReplicaSet controller may pick a busy one.
+        busy_pods, costs_settled = await self._update_deletion_costs(ref, queue, view)
+
         desired: int | None = None
         last_scale: str | None = None
         drop: tuple[str, ...] = ()
         if spec.autoscaling.mode is AutoscalingMode.OPERATOR:
             if view.stats is not None:
-                decision = await self._autoscale(body, ref, spec, view.stats, memory)
+                decision = await self._autoscale(
+                    body, ref, spec, view.stats, memory, busy_pods, costs_settled
+                )
                 desired = decision.desired
                 changed = decision.replicas != spec.replicas
                 if changed:
@@ -304,8 +327,6 @@ class QueueReconciler:
                 )
         else:
             drop = (st.SCALING,)
-
-        await self._update_deletion_costs(ref, queue, view.workers, view.stats is not None)
 
         self._report_transitions(body, previous, conditions)
         new_status = st.build_status(
@@ -363,10 +384,17 @@ class QueueReconciler:
         spec: QueueSpec,
         stats: QueueStats,
         memory: _QueueMemory,
+        busy_pods: int,
+        costs_settled: bool,
     ) -> Decision:
         """``mode: operator``: decide with the shared autoscaler and write ``spec.replicas``
         through the Queue's ``/scale`` (so the Deployment follows by the same path as
-        ``kubectl scale`` or an HPA)."""
+        ``kubectl scale`` or an HPA).
+
+        The fleet never shrinks below the pods running jobs (``busy_pods``), and a
+        scale-down waits a tick when a pod's deletion cost changed on this one
+        (``costs_settled`` false): the ReplicaSet controller must see which pods are busy
+        before it picks the ones to remove."""
         if memory.scaler_spec != spec.autoscaling:
             memory.scaler_spec = spec.autoscaling
             memory.scaler = ScalerState(last_active=memory.scaler.last_active)
@@ -376,8 +404,15 @@ class QueueReconciler:
             slots_per_pod=spec.executor.concurrency,
             busy=stats.running,
             ready_pending=stats.ready,
+            busy_pods=busy_pods,
         )
         decision, memory.scaler = decide(memory.scaler, observation, spec.autoscaling)
+        if decision.replicas < spec.replicas and not costs_settled:
+            decision = Decision(
+                spec.replicas,
+                f"holding: marking busy pods before scaling down ({decision.reason})",
+                decision.desired,
+            )
         memory.last_decision = decision
         if decision.replicas != spec.replicas:
             await self.kube.merge_patch(
@@ -396,16 +431,31 @@ class QueueReconciler:
         return decision
 
     async def _update_deletion_costs(
-        self, ref: QueueRef, queue: str, workers: list[WorkerHeartbeat], known: bool
-    ) -> None:
-        if not known:
-            return  # without the store's heartbeats, keep the costs as they are
+        self, ref: QueueRef, queue: str, view: _StoreView
+    ) -> tuple[int, bool]:
+        """Keep each pod's deletion cost at its busy slots; return how many live pods run
+        jobs and whether every cost was already right (nothing patched).
+
+        Without the store's figures the costs stay as they are, and the answer is
+        ``(0, False)``: nothing may be scaled down on a guess.
+        """
+        if view.stats is None:
+            return 0, False
         pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
-        for name, busy in st.deletion_costs(pods, workers, queue).items():
+        busy = busy_by_worker(view.running, view.workers, queue)
+        live = [
+            str(p["metadata"].get("name", ""))
+            for p in pods
+            if not (p.get("metadata") or {}).get("deletionTimestamp")
+        ]
+        busy_pods = sum(1 for name in live if busy.get(name, 0) > 0)
+        changes = st.deletion_costs(pods, busy)
+        for name, slots in changes.items():
             try:
                 await self.kube.merge_patch(
-                    "v1", "Pod", ref.namespace, name, deletion_cost_patch(busy)
+                    "v1", "Pod", ref.namespace, name, deletion_cost_patch(slots)
                 )
             except KubeApiError as exc:
                 if exc.status != 404:  # a pod that just went away needs no cost
                     raise
+        return busy_pods, not changes

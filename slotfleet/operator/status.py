@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from slotfleet.models import QueuedJob, QueueStats, WorkerHeartbeat
+from slotfleet.models import QueuedJob, QueueStats
 from slotfleet.operator.builders import DELETION_COST_ANNOTATION
 
 Json = dict[str, Any]
@@ -201,23 +201,21 @@ def status_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     return any(previous.get(key) != value for key, value in new.items())
 
 
-def deletion_costs(
-    pods: Sequence[Mapping[str, Any]], workers: Sequence[WorkerHeartbeat], queue: str
-) -> dict[str, int]:
+def deletion_costs(pods: Sequence[Mapping[str, Any]], busy: Mapping[str, int]) -> dict[str, int]:
     """Pods whose ``pod-deletion-cost`` must change, mapped to their busy slots.
 
-    Worker ids are pod names (``--worker-id $(POD_NAME)``). A pod without a heartbeat
-    costs 0: it runs nothing the store knows of, so it may go first.
+    Worker ids are pod names (``--worker-id $(POD_NAME)``); ``busy`` maps them to busy
+    slots (:func:`slotfleet.scaling.busy_by_worker`). A pod absent from it costs 0: it
+    runs nothing the store knows of, so it may go first.
     """
-    busy_by_worker = {w.worker_id: w.queues.get(queue, (0, 0))[1] for w in workers}
     changes: dict[str, int] = {}
     for pod in pods:
         metadata = pod.get("metadata") or {}
         if metadata.get("deletionTimestamp"):
             continue
         name = str(metadata.get("name", ""))
-        busy = int(busy_by_worker.get(name, 0))
+        slots = int(busy.get(name, 0))
         current = (metadata.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
-        if current != str(busy):
-            changes[name] = busy
+        if current != str(slots):
+            changes[name] = slots
     return changes

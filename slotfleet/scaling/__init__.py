@@ -11,5 +11,14 @@ from slotfleet.scaling.autoscaler import (
     decide,
     raw_replicas,
 )
+from slotfleet.scaling.busy import busy_by_worker
 
-__all__ = ["Autoscaler", "Decision", "Observation", "ScalerState", "decide", "raw_replicas"]
+__all__ = [
+    "Autoscaler",
+    "Decision",
+    "Observation",
+    "ScalerState",
+    "busy_by_worker",
+    "decide",
+    "raw_replicas",
+]

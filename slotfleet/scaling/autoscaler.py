@@ -9,7 +9,11 @@ clamped to ``[minReplicas, maxReplicas]``. Up at once (optionally ``maxScaleUpSt
 a time); down only to the highest desire seen within ``scaleDownStabilizationSeconds``
 (optionally ``maxScaleDownStep`` at a time), so a queue whose backlog comes in waves
 does not flap; to zero only after ``idleSeconds`` with nothing pending or running;
-back from zero as soon as one job is ready; never below what busy slots need.
+back from zero as soon as one job is ready; never below what busy slots need, and never
+below the workers that hold a running job (``Observation.busy_pods``): removing one of
+those would cut its job short or hand it back to run again, so a scale-down only ever
+removes idle workers (the caller picks which: the operator through
+``pod-deletion-cost``, the local fleet by choosing idle victims).
 
 Both the operator (``autoscaling.mode: operator``) and the local fleet call
 :func:`decide` with an :class:`Observation` and the previous :class:`ScalerState`, and
@@ -42,11 +46,15 @@ class Observation:
     """Slots running a job across the fleet (running jobs)."""
     ready_pending: int
     """Jobs ready to run now and waiting for a slot (not those scheduled later)."""
+    busy_pods: int = 0
+    """Workers (among ``replicas``) running at least one job. Jobs packed on few workers
+    need ``ceil(busy / slots_per_pod)`` of them; jobs spread out pin every worker that
+    holds one, and a scale-down never goes below this."""
 
     def __post_init__(self) -> None:
         if self.slots_per_pod < 1:
             raise InvalidSettingsError("slots per pod must be at least 1")
-        if min(self.replicas, self.busy, self.ready_pending) < 0:
+        if min(self.replicas, self.busy, self.ready_pending, self.busy_pods) < 0:
             raise InvalidSettingsError("replicas, busy and ready jobs must not be negative")
 
     @property
@@ -132,7 +140,11 @@ def decide(
 
     need = f"{_plural(obs.demand, 'job')} need {_plural(desired, 'pod')}"
     current = obs.replicas
-    busy_floor = min(math.ceil(obs.busy / obs.slots_per_pod), spec.max_replicas)
+    # Never below the workers running jobs: those that exist and hold one (a busy worker
+    # beyond ``replicas`` is already draining and needs no place) and, however the jobs
+    # are packed, the slots they fill.
+    held = min(obs.busy_pods, current)
+    busy_floor = min(max(math.ceil(obs.busy / obs.slots_per_pod), held), spec.max_replicas)
 
     if desired > current:
         target = desired
@@ -152,12 +164,17 @@ def decide(
         target = max(target, current - spec.max_scale_down_step)
     target = min(max(target, busy_floor, spec.min_replicas), spec.max_replicas)
 
-    # desired >= busy_floor and >= minReplicas, so here target <= current.
+    # desired and the held workers are <= current here, and so is target.
+    pinned = (
+        target > stabilized and target == held and held > math.ceil(obs.busy / obs.slots_per_pod)
+    )
     if target == current:
         if current == 0:
             reason = "idle: no jobs"
         elif desired == current:
             reason = f"holding: {idle_note}" if idle_note else f"steady: {need}"
+        elif pinned:
+            reason = f"holding: {_plural(held, 'pod')} running jobs ({need})"
         else:
             reason = f"holding: stabilization window ({need})"
     elif target == 0:
@@ -165,7 +182,12 @@ def decide(
     else:
         reason = f"scale down: {idle_note or need}"
         if target > desired:
-            why = "stabilization window" if target == stabilized else "step"
+            if pinned:
+                why = "pods running jobs"
+            elif target == stabilized:
+                why = "stabilization window"
+            else:
+                why = "step"
             reason += f" (to {target}: {why})"
     return Decision(target, reason, desired), new_state
 

@@ -108,3 +108,50 @@ async def test_sigterm_drains_every_worker_and_loses_no_job(tmp_path: Path) -> N
         assert await store.workers() == []
     finally:
         await store.close()
+
+
+async def test_examples_queue_yaml_scales_up_and_down(tmp_path: Path) -> None:
+    """The README's own manifest, run as it ships: only ``--set`` shortens its windows."""
+    dsn = f"sqlite:///{tmp_path / 'emails.db'}"
+    store = open_store(dsn)
+    await store.open()
+    try:
+        # 20 slots a pod at 0.8: 16 jobs a pod, so 60 jobs want 4 pods
+        burst = [
+            Job(
+                func="examples.tasks:send_email",
+                queue="emails",
+                kwargs={"to": f"u{i}", "seconds": 1},
+            )
+            for i in range(60)
+        ]
+        await store.enqueue(burst)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "slotfleet.cli.main", "fleet",
+            "-f", str(ROOT / "examples" / "queue.yaml"), "--dsn", dsn,
+            "--set", "autoscaling.scaleDownStabilizationSeconds=1",
+            "--set", "autoscaling.idleSeconds=2",
+            "--set", "pollingInterval=0.2",
+            "--until-idle", "--interval", "0.5",
+            cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            stdout, stderr = await asyncio.wait_for(proc.communicate(), timeout=180)
+        except TimeoutError:
+            proc.terminate()
+            await proc.wait()
+            raise
+        out = stdout.decode()
+        assert proc.returncode == 0, out + stderr.decode()
+
+        sizes = [int(m) for m in re.findall(r"emails: \d+ -> (\d+) workers", out)]
+        assert max(sizes) > 1, out
+        assert sizes[-1] == 0, out
+        assert re.search(r"emails: 1 -> 0 workers: scale to zero: idle for \d+ s", out), out
+
+        jobs = await store.list_jobs(queue="emails", limit=100)
+        assert len(jobs) == len(burst)
+        assert {j.state for j in jobs} == {JobState.SUCCEEDED}, [j.errors for j in jobs]
+        assert all(j.attempts == 1 for j in jobs)
+    finally:
+        await store.close()

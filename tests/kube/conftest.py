@@ -14,6 +14,7 @@ from .fixtures import (  # noqa: F401 - fixtures for tests in this directory
     namespace,
     test_node,
 )
+from .operator_helpers import operator, queue_crd  # noqa: F401 - fixtures for the tests here
 
 
 def pytest_configure(config: pytest.Config) -> None:

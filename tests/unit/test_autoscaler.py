@@ -430,3 +430,25 @@ def test_back_from_zero_at_once(
     state, at, _, _ = replay(sp, history, slots)
     d, _ = decide(state, obs(at + 0.001, 0, 0, ready, slots), sp)
     assert d.replicas >= 1
+
+
+def test_scale_down_never_removes_a_pod_running_a_job() -> None:
+    """Regression: the floor was ``ceil(busy / slots)``, so two long jobs on two pods of
+    two slots each let the fleet shrink to one pod, and the ReplicaSet had to SIGTERM a
+    pod still running a job. Pods holding a job now pin the fleet."""
+    sp = spec(scale_down_stabilization_seconds=0)
+    shrink = Observation(at=0, replicas=4, slots_per_pod=2, busy=2, ready_pending=0)
+    d, _ = decide(ScalerState(), shrink, sp)
+    assert d.replicas == 1  # without the pods count: packed jobs need one pod
+    d, _ = decide(ScalerState(), replace(shrink, busy_pods=2), sp)
+    assert d.replicas == 2
+    assert "pods running jobs" in d.reason
+    d, _ = decide(ScalerState(), replace(shrink, replicas=2, busy_pods=2), sp)
+    assert (d.replicas, d.reason) == (2, "holding: 2 pods running jobs (2 jobs need 1 pod)")
+    # a busy worker beyond replicas is already draining: it never grows the fleet
+    d, _ = decide(ScalerState(), replace(shrink, replicas=1, busy_pods=3), sp)
+    assert d.replicas == 1
+    # and zero only with nothing running anywhere
+    idle = spec(scale_down_stabilization_seconds=0, idle_seconds=0)
+    d, _ = decide(ScalerState(), replace(shrink, replicas=1, busy=1, busy_pods=1), idle)
+    assert d.replicas == 1

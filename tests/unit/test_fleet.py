@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,11 +18,19 @@ from slotfleet.fleet import (
     QueueManifest,
     choose_victims,
     load_queue_manifest,
+    parse_override,
     parse_queue_manifest,
     worker_command,
 )
 from slotfleet.fleet.runner import KILL_GRACE_SECONDS, Process
-from slotfleet.models import InvalidSettingsError, QueueStats, RateLimit, WorkerHeartbeat
+from slotfleet.models import (
+    InvalidSettingsError,
+    JobId,
+    QueuedJob,
+    QueueStats,
+    RateLimit,
+    WorkerHeartbeat,
+)
 from slotfleet.models.resource import QueueSpec
 from slotfleet.store.base import Store
 
@@ -86,12 +95,16 @@ class FakeStore:
 
     stats: QueueStats = field(default_factory=lambda: QueueStats(queue="emails"))
     beats: list[WorkerHeartbeat] = field(default_factory=list)
+    running: list[QueuedJob] = field(default_factory=list)
 
     async def queue_stats(self, queue: str | None = None, **_: Any) -> list[QueueStats]:
         return [QueueStats(queue="other", ready=99), self.stats]
 
     async def workers(self, **_: Any) -> list[WorkerHeartbeat]:
         return self.beats
+
+    async def list_jobs(self, **_: Any) -> list[QueuedJob]:
+        return self.running
 
 
 @dataclass
@@ -176,6 +189,35 @@ async def test_scale_down_stops_idle_workers_and_keeps_busy_ones() -> None:
     assert r.launcher.started["fleet-2"].signals == []
     assert all(r.launcher.started[f"fleet-{i}"].signals == ["TERM"] for i in (1, 3, 4, 5))
     assert "5 -> 1 workers: scale down: 3 jobs need 1 pod" in r.lines[-1]
+
+
+async def test_scale_down_keeps_every_worker_running_a_job() -> None:
+    """Regression: with two jobs on two workers the fleet shrank to one worker (two jobs
+    fit on one), so a worker running a job was stopped; and victims were
+    chosen from heartbeats alone, which lag a claim. Running jobs' lease owners now pin
+    their workers."""
+    r = rig(manifest(maxReplicas=4, targetUtilization=1.0))
+    r.store.stats = QueueStats(queue="emails", ready=40)
+    await r.fleet.step()
+    assert len(r.fleet.active) == 4
+    r.tick()
+    r.store.stats = QueueStats(queue="emails", running=2, slots_busy=0, slots_total=40)
+    r.store.beats = [beat(f"fleet-{i}", 0) for i in (1, 2, 3, 4)]  # before the claims
+    r.store.running = [
+        QueuedJob(
+            id=JobId(n),
+            func="m:f",
+            queue="emails",
+            state="running",
+            lease_owner=owner,
+            created_at=datetime(2024, 1, 1, tzinfo=UTC),
+        )
+        for n, owner in ((1, "fleet-1"), (2, "fleet-3"))
+    ]
+    decision = await r.fleet.step()
+    assert decision.replicas == 2
+    assert [w.id for w in r.fleet.active] == ["fleet-1", "fleet-3"]
+    assert r.launcher.started["fleet-1"].signals == r.launcher.started["fleet-3"].signals == []
 
 
 async def test_steady_state_reports_once() -> None:
@@ -347,3 +389,62 @@ def test_cli_reports_a_missing_file(tmp_path: Path, capsys: pytest.CaptureFixtur
     args = parser.parse_args(["fleet", "-f", str(tmp_path / "nope.yaml")])
     assert args.handler(args) == 1
     assert "nope.yaml: cannot read: No such file or directory" in capsys.readouterr().err
+
+
+# --- --set overrides -------------------------------------------------------------------------
+
+
+def test_set_overrides_dotted_spec_paths_with_yaml_values() -> None:
+    overrides = [
+        parse_override("autoscaling.idleSeconds=2"),
+        parse_override("autoscaling.targetUtilization=1.0"),
+        parse_override("executor.kind=threads"),
+        parse_override("rateLimit.count=7"),  # a mapping the file does not have
+        parse_override("imports=[examples.tasks, tests.fleet_tasks]"),
+        parse_override("paused=false"),
+    ]
+    m = load_queue_manifest(EXAMPLE, overrides)
+    assert m.spec.autoscaling.idle_seconds == 2
+    assert m.spec.autoscaling.target_utilization == 1.0
+    assert m.spec.autoscaling.max_replicas == 5  # untouched siblings stay
+    assert m.spec.executor.kind.value == "threads"
+    assert m.spec.executor.concurrency == 20
+    assert m.spec.rate_limit is not None
+    assert m.spec.rate_limit.count == 7
+    assert m.spec.imports == ["examples.tasks", "tests.fleet_tasks"]
+    assert load_queue_manifest(EXAMPLE).spec.autoscaling.idle_seconds == 60  # file unchanged
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ("idleSeconds", "--set 'idleSeconds': expected KEY=VALUE"),
+        ("autoscaling..idleSeconds=2", "expected KEY=VALUE with a dotted path"),
+        ("=2", "expected KEY=VALUE"),
+        ("autoscaling.idleSeconds=[", "--set 'autoscaling.idleSeconds=[': the value is not valid"),
+        ("autoscaling.idleSeconds=soon", "spec: autoscaling.idleSeconds: Input should be"),
+        ("autoscaling.idleSecs=2", "spec: autoscaling.idleSecs: Extra inputs"),
+        ("executor.kind.name=x", "--set 'executor.kind.name=x': spec.executor.kind is not a"),
+    ],
+)
+def test_bad_set_is_one_line(option: str, message: str) -> None:
+    with pytest.raises(InvalidSettingsError) as info:
+        load_queue_manifest(EXAMPLE, [parse_override(option)])
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_reports_a_bad_set_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = Parser(prog="slotfleet")
+    fleet_cmd.register(parser.add_subparsers(parser_class=Parser))
+    sets = ["--set", "autoscaling.minReplicas=1", "--set", "autoscaling.maxReplicas=-3"]
+    args = parser.parse_args(
+        ["fleet", "-f", str(EXAMPLE), "--dsn", f"sqlite:///{tmp_path}/x.db", *sets]
+    )
+    assert args.set == ["autoscaling.minReplicas=1", "autoscaling.maxReplicas=-3"]
+    assert args.handler(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith(f"error: {EXAMPLE}: spec: autoscaling.maxReplicas:")

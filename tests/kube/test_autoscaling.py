@@ -1,0 +1,302 @@
+"""Autoscaling on a real control plane: the fleet follows demand and never kills a job.
+
+The operator runs as a subprocess (``--interval 1``) in ``autoscaling.mode: operator``;
+worker pods are real ``slotfleet worker`` processes started by the test node; the job
+store is a real PostgreSQL database. Windows are short (two slots per pod, target 1.0,
+stabilization 3 s, idle 5 s), so a test takes tens of seconds, not minutes.
+
+What "never kills a running job" means here, checked on every job at the end: each one
+``succeeded`` with ``attempts == 1`` (a job cut short by a drain would be handed back and
+run again, so its attempts would be 2), the test node sent no SIGKILL, and no pod got
+SIGTERM while it held a running job (a running job's ``lease_owner`` is its worker id,
+which is the pod's name).
+
+HPA mode is checked as far as this control plane allows: there is no metrics API (no
+metrics-server, no prometheus-adapter), so the real HPA controller reports
+``ScalingActive=False`` (FailedGetPodsMetric); what it can prove is that the HPA is
+accepted and reaches the Queue through its ``/scale`` subresource: ``AbleToScale=True``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from slotfleet.models import Job, JobState, QueuedJob
+from slotfleet.store import open_store
+
+from .fixtures import KubeAdmin
+from .operator_helpers import (
+    OperatorProcess,
+    apply_queue,
+    create_secret,
+    get_queue,
+    queue_manifest,
+    run,
+    running_pods,
+    wait_for,
+)
+from .testnode import TestNode
+
+pytestmark = [pytest.mark.kube, pytest.mark.timeout(300)]
+
+SHORT_WINDOWS: dict[str, Any] = {
+    "mode": "operator",
+    "targetUtilization": 1.0,
+    "scaleDownStabilizationSeconds": 3,
+    "idleSeconds": 5,
+}
+
+
+def autoscaled_queue(name: str, *, min_replicas: int, max_replicas: int) -> dict[str, Any]:
+    return queue_manifest(
+        name,
+        replicas=min_replicas,
+        executor={"kind": "async", "concurrency": 2},
+        autoscaling={**SHORT_WINDOWS, "minReplicas": min_replicas, "maxReplicas": max_replicas},
+        # a pod told to stop while it runs a 25 s job would hand it back after 5 s:
+        # the job would run again and show attempts == 2
+        drainTimeoutSeconds=5,
+    )
+
+
+def email(queue: str, to: str, seconds: float) -> Job:
+    return Job(func="examples.tasks:send_email", queue=queue, kwargs={"to": to, "seconds": seconds})
+
+
+async def enqueue(dsn: str, jobs: list[Job]) -> list[QueuedJob]:
+    store = open_store(dsn)
+    await store.open()
+    try:
+        return await store.enqueue(jobs)
+    finally:
+        await store.close()
+
+
+async def all_jobs(dsn: str, queue: str) -> list[QueuedJob]:
+    store = open_store(dsn)
+    await store.open()
+    try:
+        return await store.list_jobs(queue=queue, limit=1000)
+    finally:
+        await store.close()
+
+
+def spec_replicas(admin: KubeAdmin, namespace: str, name: str) -> int:
+    return int(get_queue(admin, namespace, name)["spec"].get("replicas", 0))
+
+
+def pod_costs(admin: KubeAdmin, namespace: str, queue: str) -> dict[str, str | None]:
+    return {
+        p.metadata.name: (p.metadata.annotations or {}).get(
+            "controller.kubernetes.io/pod-deletion-cost"
+        )
+        for p in running_pods(admin, namespace, queue)
+    }
+
+
+def assert_every_job_ran_once(jobs: list[QueuedJob], expected: int) -> None:
+    assert len(jobs) == expected
+    bad = [(j.id, j.state.value, j.attempts, j.errors) for j in jobs]
+    bad = [b for b in bad if b[1] != "succeeded" or b[2] != 1]
+    assert not bad, f"jobs not succeeded exactly once: {bad}"
+
+
+# ------------------------------------------------------------------ burst and scale-down
+
+
+def test_burst_scales_up_and_scale_down_keeps_pods_running_long_jobs(
+    kube_admin: KubeAdmin,
+    namespace: str,
+    operator: OperatorProcess,
+    test_node: TestNode,
+    postgres_dsn: str,
+) -> None:
+    name = "burst"
+    create_secret(kube_admin, namespace, postgres_dsn)
+    manifest = autoscaled_queue(name, min_replicas=1, max_replicas=4)
+    # longer than in the other tests: the burst's tail and the placing of the long jobs
+    # below happen inside this window, so all four pods are still there when they start
+    manifest["spec"]["autoscaling"]["scaleDownStabilizationSeconds"] = 10
+    apply_queue(kube_admin, namespace, manifest)
+    wait_for("the first worker pod", lambda: running_pods(kube_admin, namespace, name), 90)
+
+    # The burst: 12 jobs on 2-slot pods want 6 pods, clamped to 4.
+    shorts = run(enqueue(postgres_dsn, [email(name, f"s{i}", 3.0) for i in range(12)]))
+    wait_for("spec.replicas raised to 4", lambda: spec_replicas(kube_admin, namespace, name) == 4)
+    wait_for(
+        "four worker pods running",
+        lambda: len(running_pods(kube_admin, namespace, name)) == 4,
+        90,
+    )
+    short_ids = {j.id for j in shorts}
+    wait_for(
+        "the burst to finish",
+        lambda: all(j.is_terminal for j in run(all_jobs(postgres_dsn, name))),
+        90,
+    )
+
+    # Long jobs, one at a time, until they sit on more pods than their slots need (two
+    # jobs on two pods: one pod's slots would do). That is the case where a floor of
+    # ceil(busy / slots) would let the scale-down stop a pod that runs a job. A worker
+    # that has just claimed a job tends to claim the next one too, so each long job is
+    # followed by a short filler that takes the free slot it left.
+    long_ids: set[int] = set()
+    holders: dict[int, str] = {}
+
+    def start(seconds: float, to: str) -> tuple[int, str]:
+        (job,) = run(enqueue(postgres_dsn, [email(name, to, seconds)]))
+
+        def owner() -> str | None:
+            found = {j.id: j for j in run(all_jobs(postgres_dsn, name))}[job.id]
+            return found.lease_owner if found.state is JobState.RUNNING else None
+
+        return job.id, wait_for(f"job {to} to start", owner, 30, interval=0.1)
+
+    while len(set(holders.values())) <= -(-len(holders) // 2):
+        assert len(long_ids) < 6, f"long jobs did not spread over the pods: {holders}"
+        job_id, holders[job_id] = start(25.0, f"long{len(long_ids)}")
+        long_ids.add(job_id)
+        short_ids.add(start(3.0, f"filler{len(long_ids)}")[0])
+
+    # Until every job is done: no pod that holds a running job gets SIGTERM, busy pods
+    # carry a deletion cost, and the fleet shrinks while the long jobs still run.
+    busy_costs: dict[str, str | None] = {}
+    replicas_while_long: list[int] = []
+    deadline = time.monotonic() + 180
+    while True:
+        jobs = run(all_jobs(postgres_dsn, name))
+        running = [j for j in jobs if j.state is JobState.RUNNING]
+        running_long = [j for j in running if j.id in long_ids]
+        sigtermed = {pod for _, pod in test_node.sigtermed(namespace)}
+        for job in running:
+            owner = job.lease_owner or ""
+            assert not any(owner == pod or owner.startswith(f"{pod}-") for pod in sigtermed), (
+                f"pod of worker {owner} got SIGTERM while it ran job {job.id}; "
+                f"SIGTERM sent to {sorted(sigtermed)}"
+            )
+        if running_long:
+            replicas_while_long.append(spec_replicas(kube_admin, namespace, name))
+            costs = pod_costs(kube_admin, namespace, name)
+            for job in running_long:
+                if job.lease_owner in costs:
+                    busy_costs[job.lease_owner] = costs[job.lease_owner]
+        if all(j.is_terminal for j in jobs):
+            break
+        assert time.monotonic() < deadline, f"jobs still not done: {[j.state for j in jobs]}"
+        time.sleep(0.3)
+
+    assert_every_job_ran_once(jobs, len(short_ids) + len(long_ids))
+    # the fleet shrank while the long jobs still ran (idle pods went first) ...
+    assert replicas_while_long
+    assert min(replicas_while_long) < 4, replicas_while_long
+    # ... never below the pods holding them
+    assert min(replicas_while_long) >= len(set(holders.values())), (
+        replicas_while_long,
+        holders,
+    )
+    assert test_node.sigtermed(namespace), "scale-down sent no SIGTERM at all"
+    assert all(cost not in (None, "0") for cost in busy_costs.values()), busy_costs
+    assert not [k for k in test_node.sigkill_log if k[0] == namespace]
+
+    # with the work done, back to minReplicas
+    wait_for("back to one replica", lambda: spec_replicas(kube_admin, namespace, name) == 1, 60)
+    wait_for(
+        "one worker pod left",
+        lambda: len(running_pods(kube_admin, namespace, name)) == 1,
+        60,
+    )
+
+
+# ------------------------------------------------------------------ scale to zero and back
+
+
+def test_scale_to_zero_after_idle_seconds_and_back_on_a_new_job(
+    kube_admin: KubeAdmin,
+    namespace: str,
+    operator: OperatorProcess,
+    test_node: TestNode,
+    postgres_dsn: str,
+) -> None:
+    name = "naps"
+    create_secret(kube_admin, namespace, postgres_dsn)
+    apply_queue(kube_admin, namespace, autoscaled_queue(name, min_replicas=0, max_replicas=3))
+    # nothing to do: stays at zero, no pod
+    time.sleep(3)
+    assert spec_replicas(kube_admin, namespace, name) == 0
+    assert not running_pods(kube_admin, namespace, name)
+
+    run(enqueue(postgres_dsn, [email(name, "first", 0.5)]))
+    wait_for("scale from zero", lambda: spec_replicas(kube_admin, namespace, name) >= 1)
+
+    def succeeded(count: int) -> list[QueuedJob] | None:
+        jobs = run(all_jobs(postgres_dsn, name))
+        done = [j for j in jobs if j.state is JobState.SUCCEEDED]
+        return jobs if len(done) == count else None
+
+    wait_for("the first job to succeed", lambda: succeeded(1), 90)
+    done_at = time.monotonic()
+
+    # idleSeconds (5) after the last job, the fleet goes to zero and its pod drains away
+    wait_for("scale to zero", lambda: spec_replicas(kube_admin, namespace, name) == 0, 60)
+    idle_for = time.monotonic() - done_at
+    assert idle_for >= 4, f"scaled to zero {idle_for:.1f} s after the job, before idleSeconds"
+    wait_for("no worker pod", lambda: not running_pods(kube_admin, namespace, name), 60)
+
+    # and back as soon as a job appears
+    run(enqueue(postgres_dsn, [email(name, "second", 0.5)]))
+    wait_for("back from zero", lambda: spec_replicas(kube_admin, namespace, name) >= 1)
+    jobs = wait_for("the second job to succeed", lambda: succeeded(2), 90)
+    assert_every_job_ran_once(jobs, 2)
+    reasons = [
+        e.message or ""
+        for e in client.CoreV1Api(kube_admin.api_client)
+        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
+        .items
+        if e.reason == "Scaled"
+    ]
+    assert any("scale to zero" in m for m in reasons), reasons
+    assert any("scale from zero" in m for m in reasons), reasons
+
+
+# ------------------------------------------------------------------ HPA mode
+
+
+def test_hpa_mode_hpa_reaches_the_queue_through_its_scale_subresource(
+    kube_admin: KubeAdmin,
+    namespace: str,
+    operator: OperatorProcess,
+    postgres_dsn: str,
+) -> None:
+    """The real HPA controller reads the Queue's ``/scale`` (AbleToScale=True). Without a
+    metrics API it cannot compute a size (ScalingActive=False): expected here, and not
+    asserted on."""
+    name = "elastic"
+    create_secret(kube_admin, namespace, postgres_dsn)
+    apply_queue(
+        kube_admin,
+        namespace,
+        queue_manifest(
+            name,
+            replicas=1,
+            autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 3},
+        ),
+    )
+    hpas = client.AutoscalingV2Api(kube_admin.api_client)
+
+    def able_to_scale() -> Any:
+        hpa = hpas.read_namespaced_horizontal_pod_autoscaler(name, namespace)
+        for cond in (hpa.status and hpa.status.conditions) or []:
+            if cond.type == "AbleToScale" and cond.status == "True":
+                return cond
+        return None
+
+    cond = wait_for("HPA condition AbleToScale=True", able_to_scale, 90)
+    assert cond.reason in ("SucceededGetScale", "ReadyForNewScale", "SucceededRescale")
+    # the HPA saw the Queue's current size through /scale
+    hpa = hpas.read_namespaced_horizontal_pod_autoscaler(name, namespace)
+    assert hpa.status is not None
+    assert hpa.status.current_replicas == 1

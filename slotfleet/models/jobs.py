@@ -16,7 +16,15 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, NewType
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from slotfleet.models.queues import QUEUE_NAME_PATTERN
 
@@ -25,6 +33,10 @@ JobId = NewType("JobId", int)
 #: Largest encoded kwargs (or meta) accepted at enqueue; bigger payloads belong in
 #: object storage with a reference in the kwargs.
 MAX_PAYLOAD_BYTES = 1 << 20
+
+#: Validation context marking data read back from a store, whose payloads were checked
+#: at enqueue: ``QueuedJob.model_validate(row, context={TRUSTED_ROW: True})``.
+TRUSTED_ROW = "slotfleet.trusted_row"
 
 #: Deepest nesting of kwargs accepted at enqueue (JSON parsers and jsonb have limits).
 MAX_PAYLOAD_DEPTH = 64
@@ -158,8 +170,11 @@ class Job(BaseModel):
 
     @field_validator("kwargs", "meta")
     @classmethod
-    def _check_json(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
-        check_json_payload(value, info.field_name)
+    def _check_json(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # Rows read back from a store were checked when they were enqueued; re-encoding
+        # every payload on every read was most of the cost of a fetch.
+        if not (info.context and info.context.get(TRUSTED_ROW)):
+            check_json_payload(value, info.field_name or "value")
         return value
 
     @field_validator("scheduled_at")

@@ -21,6 +21,7 @@ from slotfleet.models import (
     QueueStats,
     WorkerHeartbeat,
 )
+from slotfleet.models.jobs import TRUSTED_ROW
 
 #: Job columns in table order; every backend's job table has exactly these.
 JOB_COLUMNS = (
@@ -56,7 +57,9 @@ _STATE_FIELDS = ("running", "succeeded", "failed", "cancelled")
 
 def job_from_record(record: Mapping[str, Any]) -> QueuedJob:
     """A validated :class:`QueuedJob` from a row already decoded to Python values."""
-    return QueuedJob.model_validate({name: record[name] for name in JOB_COLUMNS})
+    return QueuedJob.model_validate(
+        {name: record[name] for name in JOB_COLUMNS}, context={TRUSTED_ROW: True}
+    )
 
 
 def dump_json(value: Any) -> str:

@@ -77,3 +77,16 @@ def test_queue_settings_parse() -> None:
     for bad in ("Bad Name", "q:fibers", "q:async:0", "q:async:x"):
         with pytest.raises(ValidationError):
             QueueSettings.parse(bad)
+
+
+def test_rows_read_back_skip_the_payload_check_but_new_jobs_do_not() -> None:
+    """Reads from a store are trusted (checked at enqueue); anything else is checked."""
+    from datetime import UTC
+
+    from slotfleet.models import QueuedJob
+    from slotfleet.models.jobs import TRUSTED_ROW
+
+    row = {"id": 1, "func": "a:b", "kwargs": {"x": math.nan}, "created_at": datetime.now(UTC)}
+    assert QueuedJob.model_validate(row, context={TRUSTED_ROW: True}).id == 1
+    with pytest.raises(ValidationError, match="JSON-serializable"):
+        QueuedJob.model_validate(row)

@@ -197,7 +197,7 @@ def test_children_rbac_status_scale_and_gc(
     )
     wait_for(
         "status.replicas 3",
-        lambda: get_queue(kube_admin, namespace, "work")["status"]["replicas"] == 3,
+        lambda: get_queue(kube_admin, namespace, "work").get("status", {}).get("replicas") == 3,
     )
 
     # deleting the Queue removes its children (garbage collector, no finalizer)
@@ -416,7 +416,9 @@ def test_operator_mode_scales_from_zero_on_backlog(
     assert queue["spec"]["replicas"] == 3  # ceil(5 / 2), clamped to maxReplicas
     wait_for(
         "status.desiredReplicas and Scaling",
-        lambda: get_queue(kube_admin, namespace, "auto")["status"].get("desiredReplicas") == 3,
+        lambda: (
+            get_queue(kube_admin, namespace, "auto").get("status", {}).get("desiredReplicas") == 3
+        ),
     )
     wait_for(
         "a Scaled event",

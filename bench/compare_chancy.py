@@ -1,0 +1,360 @@
+"""slotfleet against Chancy (issue 6, item 1): the same no-op work through both, on one
+throwaway PostgreSQL, interleaved (slotfleet, Chancy, slotfleet, Chancy, ...), each
+figure the median of ``--runs`` runs with its range.
+
+    python3 -m bench.compare_chancy            # default run (about 10-15 minutes)
+    python3 -m bench.compare_chancy --quick    # smoke run (a couple of minutes)
+
+Chancy is never a dependency of slotfleet: this script creates its own virtualenv
+(``bench/.venv-chancy``, ignored by git), installs ``chancy``, ``matplotlib`` and this
+repository (``pip install -e .``) there, and re-runs itself inside it. It writes
+bench/results/compare_chancy-*.json, docs/img/compare_chancy.png and the "chancy"
+section of docs/benchmarks.md (table, configuration, commands). Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+VENV = Path(os.environ.get("SLOTFLEET_BENCH_VENV", REPO / "bench" / ".venv-chancy"))
+VENV_PY = VENV / "bin" / "python"
+#: What the benchmark virtualenv gets (pytest: the PostgreSQL fixture module imports it).
+VENV_PACKAGES = ["chancy", "matplotlib", "pytest"]
+CHART = REPO / "docs" / "img" / "compare_chancy.png"
+
+
+def ensure_venv() -> None:
+    """Create the benchmark virtualenv if needed and re-exec this script inside it."""
+    if Path(sys.prefix).resolve() == VENV.resolve():
+        return
+    if not VENV_PY.exists():
+        print(f"creating {VENV} (chancy, matplotlib, slotfleet editable)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        pip = [str(VENV_PY), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--upgrade", "pip"], check=True)
+        subprocess.run([*pip, *VENV_PACKAGES], check=True)
+        subprocess.run([*pip, "-e", str(REPO)], check=True)
+    os.chdir(REPO)
+    os.execv(str(VENV_PY), [str(VENV_PY), "-m", "bench.compare_chancy", *sys.argv[1:]])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="small sizes, one run: a smoke test")
+    p.add_argument("--runs", type=int, default=3, help="runs per figure (median, range)")
+    p.add_argument("--jobs", type=int, default=10_000, help="enqueue size and drain backlog")
+    p.add_argument("--big", type=int, default=200_000, help="large async backlog; 0 skips it")
+    p.add_argument("--big-runs", type=int, default=1, help="runs of the large backlog")
+    p.add_argument("--pickups", type=int, default=200, help="pickup samples per run")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per scenario")
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs or the chart")
+    p.add_argument("--from-json", metavar="FILE", help="re-render docs and chart from a result")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.jobs, args.big, args.big_runs, args.pickups = 1, 2_000, 0, 1, 40
+    return args
+
+
+#: (label, scenario kwargs) in table order; drains are (kind, concurrency, workers).
+DRAINS = [
+    ("async", 100, 1),
+    ("threads", 16, 1),
+    ("processes", 2, 1),
+    ("async", 100, 2),
+    ("threads", 16, 2),
+]
+
+
+def key_of(result: dict[str, Any]) -> str:
+    if result["scenario"] == "drain":
+        w = result["workers"]
+        return (
+            f"drain {result['backlog']:,}, {result['kind']} x{result['concurrency']},"
+            f" {w} worker{'s' * (w > 1)}"
+        )
+    return str(result["scenario"])
+
+
+def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    from bench import pg as pgmod
+    from bench import scenarios
+    from bench.common import loadavg, machine_facts
+    from bench.drivers import ChancyDriver, Driver, SlotfleetDriver
+
+    results: list[dict[str, Any]] = []
+    with pgmod.running() as pg:
+        facts = machine_facts(pg.version)
+        drivers: list[Driver] = [SlotfleetDriver(pg), ChancyDriver(pg)]
+
+        def each(name: str, run: int, fn: Any) -> None:
+            for driver in drivers:  # interleaved: A B for every scenario of every run
+                res = fn(driver)
+                res.update(lib=driver.name, run=run, key=name if name else key_of(res),
+                           loadavg=loadavg())  # fmt: skip
+                results.append(res)
+                figure = res.get("jobs_per_s") or res.get("p50_ms")
+                print(f"  run {run} {driver.name:9} {res['key']} -> {figure}", flush=True)
+
+        try:
+            for run in range(args.runs):
+                each("enqueue", run, lambda d: scenarios.enqueue(d, pg, n=args.jobs, batch=1000))
+                for kind, conc, workers in DRAINS:
+                    each("", run, lambda d, k=kind, c=conc, w=workers: scenarios.drain(
+                        d, pg, backlog=args.jobs, kind=k, concurrency=c, workers=w,
+                        timeout=args.timeout))  # fmt: skip
+                each("pickup", run, lambda d: scenarios.pickup(d, pg, samples=args.pickups))
+            for run in range(args.big_runs if args.big else 0):
+                each("", run, lambda d: scenarios.drain(
+                    d, pg, backlog=args.big, kind="async", concurrency=100, workers=1,
+                    timeout=max(args.timeout, 900)))  # fmt: skip
+        finally:
+            for driver in drivers:
+                driver.close()
+    facts["loadavg_end"] = loadavg()
+    facts["chancy"] = metadata.version("chancy")
+    return results, facts
+
+
+#: (row label, result key, field, digits, higher is better)
+def rows_for(args: argparse.Namespace) -> list[tuple[str, str, str, int, bool]]:
+    rows: list[tuple[str, str, str, int, bool]] = [
+        (f"enqueue {args.jobs:,} no-op jobs, batches of 1,000 (jobs/s)", "enqueue",
+         "jobs_per_s", 0, True),
+    ]  # fmt: skip
+    for kind, conc, workers in DRAINS:
+        label = key_of({"scenario": "drain", "backlog": args.jobs, "kind": kind,
+                        "concurrency": conc, "workers": workers})  # fmt: skip
+        rows.append((label + " (jobs/s)", label, "jobs_per_s", 0, True))
+    if args.big:
+        label = key_of({"scenario": "drain", "backlog": args.big, "kind": "async",
+                        "concurrency": 100, "workers": 1})  # fmt: skip
+        rows.append((label + " (jobs/s)", label, "jobs_per_s", 0, True))
+    for workers in (1, 2):
+        label = key_of({"scenario": "drain", "backlog": args.jobs, "kind": "async",
+                        "concurrency": 100, "workers": workers})  # fmt: skip
+        rows.append((label + ", wall clock (jobs/s)", label, "wall_jobs_per_s", 0, True))
+    if args.big:
+        label = key_of({"scenario": "drain", "backlog": args.big, "kind": "async",
+                        "concurrency": 100, "workers": 1})  # fmt: skip
+        rows.append((label + ", wall clock (jobs/s)", label, "wall_jobs_per_s", 0, True))
+    for q in ("p50", "p95", "p99"):
+        rows.append((f"pickup latency {q}, idle worker (ms)", "pickup", f"{q}_ms", 2, False))
+    async1 = key_of({"scenario": "drain", "backlog": args.jobs, "kind": "async",
+                     "concurrency": 100, "workers": 1})  # fmt: skip
+    rows += [
+        ("worker peak RSS, async drain (MiB, VmHWM)", async1, "peak_rss_mib", 1, False),
+        ("worker peak RSS, threads drain (MiB)", async1.replace("async x100", "threads x16"),
+         "peak_rss_mib", 1, False),
+        ("worker peak RSS, processes drain (MiB, main process)",
+         async1.replace("async x100", "processes x2"), "peak_rss_mib", 1, False),
+        ("DB statements per job, enqueue", "enqueue", "statements_per_job", 3, False),
+        ("DB statements per job, async drain", async1, "statements_per_job", 3, False),
+        ("DB statements per job, threads drain", async1.replace("async x100", "threads x16"),
+         "statements_per_job", 3, False),
+    ]  # fmt: skip
+    return rows
+
+
+def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    from bench.common import median_range
+
+    for r in results:  # derived: including start-up and the completions' write delay
+        if r.get("wall_seconds"):
+            r["wall_jobs_per_s"] = r["done"] / r["wall_seconds"]
+    table = []
+    for label, key, field, digits, higher in rows_for(args):
+        entry: dict[str, Any] = {"label": label, "digits": digits, "higher": higher}
+        for lib in ("slotfleet", "chancy"):
+            vals = [float(r[field]) for r in results
+                    if r["lib"] == lib and r["key"] == key
+                    and r.get(field) is not None]  # fmt: skip
+            entry[lib] = median_range(vals)
+            entry[lib + "_n"] = len(vals)
+            entry[lib + "_timeouts"] = sum(
+                1 for r in results if r["lib"] == lib and r["key"] == key and r.get("timed_out")
+            )
+        table.append(entry)
+    return table
+
+
+def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Namespace,
+           command: str) -> str:  # fmt: skip
+    from bench.common import fmt
+
+    def cell(entry: dict[str, Any], lib: str) -> str:
+        med, lo, hi = entry[lib]
+        d = entry["digits"]
+        text = fmt(med, d) if entry[lib + "_n"] <= 1 or lo == hi else (
+            f"{fmt(med, d)} ({fmt(lo, d)}-{fmt(hi, d)})")  # fmt: skip
+        if entry[lib + "_timeouts"]:
+            text += f" ⚠ {entry[lib + '_timeouts']} timed out"
+        return text
+
+    lines = [
+        "| figure | slotfleet | Chancy | slotfleet ÷ Chancy | better |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for e in table:
+        a, b = e["slotfleet"][0], e["chancy"][0]
+        ratio = a / b if a == a and b == b and b else float("nan")
+        better = "-"
+        if ratio == ratio and abs(ratio - 1) < 0.05:
+            better = "even"
+        elif ratio == ratio:
+            better = "slotfleet" if (ratio > 1) == e["higher"] else "Chancy"
+        lines.append(f"| {e['label']} | {cell(e, 'slotfleet')} | {cell(e, 'chancy')} |"
+                     f" {fmt(ratio, 2)}x | {better} |")  # fmt: skip
+    big = f"{args.big:,} (async, {args.big_runs} run(s))" if args.big else "skipped"
+    return "\n".join(
+        [
+            "## slotfleet vs Chancy",
+            "",
+            f"Command (from the repository root): `{command}`",
+            "",
+            "It creates `bench/.venv-chancy` on first use (`python3 -m venv bench/.venv-chancy &&"
+            f" bench/.venv-chancy/bin/pip install {' '.join(VENV_PACKAGES)} && "
+            "bench/.venv-chancy/bin/pip install -e .`) and re-runs itself there; Chancy is not a"
+            " dependency of slotfleet.",
+            "",
+            f"Date: {facts['date']} · git {facts['git']} · {facts['nproc']} CPUs ({facts['cpu']})"
+            f" · Python {facts['python']} · PostgreSQL {facts['postgres']} (loopback, fsync off)"
+            f" · Chancy {facts['chancy']} · load average at start {facts['loadavg_start']}, at end"
+            f" {facts['loadavg_end']} (the benchmark itself keeps about two processes busy:"
+            " worker and PostgreSQL; more than that means other work shared the machine, and"
+            " the per-run load averages are in the JSON)",
+            "",
+            f"Each cell is the median of {args.runs} run(s) (range in brackets); the two libraries"
+            " ran interleaved (slotfleet, Chancy, slotfleet, Chancy, ...) on one PostgreSQL, each"
+            f" run on a freshly created database. Backlog {args.jobs:,}; large backlog {big};"
+            f" {args.pickups} pickup samples per run.",
+            "",
+            *lines,
+            "",
+            f"![slotfleet vs Chancy](img/{CHART.name})",
+            "",
+            "How each side was run:",
+            "",
+            "- Jobs are no-ops (`bench/tasks.py`: an `async def` for the async executor, a plain"
+            " function otherwise), enqueued with each library's batch API in batches of 1,000"
+            " (slotfleet `App.enqueue_many`, Chancy `Chancy.push_many(batch_size=1000)`), building"
+            " the job objects included in the enqueue time.",
+            "- Workers are separate processes: `slotfleet worker --queue bench:KIND:N --burst"
+            " --log-level WARNING`, and `python -m bench.chancy_worker` (`chancy.Worker(chancy)`"
+            " in a `Chancy(dsn, notifications=True)` app, default plugins kept, Chancy's logger"
+            " at WARNING because at INFO it logs a line per job). Chancy has no burst mode: its"
+            " worker is stopped with SIGTERM once the database shows every job finished.",
+            "- Chancy's queue is declared before its worker starts as `Queue('bench',"
+            " concurrency=N, executor=<AsyncExecutor|ThreadedExecutor|ProcessExecutor>,"
+            " polling_interval=1, eager_polling=True)` (1 s is slotfleet's default polling"
+            " interval), and its `default` queue is declared first with `tags=set()` so that no"
+            " worker serves it: `Worker.start()` declares `default` without upsert, which would"
+            " otherwise start an extra process pool in every worker.",
+            "- Executors use each library's defaults otherwise. Chancy's `ProcessExecutor` runs a"
+            " `spawn` pool that replaces each child after 100 jobs (`maximum_jobs_per_worker=100`)"
+            " and tracks every job through a `multiprocessing.Manager` dict; with no-op jobs that"
+            " is what its processes figure measures. slotfleet's process pool keeps its children.",
+            "- Drain throughput = jobs / (last `completed_at` - first `started_at`) from the"
+            " database, so process start-up is not counted. Chancy writes completions in"
+            " batches about once a second; its `completed_at` is the time the job finished, not"
+            ' the time the row was written, which favours Chancy in short runs. The "wall'
+            ' clock" rows divide by the time from starting the worker processes to the database'
+            " showing every job finished (polled every 0.25 s): start-up and write delays"
+            " included, for both.",
+            "- Pickup latency = `started_at - created_at` (both the database server's clock) of"
+            " jobs enqueued one at a time, about 50 ms apart, on an idle async worker.",
+            "- Peak RSS is the worker process's VmHWM from /proc (sampled every 0.1 s; pool"
+            " children not included). Statements per job = `sum(calls)` from"
+            " `pg_stat_statements` for the measured role (the harness polls as another role),"
+            " reset before the run, divided by the jobs; it includes BEGIN/COMMIT, heartbeats"
+            " and polling during the run.",
+        ]
+    )
+
+
+def chart(table: list[dict[str, Any]], facts: dict[str, Any]) -> None:
+    import matplotlib  # type: ignore[import-not-found, unused-ignore]
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
+
+    groups = [
+        ("Throughput (jobs/s, higher is better)", [e for e in table if "jobs/s" in e["label"]]),
+        ("Pickup latency (ms, lower is better)", [e for e in table if "pickup" in e["label"]]),
+        ("Worker peak RSS (MiB, lower is better)", [e for e in table if "RSS" in e["label"]]),
+        ("DB statements per job (lower is better)",
+         [e for e in table if "statements" in e["label"]]),
+    ]  # fmt: skip
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 14))
+    colors = {"slotfleet": "#2b6cb0", "chancy": "#dd6b20"}
+    for ax, (title, entries) in zip(axes, groups, strict=True):
+        labels = [e["label"].split(" (")[0] for e in entries]
+        ys = range(len(entries))
+        for i, lib in enumerate(("slotfleet", "chancy")):
+            meds = [e[lib][0] for e in entries]
+            errs = [[max(0.0, e[lib][0] - e[lib][1]) for e in entries],
+                    [max(0.0, e[lib][2] - e[lib][0]) for e in entries]]  # fmt: skip
+            pos = [y + (i - 0.5) * 0.38 for y in ys]
+            for y, e in zip(pos, entries, strict=True):
+                value, top = e[lib][0], e[lib][2]
+                if value == value:
+                    ax.text(max(value, top), y, f" {value:,.{2 if value < 10 else 0}f}",
+                            va="center", fontsize=7)  # fmt: skip
+            ax.barh(pos, meds, height=0.38, xerr=errs, color=colors[lib], capsize=3,
+                    label=lib if lib == "slotfleet" else f"Chancy {facts['chancy']}")  # fmt: skip
+        ax.set_yticks(list(ys), labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+        ax.margins(x=0.12)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(f"slotfleet vs Chancy — {facts['nproc']} CPUs, PostgreSQL "
+                 f"{str(facts['postgres']).split()[0]}, {facts['date']}", fontsize=11)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    CHART.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(CHART, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ensure_venv()
+    from bench.common import command_line, write_doc_section, write_json
+
+    args = parse_args(argv)
+    command = command_line().replace(
+        str(VENV_PY.relative_to(REPO)) if VENV_PY.is_relative_to(REPO) else str(VENV_PY),
+        "python3",
+    )
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        facts, results, path = saved["facts"], saved["results"], Path(args.from_json)
+        args = argparse.Namespace(**{**saved["args"], "no_doc": args.no_doc})
+        command = facts.get("command", "python3 -m bench.compare_chancy")
+        table = summarize(results, args)
+    else:
+        started = time.monotonic()
+        results, facts = run_all(args)
+        facts["seconds"] = round(time.monotonic() - started, 1)
+        facts["command"] = command
+        table = summarize(results, args)
+        path = write_json("compare_chancy", {"facts": facts, "args": vars(args),
+                                             "table": table, "results": results})  # fmt: skip
+    text = render(table, facts, args, command)
+    print(text)
+    print(f"\nresults: {path} ({facts.get('seconds')} s)")
+    if not args.no_doc:
+        chart(table, facts)
+        write_doc_section("chancy", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

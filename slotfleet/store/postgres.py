@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import DictRow, dict_row
-from psycopg.types.json import Json, Jsonb
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from slotfleet.models import (
@@ -40,6 +40,9 @@ from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
 from slotfleet.store.postgres_db import (
     Conn,
     check_idle,
+    completion_document,
+    configure,
+    enqueue_document,
     job_row,
     migrate,
     parse_address,
@@ -51,8 +54,6 @@ from slotfleet.store.rows import (
     build_stats,
     cancel_requests_query,
     dedupe_completions,
-    error_json,
-    job_values,
     one_line,
 )
 
@@ -145,6 +146,7 @@ class PostgresStore:
             kwargs=self._connect_kwargs,
             open=False,
             timeout=self.connect_timeout,
+            configure=configure,
             check=check_idle,
             name="slotfleet",
         )
@@ -171,18 +173,43 @@ class PostgresStore:
     async def enqueue(self, jobs: Sequence[Job]) -> list[QueuedJob]:
         if not jobs:
             return []
-        names = (
-            *("queue", "func", "kwargs", "priority", "scheduled_at", "max_attempts"),
-            *("retry", "timeout", "unique_key", "meta"),
-        )
-        columns: dict[str, list[Any]] = {name: [] for name in names}
-        for job in jobs:
-            for name, value in job_values(job).items():
-                columns[name].append(_json_param(name, value))
+        params = {"jobs": enqueue_document(jobs)}
+        if all(job.unique_key is None for job in jobs):
+
+            async def plain(conn: Conn) -> list[QueuedJob]:
+                cur = await conn.execute(sql.ENQUEUE_NO_KEYS, params)
+                rows = sorted(await cur.fetchall(), key=lambda row: row["id"])
+                if len(rows) != len(jobs):
+                    raise StoreError(f"enqueue stored {len(rows)} of {len(jobs)} jobs")
+                return [job_row(row) for row in rows]
+
+            return await self._run(plain)
 
         async def body(conn: Conn) -> list[QueuedJob]:
-            cur = await conn.execute(sql.ENQUEUE, columns)
-            placed = {int(row["ord"]) - 1: job_row(row) for row in await cur.fetchall()}
+            cur = await conn.execute(sql.ENQUEUE, params)
+            inserted: list[DictRow] = []
+            stored: list[DictRow] = []
+            for row in await cur.fetchall():
+                (inserted if row["new"] else stored).append(row)
+            by_key = {row["unique_key"]: job_row(row) for row in stored}
+            unkeyed: list[QueuedJob] = []
+            # Ids follow input order; a key inserted here wins over a stored row of the
+            # statement's snapshot that has since stopped holding it.
+            for row in sorted(inserted, key=lambda row: row["id"]):
+                queued = job_row(row)
+                if queued.unique_key is None:
+                    unkeyed.append(queued)
+                else:
+                    by_key[queued.unique_key] = queued
+            if len(unkeyed) != sum(job.unique_key is None for job in jobs):
+                raise StoreError(f"enqueue stored {len(unkeyed)} jobs without a unique_key")
+            next_unkeyed = iter(unkeyed)
+            placed: dict[int, QueuedJob] = {}
+            for i, job in enumerate(jobs):
+                if job.unique_key is None:
+                    placed[i] = next(next_unkeyed)
+                elif job.unique_key in by_key:
+                    placed[i] = by_key[job.unique_key]
             missing = [i for i in range(len(jobs)) if i not in placed]
             if missing:
                 # A concurrent enqueue committed one of our keys after this statement's
@@ -265,14 +292,7 @@ class PostgresStore:
         batch = dedupe_completions(completions)
         if not batch:
             return []
-        params: dict[str, list[Any]] = {
-            "id": [c.job_id for c in batch],
-            "worker_id": [c.worker_id for c in batch],
-            "outcome": [c.outcome.value for c in batch],
-            "result": [None if c.result is None else Json(c.result) for c in batch],
-            "error": [None if (e := error_json(c)) is None else Jsonb(e) for c in batch],
-            "retry_at": [c.retry_at for c in batch],
-        }
+        params = {"completions": completion_document(batch)}
         # Idempotent: a repeated completion finds the job no longer running.
         rows = await self._all(sql.COMPLETE, params, idempotent=True)
         return [JobId(r["id"]) for r in rows]
@@ -348,10 +368,3 @@ class PostgresStore:
         row = await self._one(sql.NOW, {}, idempotent=True)
         assert row is not None
         return utc(row["now"])  # type: ignore[no-any-return]
-
-
-def _json_param(column: str, value: Any) -> Any:
-    """kwargs and meta are ``json`` columns (exact text), retry is ``jsonb``."""
-    if column in ("kwargs", "meta"):
-        return Json(value)
-    return Jsonb(value) if column == "retry" else value

@@ -4,6 +4,7 @@ counts, NOTIFY wake-ups and surviving a PostgreSQL restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -247,3 +248,48 @@ async def test_sqlite_missing_directory_is_a_settings_error_not_an_outage() -> N
     with pytest.raises(InvalidSettingsError, match="does not exist"):
         await store.open()
     await store.close()
+
+
+@pytest.mark.postgres
+async def test_postgres_completion_batch_uses_the_primary_key_on_an_analyzed_backlog(
+    postgres_dsn: str,
+) -> None:
+    """Regression: joined on id and lease_owner only, the planner drove the completion
+    update from the running-owner index and, once autovacuum had analyzed a big backlog,
+    merge-joined ~380k rows to update ~80 (drain throughput fell as the backlog grew)."""
+    store = open_store(postgres_dsn)
+    await store.open()
+    await store.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        await conn.execute(
+            """
+            INSERT INTO slotfleet_jobs (queue, func, state, lease_owner, started_at, completed_at)
+            SELECT 'q', 'tests.tasks:add',
+                   CASE WHEN g <= 20000 THEN 'succeeded' WHEN g <= 25000 THEN 'running'
+                        ELSE 'pending' END,
+                   CASE WHEN g > 20000 AND g <= 25000 THEN 'w' END,
+                   CASE WHEN g <= 25000 THEN now() END,
+                   CASE WHEN g <= 20000 THEN now() END
+            FROM generate_series(1, 50000) AS g
+            """
+        )
+        await conn.execute("ANALYZE slotfleet_jobs")
+        batch = [
+            {
+                "id": i,
+                "worker_id": "w",
+                "outcome": "succeeded",
+                "result": None,
+                "error": None,
+                "retry_at": None,
+            }
+            for i in range(20001, 20077)
+        ]
+        await conn.execute("BEGIN")
+        cur = await conn.execute(
+            "EXPLAIN (ANALYZE) " + postgres_sql.COMPLETE, {"completions": json.dumps(batch)}
+        )
+        plan = "\n".join(str(row[0]) for row in await cur.fetchall())
+        await conn.execute("ROLLBACK")
+    assert "slotfleet_jobs_pkey" in plan, plan
+    assert "Merge Join" not in plan, plan

@@ -25,19 +25,26 @@ class JobCancelled(SlotfleetError):
     """The job was cancelled."""
 
 
+# Guards a token's lazy Event against a cancel arriving from another thread.
+_LOCK = threading.Lock()
+
+
 class CancelToken:
     """A flag an executor sets to ask a running job to stop. Thread-safe."""
 
-    __slots__ = ("_event", "_reason")
+    __slots__ = ("_cancelled", "_event", "_reason")
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        # The Event is made only when someone waits (thread jobs calling ``wait``): most
+        # tokens, and every async one, are only ever checked, so a bool is enough.
+        self._cancelled = False
+        self._event: threading.Event | None = None
         self._reason = ""
 
     @property
     def cancelled(self) -> bool:
         """Whether the job has been asked to stop (cancelled, timed out or drained)."""
-        return self._event.is_set()
+        return self._cancelled
 
     @property
     def reason(self) -> str:
@@ -46,13 +53,18 @@ class CancelToken:
 
     def cancel(self, reason: str = "cancelled") -> None:
         """Set the token; the first reason given wins."""
-        if not self._event.is_set():
+        with _LOCK:
+            if self._cancelled:
+                return
             self._reason = reason
-            self._event.set()
+            self._cancelled = True
+            event = self._event
+        if event is not None:
+            event.set()
 
     def raise_if_cancelled(self) -> None:
         """Raise :class:`JobCancelled` if the job has been asked to stop."""
-        if self._event.is_set():
+        if self._cancelled:
             raise JobCancelled(f"job {self._reason or 'cancelled'}")
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -60,7 +72,13 @@ class CancelToken:
 
         ``token.wait(5)`` is a ``time.sleep(5)`` that a cancel interrupts.
         """
-        return self._event.wait(timeout)
+        with _LOCK:
+            if self._cancelled:
+                return True
+            if self._event is None:
+                self._event = threading.Event()
+            event = self._event
+        return event.wait(timeout)
 
 
 _NEVER = CancelToken()

@@ -90,15 +90,30 @@ class WorkerMetrics:
             registry=self.registry,
         )
 
+        # Labelled children, looked up once per queue (and outcome): ``labels()`` takes a
+        # lock and builds a key on every call, which showed up in per-job profiles.
+        self._pickup_by_queue: dict[str, Histogram] = {}
+        self._duration_by_queue: dict[str, Histogram] = {}
+        self._jobs_by_key: dict[tuple[str, str], Counter] = {}
+
     def job_started(self, job: QueuedJob) -> None:
         if job.started_at is None:
             return
         ready = max(job.created_at, job.scheduled_at) if job.scheduled_at else job.created_at
-        self.pickup.labels(job.queue).observe(max(0.0, (job.started_at - ready).total_seconds()))
+        pickup = self._pickup_by_queue.get(job.queue)
+        if pickup is None:
+            pickup = self._pickup_by_queue[job.queue] = self.pickup.labels(job.queue)
+        pickup.observe(max(0.0, (job.started_at - ready).total_seconds()))
 
     def job_completed(self, queue: str, outcome: str, duration: float) -> None:
-        self.jobs.labels(queue, outcome).inc()
-        self.duration.labels(queue).observe(duration)
+        jobs = self._jobs_by_key.get((queue, outcome))
+        if jobs is None:
+            jobs = self._jobs_by_key[(queue, outcome)] = self.jobs.labels(queue, outcome)
+        jobs.inc()
+        hist = self._duration_by_queue.get(queue)
+        if hist is None:
+            hist = self._duration_by_queue[queue] = self.duration.labels(queue)
+        hist.observe(duration)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -48,10 +48,25 @@ def unwrap(obj: Any) -> Any:
     return inner if callable(inner) else obj
 
 
+_resolved: dict[str, Callable[..., Any]] = {}
+
+
 def resolve_function(path: str) -> Callable[..., Any]:
     """Import the function named by ``path``; raise :class:`UnknownFunctionError` with
     one line naming the path when the module or the attribute is missing, or when
-    importing the module raised."""
+    importing the module raised.
+
+    Successes are remembered per path (a job's hot path skips the import machinery);
+    failures are not, so a later deploy or a module that now imports is picked up.
+    """
+    func = _resolved.get(path)
+    if func is None:
+        func = _resolve_uncached(path)
+        _resolved[path] = func
+    return func
+
+
+def _resolve_uncached(path: str) -> Callable[..., Any]:
     module_name, attr = split_path(path)
     if not module_name or not attr:
         raise UnknownFunctionError(f"{path!r} is not an import path like 'package.module:function'")

@@ -21,6 +21,9 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from slotfleet.models import Job, QueuedJob
+from slotfleet.store import open_store
+
 from .fixtures import KubeAdmin
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,3 +221,29 @@ def running_pods(admin: KubeAdmin, namespace: str, queue_name: str) -> list[Any]
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
+
+
+# ------------------------------------------------------------------ the job store
+
+
+def email(queue: str, to: str, seconds: float) -> Job:
+    """An ``examples.tasks:send_email`` job that takes ``seconds``."""
+    return Job(func="examples.tasks:send_email", queue=queue, kwargs={"to": to, "seconds": seconds})
+
+
+async def store_enqueue(dsn: str, jobs: list[Job]) -> list[QueuedJob]:
+    store = open_store(dsn)
+    await store.open()
+    try:
+        return await store.enqueue(jobs)
+    finally:
+        await store.close()
+
+
+async def store_list(dsn: str, queue: str) -> list[QueuedJob]:
+    store = open_store(dsn)
+    await store.open()
+    try:
+        return await store.list_jobs(queue=queue, limit=1000)
+    finally:
+        await store.close()

@@ -25,19 +25,25 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from slotfleet.models import Job, JobState, QueuedJob
-from slotfleet.store import open_store
+from slotfleet.models import JobState, QueuedJob
 
 from .fixtures import KubeAdmin
 from .operator_helpers import (
     OperatorProcess,
     apply_queue,
     create_secret,
+    email,
     get_queue,
     queue_manifest,
     run,
     running_pods,
     wait_for,
+)
+from .operator_helpers import (
+    store_enqueue as enqueue,
+)
+from .operator_helpers import (
+    store_list as all_jobs,
 )
 from .testnode import TestNode
 
@@ -61,28 +67,6 @@ def autoscaled_queue(name: str, *, min_replicas: int, max_replicas: int) -> dict
         # the job would run again and show attempts == 2
         drainTimeoutSeconds=5,
     )
-
-
-def email(queue: str, to: str, seconds: float) -> Job:
-    return Job(func="examples.tasks:send_email", queue=queue, kwargs={"to": to, "seconds": seconds})
-
-
-async def enqueue(dsn: str, jobs: list[Job]) -> list[QueuedJob]:
-    store = open_store(dsn)
-    await store.open()
-    try:
-        return await store.enqueue(jobs)
-    finally:
-        await store.close()
-
-
-async def all_jobs(dsn: str, queue: str) -> list[QueuedJob]:
-    store = open_store(dsn)
-    await store.open()
-    try:
-        return await store.list_jobs(queue=queue, limit=1000)
-    finally:
-        await store.close()
 
 
 def spec_replicas(admin: KubeAdmin, namespace: str, name: str) -> int:

@@ -40,12 +40,19 @@ from .operator_helpers import (
     condition,
     create_secret,
     custom,
+    email,
     get_queue,
     kubectl,
     queue_manifest,
     run,
     running_pods,
     wait_for,
+)
+from .operator_helpers import (
+    store_enqueue as _enqueue,
+)
+from .operator_helpers import (
+    store_list as _list,
 )
 from .tcp_forwarder import TcpForwarder
 from .testnode import TestNode
@@ -59,19 +66,6 @@ EXAMPLE_SECRET = REPO / "examples" / "secret.yaml"
 # ------------------------------------------------------------------ small helpers
 
 
-def email(queue: str, to: str, seconds: float) -> Job:
-    return Job(func="examples.tasks:send_email", queue=queue, kwargs={"to": to, "seconds": seconds})
-
-
-async def _enqueue(dsn: str, jobs: list[Job]) -> list[QueuedJob]:
-    store = open_store(dsn)
-    await store.open()
-    try:
-        return await store.enqueue(jobs)
-    finally:
-        await store.close()
-
-
 async def _get_many(dsn: str, ids: list[int]) -> list[QueuedJob]:
     store = open_store(dsn)
     await store.open()
@@ -81,15 +75,6 @@ async def _get_many(dsn: str, ids: list[int]) -> list[QueuedJob]:
         await store.close()
     assert all(j is not None for j in found), "a job vanished from the store"
     return [j for j in found if j is not None]
-
-
-async def _list(dsn: str, queue: str) -> list[QueuedJob]:
-    store = open_store(dsn)
-    await store.open()
-    try:
-        return await store.list_jobs(queue=queue, limit=1000)
-    finally:
-        await store.close()
 
 
 def enqueue(dsn: str, jobs: list[Job]) -> list[int]:

@@ -46,7 +46,9 @@ MARGIN_SECONDS = float(os.environ.get("SLOTFLEET_CHAOS_MARGIN", "2"))
 QUEUE = "chaos"
 WORKERS = 4
 CONCURRENCY = 16
-LEASE_SECONDS = 2.0
+# Short so recovery is quick to observe, but not so short that a live worker loses its
+# lease while PostgreSQL restarts under a loaded 2-core machine (2 s did, now and then).
+LEASE_SECONDS = 4.0
 HEARTBEAT_SECONDS = LEASE_SECONDS / 3  # the worker's default: a third of the lease
 DRAIN_SECONDS = 1.0
 SIGNAL_EVERY_SECONDS = 2.0
@@ -201,6 +203,15 @@ async def finish(
         if p.signal is mode and p.signalled_at is not None
     }
     crashed = crash_report(chaos)
+    # A replacement started moments ago may still be importing, before its signal
+    # handlers exist (SIGTERM would end it with -15, holding nothing): let every live
+    # worker check in first, as the signals during the run do.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        beating = {w.worker_id for w in await chaos.store.workers()}
+        if all(p.worker_id in beating for p in chaos.fleet.live()):
+            break
+        await asyncio.sleep(0.2)
     await asyncio.to_thread(chaos.fleet.stop_all, DRAIN_SECONDS + 15)
     bad_exits = [
         f"{p.worker_id} ({p.signal.name}) -> {p.popen.returncode}:\n{p.tail()}"

@@ -317,7 +317,7 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
         str(bound.values_file(values)),
         "--wait",
         "--timeout",
-        "120s",
+        "240s",
     )
     try:
         # the chart's RBAC, as the API server's authorizer sees the operator's identity

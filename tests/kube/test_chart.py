@@ -28,8 +28,18 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
+from .diagnose import namespace_report
 from .fixtures import KubeAdmin
-from .helm import CHART, CRD_FILE, OPERATOR_PERMISSIONS, REPO_ROOT, Helm, kubectl, one
+from .helm import (
+    CHART,
+    CRD_FILE,
+    OPERATOR_PERMISSIONS,
+    REPO_ROOT,
+    CommandError,
+    Helm,
+    kubectl,
+    one,
+)
 from .testnode import TestNode
 
 pytestmark = pytest.mark.kube
@@ -307,18 +317,22 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
     core = client.CoreV1Api(kube_admin.api_client)
     apps = client.AppsV1Api(kube_admin.api_client)
     custom = client.CustomObjectsApi(kube_admin.api_client)
-    bound.run(
-        "install",
-        release,
-        str(CHART),
-        "--namespace",
-        namespace,
-        "-f",
-        str(bound.values_file(values)),
-        "--wait",
-        "--timeout",
-        "240s",
-    )
+    try:
+        bound.run(
+            "install",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "-f",
+            str(bound.values_file(values)),
+            "--wait",
+            "--timeout",
+            "240s",
+        )
+    except CommandError as exc:
+        report = namespace_report(kube_admin.api_client, namespace, node)
+        raise AssertionError(f"{exc}\n{report}") from None
     try:
         # the chart's RBAC, as the API server's authorizer sees the operator's identity
         user = f"system:serviceaccount:{namespace}:{fullname}"

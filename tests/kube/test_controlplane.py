@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -280,6 +281,70 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_status_reports_reach_the_api_server_in_order(
+    kube_admin: KubeAdmin, control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """A status computed early ("not ready", sent as the pod starts) never lands last.
+
+    Two threads report a pod's status as it starts: the one that starts the pod and the one
+    that runs its container. On a loaded machine the first one's "not ready" reached the
+    API server after the container's "Ready"; nothing reports again for a pod without a
+    readiness probe, so the pod stayed not ready for good and ``helm install --wait`` timed
+    out in CI. Here the starting thread's report is slowed down on purpose, on a node of
+    this test's own.
+    """
+    node = TestNode(
+        api_client_for(kube_admin.kubeconfig),
+        server=control_plane.server,
+        ca_file=control_plane.ca_file,
+        name="slow-status-node",
+        work_dir=tmp_path / "node",
+    )
+    send = node.core.patch_namespaced_pod_status
+
+    def slow_from_start_pod(name: str, ns: str, body: Any, **kwargs: Any) -> Any:
+        if any(frame.function == "_start_pod" for frame in inspect.stack()):
+            time.sleep(1.5)
+        return send(name, ns, body, **kwargs)
+
+    node.core.patch_namespaced_pod_status = slow_from_start_pod  # type: ignore[method-assign]
+    core = client.CoreV1Api(kube_admin.api_client)
+    node.start()
+    try:
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": "sleeper"},
+                "spec": {
+                    "nodeName": node.name,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "x",
+                            "command": [sys.executable, "-c", "import time; time.sleep(120)"],
+                        }
+                    ],
+                },
+            },
+        )
+
+        def ready() -> bool:
+            pod = core.read_namespaced_pod("sleeper", namespace)
+            return any(
+                c.type == "Ready" and c.status == "True" for c in pod.status.conditions or []
+            )
+
+        wait_for("the pod to be Ready", ready, timeout=30)
+        time.sleep(2.5)  # longer than the slowed report takes to land
+        pod = core.read_namespaced_pod("sleeper", namespace)
+        assert pod.status.phase == "Running"
+        assert ready(), f"a stale status overwrote Ready: {pod.status.conditions}"
+    finally:
+        node.stop()
+        core.delete_namespaced_pod("sleeper", namespace, grace_period_seconds=0)
+        core.delete_node(node.name)
 
 
 def test_restart_policy_always_restarts_and_counts(

@@ -243,6 +243,9 @@ class PodRun:
     terminating: bool = False
     stopped: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: held while a status is computed *and* sent, so reports reach the API server in the
+    #: order they were computed (a stale "Pending" must never land after "Running")
+    status_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def key(self) -> PodKey:
@@ -806,6 +809,10 @@ class TestNode:
         return status
 
     def _report_status(self, run: PodRun, spec: Json) -> None:
+        with run.status_lock:
+            self._report_status_locked(run, spec)
+
+    def _report_status_locked(self, run: PodRun, spec: Json) -> None:
         if run.stopped.is_set():
             return
         with run.lock:

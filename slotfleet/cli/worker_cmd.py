@@ -210,7 +210,10 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="queue to serve, e.g. emails:threads:8 (repeatable; default: default:async)",
     )
     p.add_argument(
-        "--max-slots", type=positive(int, 1), help="cap on jobs run at once across all queues"
+        "--max-slots",
+        type=positive(int, 1),
+        help="cap on jobs run at once across all queues (slot metrics and heartbeats "
+        "report no more than this per queue)",
     )
     p.add_argument(
         "--worker-id",

@@ -32,6 +32,9 @@ class SlotUsage(NamedTuple):
     executor: str
     total: int
     busy: int
+    free: int
+    """Jobs the queue could start now: below ``total - busy`` when a worker-wide cap
+    (``--max-slots``) is taken up by other queues."""
 
 
 class SlotSource(Protocol):
@@ -57,7 +60,7 @@ class SlotCollector(Collector):
             key = [usage.queue, usage.executor]
             total.add_metric(key, usage.total)
             busy.add_metric(key, usage.busy)
-            free.add_metric(key, max(0, usage.total - usage.busy))
+            free.add_metric(key, max(0, usage.free))
         yield total
         yield free
         yield busy

@@ -156,8 +156,15 @@ class Worker:
     # -- SlotSource ---------------------------------------------------------------
 
     def slot_usage(self) -> Iterator[SlotUsage]:
+        """Slots per queue; with ``max_slots`` no queue reports more than the cap, so the
+        autoscaler's slots per pod are the ones a pod can really fill."""
+        cap = self.max_slots
+        global_free = self._global_free()
         for name, executor in self.executors.items():
-            yield SlotUsage(name, executor.kind, executor.concurrency, executor.busy_slots)
+            total = executor.concurrency if cap is None else min(executor.concurrency, cap)
+            busy = executor.busy_slots
+            free = min(max(0, total - busy), global_free)
+            yield SlotUsage(name, executor.kind, total, busy, free)
 
     # -- lifecycle ----------------------------------------------------------------
 

@@ -98,3 +98,63 @@ async def test_metrics_and_probes(store_factory: StoreFactory, tmp_path: Path) -
     job = await store.get(long_job.id)
     assert job is not None
     assert job.state is JobState.CANCELLED
+
+
+async def test_max_slots_caps_the_slots_reported(
+    store_factory: StoreFactory, tmp_path: Path
+) -> None:
+    """With ``max_slots`` 3 over two queues of 4, neither the gauges nor the heartbeat the
+    autoscaler reads claim more than 3 slots, and a job on one queue takes a free slot
+    from the other too."""
+    store = await store_factory()
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    queues = [
+        QueueSettings(name=name, executor=ExecutorKind.ASYNC, concurrency=4, polling_interval=0.1)
+        for name in ("a", "b")
+    ]
+    worker = Worker(
+        store,
+        queues,
+        max_slots=3,
+        metrics=MetricsServerConfig(port=port),
+        heartbeat_interval=0.3,
+        drain_timeout=0,
+    )
+    marker = tmp_path / "started"
+    await store.enqueue(
+        [
+            Job(
+                func="tests.tasks:async_sleep",
+                queue="a",
+                kwargs={"seconds": 60, "marker": str(marker)},
+            )
+        ]
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def one_busy() -> bool:
+                try:
+                    text = (await get(session, base + "/metrics"))[1]
+                except aiohttp.ClientConnectionError:
+                    return False
+                return 'slotfleet_slots_busy{executor="async",queue="a"} 1.0' in text
+
+            await until(one_busy)
+            text = (await get(session, base + "/metrics"))[1]
+        for name in ("a", "b"):
+            assert f'slotfleet_slots_total{{executor="async",queue="{name}"}} 3.0' in text
+            assert f'slotfleet_slots_free{{executor="async",queue="{name}"}} 2.0' in text
+
+        async def heartbeat_busy() -> bool:
+            beats = await store.workers()
+            return bool(beats) and beats[0].queues.get("a") == (3, 1)
+
+        await until(heartbeat_busy)
+        (beat,) = await store.workers()
+        assert beat.queues == {"a": (3, 1), "b": (3, 0)}
+    finally:
+        worker.request_stop()
+        await asyncio.wait_for(task, 15)

@@ -246,7 +246,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     p.add_argument(
         "--heartbeat-interval",
         type=positive(float, 0.05),
-        help="seconds between heartbeats (default: a third of the lease)",
+        help="seconds between heartbeats (default: a third of the lease, at most 10)",
     )
     p.add_argument(
         "--polling-interval",

@@ -65,6 +65,7 @@ def worker_command(manifest: QueueManifest, dsn: str, worker_id: str) -> list[st
         "--metrics-host", "127.0.0.1",
         "--metrics-port", "0",
         "--drain-timeout", str(spec.drain_timeout_seconds),
+        "--lease-seconds", str(spec.lease_seconds),
         "--polling-interval", str(spec.polling_interval),
     ]  # fmt: skip
     if spec.rate_limit is not None:

@@ -213,6 +213,10 @@ class QueueSpec(_Spec):
     """Stop fetching new jobs; running jobs finish."""
     drain_timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
     """Seconds a stopping worker lets running jobs finish before handing them back."""
+    lease_seconds: Annotated[int, Field(ge=2, le=3600)] = 15
+    """Seconds a running job's lease lasts. Heartbeats renew it (every third of it, at
+    most every 10 s); a worker that dies without draining (killed, node lost) has its
+    jobs run again about this long after its last heartbeat."""
     metrics_port: Annotated[int, Field(ge=1024, le=65535)] = 9464
     """Container port of the workers' /metrics, /healthz and /readyz."""
     metrics_service: bool = Field(default=True)

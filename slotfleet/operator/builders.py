@@ -164,6 +164,8 @@ def worker_command(queue: QueueRef, spec: QueueSpec) -> list[str]:
         str(spec.metrics_port),
         "--drain-timeout",
         str(spec.drain_timeout_seconds),
+        "--lease-seconds",
+        str(spec.lease_seconds),
         "--polling-interval",
         _number(spec.polling_interval),
     ]

@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 
 #: First and longest pause between attempts to reach the store at startup.
 STARTUP_BACKOFF_SECONDS = (0.2, 5.0)
+#: Longest gap between heartbeats, whatever the lease: the operator and ``queue_stats``
+#: count a worker as gone when it has not been seen for DEFAULT_WORKER_TTL_SECONDS (30).
+MAX_HEARTBEAT_SECONDS = 10.0
 
 
 def utcnow() -> datetime:
@@ -96,7 +99,9 @@ class Worker:
         self._worker_id = worker_id or default_worker_id()
         self.max_slots = max_slots
         self.lease_seconds = lease_seconds
-        self.heartbeat_interval = heartbeat_interval or lease_seconds / 3
+        self.heartbeat_interval = heartbeat_interval or min(
+            lease_seconds / 3, MAX_HEARTBEAT_SECONDS
+        )
         self.drain_timeout = drain_timeout
         self.cancel_source: CancelSource = cancel_source or StoreCancelSource(
             store, self._worker_id, interval=min(1.0, self.heartbeat_interval)

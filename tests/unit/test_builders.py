@@ -89,6 +89,7 @@ def test_deployment_runs_the_worker_for_this_queue() -> None:
             imports=["myapp.tasks"],
             replicas=3,
             drainTimeoutSeconds=30,
+            leaseSeconds=6,
             env=[{"name": "LOG_LEVEL", "value": "debug"}, {"name": "POD_IP", "value": "x"}],
             resources={"limits": {"memory": "1Gi"}},
         ),
@@ -109,6 +110,7 @@ def test_deployment_runs_the_worker_for_this_queue() -> None:
     assert cmd[cmd.index("--metrics-host") + 1] == "$(POD_IP)"
     assert cmd[cmd.index("--worker-id") + 1] == "$(POD_NAME)"
     assert cmd[cmd.index("--drain-timeout") + 1] == "30"
+    assert cmd[cmd.index("--lease-seconds") + 1] == "6"
     assert cmd[cmd.index("--import") + 1] == "myapp.tasks"
     env = {e["name"]: e for e in container["env"]}
     assert env["SLOTFLEET_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "db", "key": "dsn"}}

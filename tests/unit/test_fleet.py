@@ -315,7 +315,7 @@ def test_worker_command() -> None:
     text = " ".join(argv[4:])
     assert "--dsn sqlite:///x.db --queue emails:async:10 --worker-id fleet-3" in text
     assert "--metrics-port 0" in text
-    assert "--drain-timeout 5" in text
+    assert "--drain-timeout 5 --lease-seconds 15" in text
     assert text.endswith("--import examples.tasks")
     m = manifest()
     limited = QueueManifest(m.name, m.spec.model_copy(update={"rate_limit": RateLimit(count=5)}))

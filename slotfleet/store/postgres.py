@@ -61,6 +61,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: Longest wait of a fetch for a pooled connection (see :meth:`PostgresStore.fetch`).
+FETCH_POOL_WAIT_SECONDS = 2.0
+
 
 class PostgresStore:
     """:class:`~slotfleet.store.Store` on PostgreSQL (``postgresql://...``)."""
@@ -100,21 +103,28 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise self._unavailable(exc) from exc
 
-    async def _run(self, body: Callable[[Conn], Awaitable[T]], *, idempotent: bool = False) -> T:
+    async def _run(
+        self,
+        body: Callable[[Conn], Awaitable[T]],
+        *,
+        idempotent: bool = False,
+        wait: float | None = None,
+    ) -> T:
         """Run ``body`` on a pooled connection, translating driver errors. An idempotent
         body is tried once more after a connection failure (a server restart leaves
-        dead connections in the pool; the retry gets a fresh one)."""
+        dead connections in the pool; the retry gets a fresh one). ``wait`` bounds the
+        wait for a pooled connection (default ``connect_timeout``)."""
         pool = self._pool
         if pool is None:
             raise StoreError("the store is not open: await store.open() first")
+        wait = self.connect_timeout if wait is None else min(wait, self.connect_timeout)
         for attempt in (1, 2):
             try:
-                async with pool.connection(timeout=self.connect_timeout) as conn:
+                async with pool.connection(timeout=wait) as conn:
                     return await body(conn)
             except PoolTimeout as exc:
                 raise StoreUnavailableError(
-                    f"cannot reach the database at {self.address}: no connection within "
-                    f"{self.connect_timeout:g}s"
+                    f"cannot reach the database at {self.address}: no connection within {wait:g}s"
                 ) from exc
             except psycopg.OperationalError as exc:
                 with contextlib.suppress(Exception):
@@ -235,12 +245,19 @@ class PostgresStore:
 
         return await self._run(body, idempotent=idempotent)
 
-    async def _all(self, query: str, params: dict[str, Any], *, idempotent: bool) -> list[DictRow]:
+    async def _all(
+        self,
+        query: str,
+        params: dict[str, Any],
+        *,
+        idempotent: bool,
+        wait: float | None = None,
+    ) -> list[DictRow]:
         async def body(conn: Conn) -> list[DictRow]:
             cur = await conn.execute(query, params)
             return await cur.fetchall()
 
-        return await self._run(body, idempotent=idempotent)
+        return await self._run(body, idempotent=idempotent, wait=wait)
 
     async def get(self, job_id: JobId) -> QueuedJob | None:
         row = await self._one(sql.GET_JOB, {"id": job_id}, idempotent=True)
@@ -284,7 +301,10 @@ class PostgresStore:
             "limit": limit,
             "lease_seconds": float(lease_seconds),
         }
-        rows = await self._all(sql.FETCH, params, idempotent=False)
+        # A fetch is never cancelled once it runs (claimed jobs must reach the executor),
+        # so it must not sit out the whole connect timeout while the database is down:
+        # a stopping worker waits for it. The fetch loop retries a failed fetch anyway.
+        rows = await self._all(sql.FETCH, params, idempotent=False, wait=FETCH_POOL_WAIT_SECONDS)
         jobs = [job_row(r) for r in rows]
         return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
 

@@ -56,6 +56,14 @@ STARTUP_BACKOFF_SECONDS = (0.2, 5.0)
 #: count a worker as gone when it has not been seen for DEFAULT_WORKER_TTL_SECONDS (30).
 MAX_HEARTBEAT_SECONDS = 10.0
 
+#: Bounds on the store calls of a stopping worker: the "draining" heartbeat (sent while
+#: jobs finish) and the goodbye (skipped when the store did not answer the flush), each;
+#: writing the last completions. With a fetch's pool wait (2 s on PostgreSQL) an
+#: unreachable store adds at most 7 s to the drain timeout, inside the 10 s the pod's
+#: grace period adds.
+ANNOUNCE_SECONDS = 2.0
+FLUSH_SECONDS = 5.0
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -297,26 +305,44 @@ class Worker:
         return True
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
+        """Let running jobs finish (up to ``drain_timeout``), then write what is left.
+
+        Besides the drain timeout, the store calls here are bounded (see
+        ``FLUSH_SECONDS``), so a worker stops inside its pod's grace period (drain timeout
+        + 10 s) even when the database is unreachable; jobs whose completions were not
+        written by then run again when their leases expire (nothing is lost)."""
         self.draining = True
         self._stopping.set()
+        announce: asyncio.Task[None] | None = None
+        store_answers = True
         try:
-            if self._registered:
-                await self._safely(self._beat())
+            if self._registered:  # tell the operator now, without holding up the drain
+                announce = asyncio.create_task(self._bounded(self._beat(), ANNOUNCE_SECONDS))
             if self.executors:
                 await self._wait_idle(self.drain_timeout)
                 if self.busy_slots():
                     log.warning("drain timeout: handing %d running jobs back", self.busy_slots())
                 for executor in self.executors.values():
                     await executor.stop()
-                if not await self._batcher.flush(timeout=max(5.0, self.lease_seconds)):
+                if not await self._batcher.flush(timeout=FLUSH_SECONDS):
+                    store_answers = False
                     log.warning("some completions were not written; their leases will expire")
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            if self._registered:
-                await self._safely(self.store.remove_worker(self.worker_id))
+            if announce is not None:
+                await announce
+            if self._registered and store_answers:  # else it ages out of the heartbeats
+                await self._bounded(self.store.remove_worker(self.worker_id), ANNOUNCE_SECONDS)
             self.draining = False
+
+    async def _bounded(self, call: Awaitable[None], seconds: float) -> None:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._safely(call)
+        except TimeoutError:
+            log.warning("store call given up after %gs while stopping", seconds)
 
     async def _wait_idle(self, timeout: float) -> None:
         try:

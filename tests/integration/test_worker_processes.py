@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from slotfleet.models import Job, JobId, JobState, QueuedJob, RetryPolicy
-from slotfleet.store import Store
+from slotfleet.store import Store, open_store
+from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.stores import StoreFactory
+from tests.fixtures.tcp_forwarder import TcpForwarder
 
 pytestmark = pytest.mark.slow
 
@@ -232,3 +234,54 @@ async def test_burst_drains_every_queue_and_exits(
         assert done is not None
         assert done.state is JobState.SUCCEEDED
         assert done.result == job.kwargs["a"] + job.kwargs["b"]
+
+
+@pytest.mark.postgres
+async def test_sigterm_with_the_database_gone_still_exits_inside_the_grace_period(
+    postgres_server: PostgresServer, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """The pod's grace period is the drain timeout + 10 s. With PostgreSQL unreachable
+    every store call of a stopping worker would wait out its connect timeout (10 s each,
+    about 35 s in all before they were bounded); the worker must exit 0 in time, and the
+    job it could not hand back comes back when its lease expires."""
+    forwarder = TcpForwarder(postgres_server.port)
+    forwarder.start()
+    store = open_store(postgres_dsn)
+    await store.open()
+    direct = f":{postgres_server.port}/"
+    workers = Workers(postgres_dsn.replace(direct, f":{forwarder.port}/"), tmp_path)
+    try:
+        marker = tmp_path / "started"
+        (job,) = await store.enqueue(
+            [
+                Job(
+                    func="tests.tasks:async_sleep",
+                    queue="work",
+                    kwargs={"seconds": 60, "marker": str(marker)},
+                    max_attempts=3,
+                )
+            ]
+        )
+        drain = 1.0
+        proc = workers.start(
+            "--queue", "work:async:2", "--polling-interval", "0.2", "--lease-seconds", "3",
+            "--drain-timeout", str(drain),
+        )  # fmt: skip
+        await wait_file(marker)
+        forwarder.cut()
+        await asyncio.sleep(1.5)  # fetches and heartbeats now wait for connections
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert await workers.wait(proc, timeout=60) == 0, workers.log(proc)
+        took = time.monotonic() - sent
+        print(f"stopped {took:.1f}s after SIGTERM with the database unreachable")
+        assert took < drain + 10, f"took {took:.1f}s, past the grace period\n{workers.log(proc)}"
+        await asyncio.sleep(3.5)  # the lease runs out
+        assert job.id in await store.recover_expired()
+        back = await store.get(job.id)
+        assert back is not None
+        assert back.state is JobState.RETRYING, back
+    finally:
+        workers.cleanup()
+        forwarder.stop()
+        await store.close()

@@ -26,6 +26,7 @@ from kubernetes import client
 
 from slotfleet.models import Job, JobId, JobState, QueuedJob
 from slotfleet.store import open_store
+from tests.fixtures.tcp_forwarder import TcpForwarder
 
 from ..fixtures.postgres import PostgresServer
 from .fixtures import KubeAdmin
@@ -54,7 +55,6 @@ from .operator_helpers import (
 from .operator_helpers import (
     store_list as _list,
 )
-from .tcp_forwarder import TcpForwarder
 from .testnode import TestNode
 
 pytestmark = [pytest.mark.kube, pytest.mark.timeout(180)]

@@ -18,24 +18,23 @@ def namespace_report(api: client.ApiClient, namespace: str, node: TestNode | Non
     lines = [f"--- namespace {namespace} ---"]
     try:
         for d in apps.list_namespaced_deployment(namespace).items:
-            s = d.status
-            conds = [f"{c.type}={c.status}({c.reason})" for c in (s.conditions or [])] if s else []
+            meta, s = d.metadata or client.V1ObjectMeta(), d.status or client.V1DeploymentStatus()
+            conds = [f"{c.type}={c.status}({c.reason})" for c in s.conditions or []]
             lines.append(
-                f"deployment {d.metadata.name}: gen {d.metadata.generation} observed "
-                f"{s.observed_generation if s else None} replicas {s.replicas if s else None} "
-                f"ready {s.ready_replicas if s else None} available "
-                f"{s.available_replicas if s else None} {' '.join(conds)}"
+                f"deployment {meta.name}: gen {meta.generation} observed "
+                f"{s.observed_generation} replicas {s.replicas} ready {s.ready_replicas} "
+                f"available {s.available_replicas} {' '.join(conds)}"
             )
         for p in core.list_namespaced_pod(namespace).items:
-            st = p.status
-            conds = [f"{c.type}={c.status}" for c in (st.conditions or [])] if st else []
+            meta, st = p.metadata or client.V1ObjectMeta(), p.status or client.V1PodStatus()
+            node_name = p.spec.node_name if p.spec else None
+            conds = [f"{c.type}={c.status}" for c in st.conditions or []]
             containers = [
                 f"{c.name}:ready={c.ready},restarts={c.restart_count}"
-                for c in ((st.container_statuses if st else None) or [])
+                for c in st.container_statuses or []
             ]
             lines.append(
-                f"pod {p.metadata.name}: node {p.spec.node_name} phase "
-                f"{st.phase if st else None} ip {st.pod_ip if st else None} "
+                f"pod {meta.name}: node {node_name} phase {st.phase} ip {st.pod_ip} "
                 f"{' '.join(conds)} {' '.join(containers)}"
             )
         events = sorted(

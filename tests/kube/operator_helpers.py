@@ -139,9 +139,8 @@ def custom(admin: KubeAdmin) -> client.CustomObjectsApi:
 
 
 def get_queue(admin: KubeAdmin, namespace: str, name: str) -> dict[str, Any]:
-    found: dict[str, Any] = custom(admin).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, PLURAL, name
-    )
+    found = custom(admin).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+    assert isinstance(found, dict)
     return found
 
 
@@ -215,7 +214,12 @@ def running_pods(admin: KubeAdmin, namespace: str, queue_name: str) -> list[Any]
         .items
     )
     return [
-        p for p in pods if p.status.phase == "Running" and p.metadata.deletion_timestamp is None
+        p
+        for p in pods
+        if p.status is not None
+        and p.status.phase == "Running"
+        and p.metadata is not None
+        and p.metadata.deletion_timestamp is None
     ]
 
 

@@ -309,7 +309,7 @@ def test_status_reports_reach_the_api_server_in_order(
             time.sleep(1.5)
         return send(name, ns, body, **kwargs)
 
-    node.core.patch_namespaced_pod_status = slow_from_start_pod  # type: ignore[method-assign]
+    node.core.patch_namespaced_pod_status = slow_from_start_pod  # type: ignore[method-assign,assignment]
     core = client.CoreV1Api(kube_admin.api_client)
     node.start()
     try:

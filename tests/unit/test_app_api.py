@@ -43,7 +43,7 @@ def test_local_functions_cannot_be_jobs() -> None:
 
 
 def test_job_id_of() -> None:
-    assert job_id_of(Reference(identifier=7)) == 7  # type: ignore[arg-type]
+    assert job_id_of(Reference(identifier=7)) == 7
     assert job_id_of("12") == 12
     for bad in ("abc", "0", "-3", "1.5"):
         with pytest.raises(JobNotFoundError):

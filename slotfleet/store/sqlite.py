@@ -7,8 +7,12 @@ never shared between threads. The file is in WAL mode; every write runs under
 which is what makes a select-then-update atomic across processes. Timestamps are UTC
 epoch seconds from this machine's clock.
 
-What this is not: a store for a fleet on several machines (use PostgreSQL), and it has
-no cross-process notifications: :meth:`wait_for_jobs` sleeps.
+Between processes there are no notifications: an idle worker's :meth:`wait_for_jobs`
+watches the file instead, reading ``PRAGMA data_version`` (which changes when another
+connection commits) every ``WATCH_INTERVAL_SECONDS`` and looking for a ready job only
+when it changed, so another process's enqueue is noticed within about that long.
+
+What this is not: a store for a fleet on several machines (use PostgreSQL).
 """
 
 from __future__ import annotations
@@ -56,9 +60,11 @@ from slotfleet.store.sqlite_db import (
 
 T = TypeVar("T")
 
-#: Longest single sleep of :meth:`SQLiteStore.wait_for_jobs`: with no notifications
-#: between processes, this bounds how late a worker notices another process's job.
+#: Longest single wait of :meth:`SQLiteStore.wait_for_jobs` (a job whose
+#: ``scheduled_at`` passes changes nothing in the file, so it is noticed by polling).
 MAX_WAIT_SECONDS = 1.0
+#: How often a waiting worker reads ``PRAGMA data_version`` (a header read, no lock).
+WATCH_INTERVAL_SECONDS = 0.05
 
 
 class SQLiteStore:
@@ -340,11 +346,32 @@ class SQLiteStore:
         return await self._call(lambda conn: write(conn, body))
 
     async def wait_for_jobs(self, queue: str, timeout: float) -> None:
-        """Sleep up to ``min(timeout, MAX_WAIT_SECONDS)``; an enqueue through this same
-        store object wakes it at once (other processes are noticed on the next poll)."""
+        """Wait up to ``min(timeout, MAX_WAIT_SECONDS)`` for a ready job in ``queue``: an
+        enqueue through this same store object wakes it at once, one by another
+        connection (another process) within about ``WATCH_INTERVAL_SECONDS``."""
         event = self._wakeups.setdefault(queue, asyncio.Event())
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, min(timeout, MAX_WAIT_SECONDS)))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, min(timeout, MAX_WAIT_SECONDS))
+        version = await self._call(_data_version)
+        while (remaining := deadline - loop.time()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), min(remaining, WATCH_INTERVAL_SECONDS))
+                return
+            seen = await self._call(_data_version)
+            if seen != version:
+                version = seen
+                if await self._call(lambda conn: _ready_exists(conn, queue)):
+                    return
 
     async def now(self) -> datetime:
         return datetime.now(UTC)
+
+
+def _data_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def _ready_exists(conn: sqlite3.Connection, queue: str) -> bool:
+    return (
+        conn.execute(sql.READY_EXISTS, {"queue": queue, "now": time.time()}).fetchone() is not None
+    )

@@ -56,6 +56,13 @@ WHERE id IN (
 RETURNING *
 """
 
+#: Is anything ready in the queue? A read: under WAL it never waits for a writer.
+READY_EXISTS = """
+SELECT 1 FROM slotfleet_jobs
+WHERE queue = :queue AND state IN ('pending', 'retrying') AND scheduled_at <= :now
+LIMIT 1
+"""
+
 COMPLETE = """
 UPDATE slotfleet_jobs
 SET state = CASE

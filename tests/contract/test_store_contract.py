@@ -7,8 +7,11 @@ short and only let leases expire; nothing asserts on speed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from datetime import UTC, datetime, timedelta
+
+import pytest
 
 from slotfleet.models import (
     Completion,
@@ -20,6 +23,7 @@ from slotfleet.models import (
     WorkerHeartbeat,
 )
 from slotfleet.store import Store
+from slotfleet.store import sqlite as sqlite_store
 from tests.fixtures.stores import StoreFactory
 
 LEASE = 30.0
@@ -401,6 +405,28 @@ async def test_wait_for_jobs_returns_by_timeout(store: Store) -> None:
     started = time.monotonic()
     await store.wait_for_jobs("default", 0.2)
     assert time.monotonic() - started < 5  # returned (generous: not a speed check)
+
+
+async def test_an_enqueue_elsewhere_wakes_a_waiting_worker(
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle worker hears of a job enqueued through another store object (another
+    process): NOTIFY on PostgreSQL, the file's ``data_version`` on SQLite. Writes that make
+    nothing ready in its queue leave it waiting."""
+    monkeypatch.setattr(sqlite_store, "MAX_WAIT_SECONDS", 120.0)  # no wake-up by the cap
+    waiting, other = await store_factory(), await store_factory()
+    waiter = asyncio.create_task(waiting.wait_for_jobs("q", 120))
+    await asyncio.sleep(0.5)
+    await other.enqueue([job(queue="elsewhere")])
+    await other.heartbeat(WorkerHeartbeat(worker_id="w", queues={"q": (1, 0)}), 10)
+    await asyncio.sleep(0.5)
+    assert not waiter.done(), "woken by writes that made nothing ready in its queue"
+    for _ in range(20):  # again if the first NOTIFY beat the LISTEN (not a delivery guarantee)
+        await other.enqueue([job(queue="q")])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(waiter), 1.0)
+            break
+    assert waiter.done(), "an enqueue by another store object never woke the waiter"
 
 
 async def test_migrations_are_idempotent(store_factory: StoreFactory) -> None:

@@ -96,8 +96,11 @@ class SlotfleetDriver:
     name = "slotfleet"
     burst_exits = True
 
-    def __init__(self, pg: pgmod.Postgres | None) -> None:
+    def __init__(self, pg: pgmod.Postgres | None, tree: str | None = None) -> None:
+        """``tree``: a directory holding another ``slotfleet`` package (a git worktree
+        of another commit) for the worker processes to import instead of this one."""
         self.pg = pg
+        self.tree = tree
         self._tmp = Path(tempfile.mkdtemp(prefix="slotfleet-bench-sqlite-"))
         self._n = 0
         self.dsn = ""
@@ -154,7 +157,16 @@ class SlotfleetDriver:
 
     def worker_command(self, kind: str, concurrency: int, burst: bool) -> list[str]:
         spec = f"{QUEUE}:{kind}:{concurrency}"
-        if slotfleet_cli_available():
+        if self.tree is not None:
+            self._metrics_port += 1
+            start = (
+                f"import runpy, sys; sys.path.insert(0, {self.tree!r}); "
+                "runpy.run_module('slotfleet.cli.main', run_name='__main__', alter_sys=True)"
+            )
+            cmd = [sys.executable, "-c", start, "worker", "--dsn", self.dsn,
+                   "--queue", spec, "--metrics-port", str(self._metrics_port),
+                   "--log-level", "WARNING"]  # fmt: skip
+        elif slotfleet_cli_available():
             self._metrics_port += 1
             cmd = [sys.executable, "-m", "slotfleet.cli.main", "worker", "--dsn", self.dsn,
                    "--queue", spec, "--metrics-port", str(self._metrics_port),

@@ -103,15 +103,15 @@ class App:
 
     async def enqueue(self, item: JobLike, /, **kwargs: Any) -> Reference:
         """Queue one job (``enqueue(send_email, to="a@b")`` or ``enqueue(job)``)."""
-        [queued] = await self.store.enqueue([as_job(item, kwargs)])
-        return queued.ref
+        [job_id] = await self.store.enqueue_ids([as_job(item, kwargs)])
+        return Reference(identifier=job_id)
 
     async def enqueue_many(self, items: Iterable[Job]) -> list[Reference]:
         """Queue a batch in one round trip; references come back in input order."""
         jobs = [as_job(item, {}) for item in items]
         if not jobs:
             return []
-        return [queued.ref for queued in await self.store.enqueue(jobs)]
+        return [Reference(identifier=i) for i in await self.store.enqueue_ids(jobs)]
 
     async def get(self, ref: RefLike) -> QueuedJob:
         job_id = job_id_of(ref)

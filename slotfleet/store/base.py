@@ -54,6 +54,10 @@ class Store(Protocol):
         earlier in the same batch) is not inserted; that job is returned in its place.
         """
 
+    async def enqueue_ids(self, jobs: Sequence[Job]) -> list[JobId]:
+        """:meth:`enqueue`, returning only the ids (same order and deduplication): what
+        ``App.enqueue_many`` needs, without building a :class:`QueuedJob` per row."""
+
     async def get(self, job_id: JobId) -> QueuedJob | None:
         """The job with that id, or ``None``."""
 

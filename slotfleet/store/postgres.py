@@ -308,6 +308,20 @@ class PostgresStore:
         jobs = [job_row(r) for r in rows]
         return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
 
+    async def enqueue_ids(self, jobs: Sequence[Job]) -> list[JobId]:
+        if not jobs or any(job.unique_key is not None for job in jobs):
+            return [job.id for job in await self.enqueue(jobs)]
+        params = {"jobs": enqueue_document(jobs)}
+
+        async def body(conn: Conn) -> list[JobId]:
+            cur = await conn.execute(sql.ENQUEUE_NO_KEYS_IDS, params)
+            ids = sorted(JobId(row["id"]) for row in await cur.fetchall())
+            if len(ids) != len(jobs):
+                raise StoreError(f"enqueue stored {len(ids)} of {len(jobs)} jobs")
+            return ids
+
+        return await self._run(body)
+
     async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
         batch = dedupe_completions(completions)
         if not batch:

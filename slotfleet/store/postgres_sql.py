@@ -92,7 +92,7 @@ WHERE s.unique_key IN (SELECT i.unique_key FROM input AS i WHERE i.unique_key IS
 # plain INSERT, without ENQUEUE's window and CTEs. Ids are taken from the sequence in
 # input order (the projection runs over the rows in ``ord`` order), so sorting the
 # returned rows by id gives input order.
-ENQUEUE_NO_KEYS = f"""
+_ENQUEUE_NO_KEYS = """
 INSERT INTO slotfleet_jobs (
     id, queue, func, kwargs, priority, scheduled_at, max_attempts, retry, timeout, meta
 )
@@ -110,8 +110,11 @@ FROM (
     )
     ORDER BY i.ord
 ) AS t
-RETURNING {", ".join(JOB_COLUMNS)}
+RETURNING {returning}
 """
+ENQUEUE_NO_KEYS = _ENQUEUE_NO_KEYS.format(returning=", ".join(JOB_COLUMNS))
+#: The same insert for callers that want ids only: no row comes back to be decoded.
+ENQUEUE_NO_KEYS_IDS = _ENQUEUE_NO_KEYS.format(returning="id")
 
 # Used only when a concurrent enqueue committed a key after ENQUEUE took its snapshot.
 FIND_ACTIVE_BY_KEYS = """

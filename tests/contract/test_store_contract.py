@@ -87,6 +87,24 @@ async def test_unique_key_dedup_in_batch_and_stored(store: Store) -> None:
     assert len(await store.list_jobs(limit=1000)) == 5
 
 
+async def test_enqueue_ids_matches_enqueue(store: Store) -> None:
+    """The ids-only path inserts the same rows, in input order, with the same
+    deduplication (a duplicate key gets the id of the job already queued)."""
+    assert await store.enqueue_ids([]) == []
+    first = await store.enqueue_ids([job(priority=p) for p in (1, 2, 3)])
+    assert first == sorted(first)
+    assert len(set(first)) == 3
+    for job_id, priority in zip(first, (1, 2, 3), strict=True):
+        stored = await store.get(job_id)
+        assert stored is not None
+        assert (stored.priority, stored.state) == (priority, JobState.PENDING)
+    [kept] = await store.enqueue([job(unique_key="k")])
+    again = await store.enqueue_ids([job(unique_key="k"), job(), job(unique_key="k")])
+    assert again[0] == again[2] == kept.id
+    assert again[1] not in first
+    assert again[1] != kept.id
+
+
 async def test_unique_key_allowed_again_after_terminal(store: Store) -> None:
     [first] = await store.enqueue([job(unique_key="k")])
     [claimed] = await store.fetch("default", "w1", 1, LEASE)

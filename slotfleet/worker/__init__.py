@@ -2,7 +2,7 @@
 
 Names are loaded on first use: a process executor's child imports
 ``slotfleet.worker.executors._child`` and task code imports
-``slotfleet.worker.context``; neither should pay for aiohttp, prometheus_client or a
+``slotfleet.worker.context``; neither should pay for prometheus_client, the HTTP server or a
 store driver.
 """
 

@@ -10,6 +10,8 @@ Flags::
     --liveness URL        serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz
     --interval SECONDS    how often each Queue's status is refreshed (default 2)
     --store-timeout S     seconds a store read may take (default 5)
+    --metrics-host H      address of the Queue gauges' /metrics (default 127.0.0.1)
+    --metrics-port P      serve them on P (default: not served)
     --verbose / --debug   more logging
 """
 
@@ -26,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     import kopf  # heavy; only the operator command needs it
 
     from slotfleet.operator.main import OperatorOptions, run_operator
+    from slotfleet.worker.server import MetricsServerConfig
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
     if args.all_namespaces:
@@ -42,6 +45,9 @@ def run(args: argparse.Namespace) -> int:
             peering=None if args.standalone else args.peering,
             interval=args.interval,
             store_timeout=args.store_timeout,
+            metrics=MetricsServerConfig(args.metrics_host, args.metrics_port)
+            if args.metrics_port
+            else None,
         )
     )
     return 0
@@ -51,6 +57,16 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a port number, not {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, not {text}")
     return value
 
 
@@ -97,6 +113,17 @@ def register(subparsers: Any) -> None:
         default=5.0,
         metavar="SECONDS",
         help="seconds a job-store read may take before it counts as unreachable (default 5)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="address to serve the Queue gauges' /metrics on (in a pod: its IP)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=0,
+        help="port of /metrics with backlog and desired replicas per Queue (default: off)",
     )
     parser.add_argument("--verbose", action="store_true", help="log more")
     parser.add_argument("--debug", action="store_true", help="log everything (kopf internals)")

@@ -24,8 +24,10 @@ from slotfleet.kube_client import load_api_client
 from slotfleet.models.resource import GROUP
 from slotfleet.operator.handlers import register
 from slotfleet.operator.kube import KubeClient, KubeEvents
+from slotfleet.operator.metrics import OperatorMetrics
 from slotfleet.operator.reconciler import QueueReconciler
 from slotfleet.operator.stores import StoreCache
+from slotfleet.worker.server import HealthServer, MetricsServerConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,9 @@ class OperatorOptions:
     """Seconds between observations of each Queue (status, autoscaling, deletion costs)."""
     store_timeout: float = 5.0
     """Seconds one store read may take before the store counts as unreachable."""
+    metrics: MetricsServerConfig | None = None
+    """Where to serve ``/metrics`` (the Queue gauges of ``operator/metrics.py``);
+    ``None``: not served."""
 
 
 def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
@@ -63,11 +68,18 @@ async def operate(options: OperatorOptions) -> None:
     """Run until stopped (SIGINT/SIGTERM)."""
     kube = KubeClient(load_api_client())
     stores = StoreCache()
+    metrics = OperatorMetrics()
     reconciler = QueueReconciler(
-        kube, stores, KubeEvents(kube), store_timeout=options.store_timeout
+        kube, stores, KubeEvents(kube), store_timeout=options.store_timeout, metrics=metrics
     )
     registry = kopf.OperatorRegistry()
     register(registry, reconciler, stores, interval=options.interval)
+    server = None
+    if options.metrics is not None:
+        server = HealthServer(
+            options.metrics, render_metrics=metrics.render, alive=lambda: True, not_ready=_ready
+        )
+        await server.start()
     try:
         await kopf.operator(
             registry=registry,
@@ -79,8 +91,14 @@ async def operate(options: OperatorOptions) -> None:
             namespaces=list(options.namespaces or ()),
         )
     finally:
+        if server is not None:
+            await server.stop()
         await stores.close()
         kube.close()
+
+
+def _ready() -> str | None:
+    return None  # the server only serves /metrics here; kopf has its own liveness
 
 
 def run_operator(options: OperatorOptions) -> None:

@@ -49,6 +49,7 @@ from slotfleet.operator.builders import (
     selector_string,
 )
 from slotfleet.operator.kube import KubeApiError, KubeClient
+from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
 from slotfleet.operator.stores import StoreCache
 from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
 
@@ -103,11 +104,13 @@ class QueueReconciler:
         events: EventSink,
         *,
         store_timeout: float = 5.0,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.kube = kube
         self.stores = stores
         self.events = events
         self.store_timeout = store_timeout
+        self.metrics = metrics or OperatorMetrics()
         self._memory: dict[tuple[str, str], _QueueMemory] = {}
         self._pod_monitor_api: bool | None = None
         self._tracked: dict[tuple[str, str], None] = {}
@@ -122,6 +125,7 @@ class QueueReconciler:
     def forget(self, namespace: str, name: str) -> None:
         self._tracked.pop((namespace, name), None)
         self._memory.pop((namespace, name), None)
+        self.metrics.queues.forget(namespace, name)
 
     async def observe_forever(self, interval: float) -> None:
         """Observe every tracked Queue every ``interval`` seconds, concurrently; one
@@ -328,6 +332,9 @@ class QueueReconciler:
         else:
             drop = (st.SCALING,)
 
+        self.metrics.queues.observe(
+            ref.namespace, ref.name, QueueFigures(queue, view.stats, desired)
+        )
         self._report_transitions(body, previous, conditions)
         new_status = st.build_status(
             previous,

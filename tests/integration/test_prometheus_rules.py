@@ -11,9 +11,10 @@ The fleet is made deterministic: worker A (4 slots) runs alone until it holds 4 
 only then does worker B (4 slots) start, so every later job can only land on B. Each phase
 checks the busy ratio per pod and the queue demand against the workers' own ``/metrics`` and
 against fixed numbers, and that both RISE as jobs start (the point of inverting free slots).
-No component exports ``slotfleet_queue_pending`` yet: a small in-test exporter publishes
-the store's real ready count in the last phase, so both halves of the demand rule's ``or``
-are evaluated.
+The operator exports ``slotfleet_queue_pending`` (``tests/kube/test_chart.py`` reads it
+from a helm-installed operator); this tier runs no operator, so a small in-test exporter
+publishes the store's real ready count in the last phase, and both halves of the demand
+rule's ``or`` are evaluated.
 """
 
 from __future__ import annotations
@@ -184,8 +185,8 @@ class Fleet:
 
 
 class PendingExporter:
-    """Stands in for the component that will export ``slotfleet_queue_pending``: serves
-    nothing until :meth:`publish` is called (the 'not exported' case)."""
+    """Stands in for the operator's ``slotfleet_queue_pending``: serves nothing until
+    :meth:`publish` is called (the 'not exported' case)."""
 
     def __init__(self) -> None:
         self.body = b""

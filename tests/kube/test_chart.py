@@ -14,10 +14,12 @@ Evaluating the rules in a real Prometheus is a later, separate test.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +29,9 @@ import pytest
 import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from slotfleet.app import App
+from slotfleet.models import Job
 
 from .diagnose import namespace_report
 from .fixtures import KubeAdmin
@@ -311,6 +316,7 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
         "operator": {
             **watching(namespace, scope)["operator"],
             "liveness": {"host": "$(POD_IP)", "port": 8080},
+            "metrics": {"enabled": True, "host": "$(POD_IP)", "port": 8081},
         },
     }
     bound = helm.bound_to(kube_admin.kubeconfig)
@@ -389,6 +395,18 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
 
         [worker_deployment] = wait_for("the Queue's Deployment", owned_deployments, timeout=120)
         assert worker_deployment.startswith("chartq")
+
+        # the operator exports the backlog it reads from the store (replicas 0: it stays)
+        asyncio.run(enqueue_noops(f"sqlite:///{tmp_path / 'chartq.db'}", "chartq", 3))
+        url = f"http://{node.pod_ip(namespace, pod_name)}:8081/metrics"
+        pending = (
+            f'slotfleet_queue_pending{{namespace="{namespace}",queue="chartq",resource="chartq"}}'
+        )
+        wait_for(
+            "the operator's /metrics to show 3 pending jobs",
+            lambda: f"{pending} 3.0" in scrape(url),
+            timeout=60,
+        )
         log = node.log_path(namespace, pod_name, "operator").read_text(errors="replace")
         refusals = [
             line
@@ -401,6 +419,20 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
     finally:
         delete_queue(custom, namespace, "chartq")
         bound.run("uninstall", release, "--namespace", namespace, "--wait", check=False)
+
+
+async def enqueue_noops(dsn: str, queue: str, count: int) -> None:
+    async with App(dsn) as app:
+        job = Job(func="tests.tasks:add", queue=queue, kwargs={"a": 1, "b": 2})
+        await app.enqueue_many([job] * count)
+
+
+def scrape(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
 
 
 def pod_restarts(core: client.CoreV1Api, namespace: str, name: str) -> int:

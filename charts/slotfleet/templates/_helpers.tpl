@@ -92,6 +92,10 @@ Only meaningful when operator.watch.allNamespaces is false.
 - --peering={{ .Values.operator.peering }}
 {{- end }}
 - --liveness=http://{{ .Values.operator.liveness.host }}:{{ .Values.operator.liveness.port }}/healthz
+{{- if .Values.operator.metrics.enabled }}
+- --metrics-host={{ .Values.operator.metrics.host }}
+- --metrics-port={{ .Values.operator.metrics.port }}
+{{- end }}
 {{- with .Values.operator.extraArgs }}
 {{ toYaml . }}
 {{- end }}

@@ -81,7 +81,10 @@ def test_cluster_scope_renders_one_cluster_role_watching_all_namespaces(helm: He
         "--all-namespaces",
         "--standalone",
         "--liveness=http://0.0.0.0:8080/healthz",
+        "--metrics-host=0.0.0.0",
+        "--metrics-port=8081",
     ]
+    assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
 
 
 def test_namespaced_scope_renders_a_role_per_watched_namespace(helm: Helm) -> None:
@@ -180,11 +183,27 @@ def test_optional_monitoring_objects(helm: Helm) -> None:
             "prometheusAdapter": {"rules": {"enabled": True}},
         }
     )
-    monitor = one(docs, "PodMonitor")
+    monitor = one(docs, "PodMonitor", "sf-slotfleet-workers")
     assert monitor["spec"]["selector"] == {
         "matchLabels": {"app.kubernetes.io/name": "slotfleet-worker"}
     }
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    # the operator's Queue gauges keep their own namespace label (the Queue's)
+    operator_monitor = one(docs, "PodMonitor", "sf-slotfleet-operator")
+    [endpoint] = operator_monitor["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["honorLabels"]) == ("metrics", True)
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    selector = operator_monitor["spec"]["selector"]["matchLabels"]
+    assert selector
+    assert selector.items() <= pod_labels.items()
+    off = {
+        "metrics": {"podMonitor": {"enabled": True}},
+        "operator": {"metrics": {"enabled": False}},
+    }
+    assert [m["metadata"]["name"] for m in find(helm.template(off), "PodMonitor")] == [
+        "sf-slotfleet-workers"
+    ]
+    assert "--metrics-port=8081" not in operator_container(helm.template(off))["args"]
     dashboard = one(docs, "ConfigMap", "sf-slotfleet-dashboard")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     exprs = [

@@ -26,6 +26,17 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
+def port_arg(text: str) -> int:
+    """``--metrics-port``: a TCP port, 0-65535 (0 disables the server)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
+    return value
+
+
 def add_dsn(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",

@@ -21,7 +21,7 @@ import argparse
 import os
 from typing import Any
 
-from slotfleet.cli.common import guarded
+from slotfleet.cli.common import guarded, port_arg
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,16 +57,6 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a port number, not {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, not {text}")
     return value
 
 
@@ -121,7 +111,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument(
         "--metrics-port",
-        type=_port,
+        type=port_arg,
         default=0,
         help="port of /metrics with backlog and desired replicas per Queue (default: off)",
     )

@@ -26,7 +26,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slotfleet.cli.common import add_dsn, guarded, run_async
+from slotfleet.cli.common import add_dsn, guarded, port_arg, run_async
 from slotfleet.models import (
     InvalidSettingsError,
     QueueSettings,
@@ -71,17 +71,6 @@ def positive(kind: type[int] | type[float], minimum: float = 0.0) -> Any:
         return value
 
     return convert
-
-
-def port_arg(text: str) -> int:
-    """``--metrics-port``: a TCP port, 0-65535 (0 disables the server)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
-    return value
 
 
 def default_worker_id() -> str:

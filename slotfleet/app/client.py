@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
@@ -25,6 +26,7 @@ from slotfleet.models import (
     Reference,
     SlotfleetError,
 )
+from slotfleet.models.resource import PURGE_BATCH
 from slotfleet.store import Store, dsn_from_env, open_store
 
 JobLike = Job | JobFunction[..., Any]
@@ -142,6 +144,17 @@ class App:
         if found is None:
             raise JobNotFoundError(f"no job has id {job_id}")
         return found
+
+    async def purge(self, older_than: timedelta, *, queue: str | None = None) -> int:
+        """Delete finished jobs (succeeded, failed, cancelled) that finished more than
+        ``older_than`` ago, from ``queue`` or every queue, in batches; return how many."""
+        before = datetime.now(UTC) - older_than
+        total = 0
+        while True:
+            deleted = await self.store.purge(before, queue=queue, limit=PURGE_BATCH)
+            total += deleted
+            if deleted < PURGE_BATCH:
+                return total
 
     async def queues(self, queue: str | None = None) -> list[QueueStats]:
         """Backlog and live slots per queue."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -70,6 +71,10 @@ class SyncApp:
 
     def cancel(self, ref: RefLike) -> QueuedJob:
         result: QueuedJob = self._run(self._app.cancel(ref))
+        return result
+
+    def purge(self, older_than: timedelta, *, queue: str | None = None) -> int:
+        result: int = self._run(self._app.purge(older_than, queue=queue))
         return result
 
     def queues(self, queue: str | None = None) -> list[QueueStats]:

@@ -129,6 +129,36 @@ def _cancel(args: argparse.Namespace) -> int:
     return run_async(main())
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration_arg(text: str) -> timedelta:
+    """``--older-than``: seconds, or a number with s, m, h or d (``90``, ``15m``, ``7d``)."""
+    raw = text.strip().lower()
+    unit = _UNITS.get(raw[-1:])
+    number = raw[:-1] if unit is not None else raw
+    try:
+        value = float(number) * (unit or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration (e.g. 3600, 90s, 15m, 12h, 7d)"
+        ) from None
+    if not 0 <= value < 1e10:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration of 0 or more")
+    return timedelta(seconds=value)
+
+
+def _purge(args: argparse.Namespace) -> int:
+    async def main() -> int:
+        async with App(args.dsn) as app:
+            return await app.purge(args.older_than, queue=args.queue)
+
+    deleted = run_async(main())
+    where = f" from queue {args.queue}" if args.queue else ""
+    print(f"deleted {deleted} finished job(s){where} older than {args.older_than}")
+    return 0
+
+
 def _queues(args: argparse.Namespace) -> int:
     async def main() -> list[Any]:
         async with App(args.dsn) as app:
@@ -207,6 +237,23 @@ def register(commands: Any) -> None:
     add_dsn(p)
     p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
     p.set_defaults(handler=guarded(_cancel))
+
+    p = commands.add_parser(
+        "purge",
+        help="delete finished jobs older than a duration",
+        description="Delete finished jobs (succeeded, failed, cancelled) that finished more "
+        "than --older-than ago. A Queue's spec.retentionSeconds has the operator do this.",
+    )
+    add_dsn(p)
+    p.add_argument(
+        "--older-than",
+        type=duration_arg,
+        required=True,
+        metavar="DURATION",
+        help="e.g. 3600, 90s, 15m, 12h, 7d",
+    )
+    p.add_argument("--queue", help="only this queue")
+    p.set_defaults(handler=guarded(_purge))
 
     p = commands.add_parser(
         "queues",

@@ -25,11 +25,12 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from slotfleet.fleet.manifest import QueueManifest
 from slotfleet.models import JobState, QueuedJob, QueueStats, SlotfleetError, WorkerHeartbeat
-from slotfleet.models.resource import AutoscalingMode
+from slotfleet.models.resource import PURGE_BATCH, RETENTION_CHECK_SECONDS, AutoscalingMode
 from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
 from slotfleet.store.base import Store
 
@@ -139,6 +140,8 @@ class LocalFleet:
     """Heartbeats as of the last tick."""
     running: list[QueuedJob] = field(default_factory=list)
     """The queue's running jobs as of the last tick."""
+    last_purge: float | None = None
+    """Clock reading of the last ``retentionSeconds`` purge."""
     _serial: int = 0
     _last_reported: tuple[int, str] | None = None
 
@@ -198,6 +201,7 @@ class LocalFleet:
             if stats.running
             else []
         )
+        await self.purge_finished()
         decision = self.decide(stats)
         current = len(self.active)
         self._report(current, decision, stats)
@@ -212,6 +216,28 @@ class LocalFleet:
             ):
                 self._stop(self.workers[worker_id])
         return decision
+
+    async def purge_finished(self) -> int:
+        """``retentionSeconds`` as the operator applies it: on the first tick, then about
+        once a minute, delete the queue's jobs finished longer ago (in batches)."""
+        retention = self.manifest.spec.retention_seconds
+        now = self.clock()
+        if retention is None or (
+            self.last_purge is not None and now - self.last_purge < RETENTION_CHECK_SECONDS
+        ):
+            return 0
+        self.last_purge = now
+        before = datetime.now(UTC) - timedelta(seconds=retention)
+        total = 0
+        while True:
+            deleted = await self.store.purge(before, queue=self.manifest.queue, limit=PURGE_BATCH)
+            total += deleted
+            if deleted < PURGE_BATCH:
+                break
+        if total:
+            queue = self.manifest.queue
+            self.say(f"{queue}: deleted {total} job(s) finished over {retention}s ago")
+        return total
 
     def idle(self, decision: Decision) -> bool:
         """At the smallest size with nothing pending or running (for ``--until-idle``)."""

@@ -51,6 +51,12 @@ REPLICAS_LE_MAX = _cel(
 )
 
 
+#: ``retentionSeconds``: how often the operator (or a local fleet) deletes a queue's old
+#: finished jobs, and how many rows one delete statement takes at most.
+RETENTION_CHECK_SECONDS = 60.0
+PURGE_BATCH = 1000
+
+
 class _Spec(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -213,6 +219,10 @@ class QueueSpec(_Spec):
     """Stop fetching new jobs; running jobs finish."""
     drain_timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
     """Seconds a stopping worker lets running jobs finish before handing them back."""
+    retention_seconds: Annotated[int, Field(ge=1, le=315_360_000)] | None = None
+    """Delete the queue's finished jobs (succeeded, failed, cancelled) this many seconds
+    after they finished; the operator (or ``slotfleet fleet``) checks about once a
+    minute. Unset: kept until ``slotfleet purge``."""
     lease_seconds: Annotated[int, Field(ge=2, le=3600)] = 15
     """Seconds a running job's lease lasts. Heartbeats renew it (every third of it, at
     most every 10 s); a worker that dies without draining (killed, node lost) has its

@@ -14,7 +14,9 @@ metrics) and ``resource`` (the Queue object's name):
 * ``slotfleet_queue_desired_replicas``: the built-in autoscaler's last answer
   (``mode: operator`` only);
 * ``slotfleet_queue_store_up``: 1 when the last store read answered, else 0 (the backlog
-  gauges then keep their last values).
+  gauges then keep their last values);
+* ``slotfleet_queue_purged_total`` (counter): finished jobs deleted under the Queue's
+  ``retentionSeconds`` since the operator started.
 
 The ``namespace`` label names the Queue's namespace, not the operator's: scrape the
 operator with ``honorLabels: true`` (the chart's PodMonitor does).
@@ -29,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from slotfleet.models import QueueStats
@@ -53,6 +55,7 @@ class QueueCollector(Collector):
     def __init__(self) -> None:
         self._figures: dict[tuple[str, str], QueueFigures] = {}
         self._last_stats: dict[tuple[str, str], QueueStats] = {}
+        self._purged: dict[tuple[str, str], int] = {}
 
     def observe(self, namespace: str, resource: str, figures: QueueFigures) -> None:
         key = (namespace, resource)
@@ -60,9 +63,14 @@ class QueueCollector(Collector):
         if figures.stats is not None:
             self._last_stats[key] = figures.stats
 
+    def purged(self, namespace: str, resource: str, count: int) -> None:
+        key = (namespace, resource)
+        self._purged[key] = self._purged.get(key, 0) + count
+
     def forget(self, namespace: str, resource: str) -> None:
         self._figures.pop((namespace, resource), None)
         self._last_stats.pop((namespace, resource), None)
+        self._purged.pop((namespace, resource), None)
 
     def collect(self) -> Iterator[Metric]:
         families = {
@@ -79,6 +87,11 @@ class QueueCollector(Collector):
             "Worker pods the built-in autoscaler asked for.",
             labels=LABELS,
         )
+        purged = CounterMetricFamily(
+            "slotfleet_queue_purged",
+            "Finished jobs deleted under the Queue's retentionSeconds.",
+            labels=LABELS,
+        )
         up = GaugeMetricFamily(
             "slotfleet_queue_store_up", "1 if the job store answered the last read.", labels=LABELS
         )
@@ -92,8 +105,10 @@ class QueueCollector(Collector):
                 families["running"].add_metric(labels, stats.running)
             if figures.desired_replicas is not None:
                 desired.add_metric(labels, figures.desired_replicas)
+            purged.add_metric(labels, self._purged.get((namespace, resource), 0))
         yield from families.values()
         yield desired
+        yield purged
         yield up
 
 

@@ -12,7 +12,7 @@ call :class:`QueueReconciler`. Two entry points:
   Deployment; keep pods' deletion cost at their busy slots (running jobs by lease owner,
   or the heartbeat if higher); size the fleet (``mode: operator``), never below the pods
   that run a job and only once their costs are in place; write ``status`` when it
-  changed.
+  changed; with ``retentionSeconds``, delete finished jobs past it about once a minute.
 
 Errors the user can fix become conditions and Events, never crashes: a missing Secret
 is ``Degraded/SecretNotFound``; an unreachable database is ``StoreReachable=False``
@@ -28,19 +28,21 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from slotfleet.models import (
-    JobState,
-    QueuedJob,
     QueueStats,
-    WorkerHeartbeat,
     describe_validation_error,
 )
-from slotfleet.models.resource import AutoscalingMode, QueueSpec
+from slotfleet.models.resource import (
+    PURGE_BATCH,
+    RETENTION_CHECK_SECONDS,
+    AutoscalingMode,
+    QueueSpec,
+)
 from slotfleet.operator import status as st
 from slotfleet.operator.builders import (
     QueueRef,
@@ -50,10 +52,14 @@ from slotfleet.operator.builders import (
 )
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
-from slotfleet.operator.stores import StoreCache
+from slotfleet.operator.stores import StoreCache, StoreView, purge_finished, read_view
 from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
+from slotfleet.store.rows import one_line
 
 Json = dict[str, Any]
+
+#: Retention (``spec.retentionSeconds``): batches of PURGE_BATCH at most per round.
+PURGE_BATCHES = 10
 logger = logging.getLogger(__name__)
 QUEUE_API = "slotfleet.dev/v1alpha1"
 
@@ -77,21 +83,8 @@ class _QueueMemory:
     scaler_spec: Any = None
     last_decision: Decision | None = None
     pod_monitor_warned: int | None = None
-
-
-@dataclass(frozen=True)
-class _StoreView:
-    stats: QueueStats | None
-    cancellations: list[QueuedJob] | None
-    workers: list[WorkerHeartbeat]
-    error: str | None
-    running: list[QueuedJob] = field(default_factory=list)
-    """The queue's running jobs (their lease owners say which pods are busy)."""
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    last_purge: float | None = None
+    """``time.monotonic()`` of the last retention purge."""
 
 
 class QueueReconciler:
@@ -138,7 +131,7 @@ class QueueReconciler:
             )
             for (ns, name), result in zip(keys, results, strict=True):
                 if isinstance(result, Exception):
-                    logger.warning("observing Queue %s/%s failed: %s", ns, name, _one_line(result))
+                    logger.warning("observing Queue %s/%s failed: %s", ns, name, one_line(result))
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _observe_key(self, namespace: str, name: str) -> None:
@@ -247,31 +240,6 @@ class QueueReconciler:
             )
         return dsn, None
 
-    async def _read_store(self, dsn: str, queue: str) -> _StoreView:
-        async def read() -> _StoreView:
-            store = await self.stores.get(dsn)
-            stats = await store.queue_stats(queue)
-            cancels = await store.cancel_requests(queue=queue)
-            workers = await store.workers()
-            mine = next((s for s in stats if s.queue == queue), QueueStats(queue=queue))
-            # Exactly as many as the stats counted: the newest-first walk stops there (a
-            # job claimed in between is still caught by its worker's next heartbeat).
-            running = (
-                await store.list_jobs(queue=queue, states=[JobState.RUNNING], limit=mine.running)
-                if mine.running
-                else []
-            )
-            return _StoreView(mine, cancels, workers, None, running)
-
-        try:
-            return await asyncio.wait_for(read(), timeout=self.store_timeout)
-        except TimeoutError:
-            error = f"no answer from the job store within {self.store_timeout:g} s"
-        except Exception as exc:  # any driver error: report it, retry next tick
-            error = _one_line(exc)
-        await self.stores.discard(dsn)
-        return _StoreView(None, None, [], error)
-
     async def observe(self, body: Mapping[str, Any]) -> None:
         """One tick: gather, decide, write. Called by the timer."""
         ref = self.ref_of(body)
@@ -286,7 +254,13 @@ class QueueReconciler:
         dsn, degraded = await self._read_dsn(ref, spec)
         if degraded is None and memory.apply_error:
             degraded = st.ConditionUpdate(st.DEGRADED, True, "ApplyFailed", memory.apply_error)
-        view = await self._read_store(dsn, queue) if dsn else _StoreView(None, None, [], None)
+        view = (
+            await read_view(self.stores, dsn, queue, self.store_timeout)
+            if dsn
+            else StoreView(None, None, [], None)
+        )
+        if dsn and view.error is None and spec.retention_seconds is not None:
+            await self._purge_finished(ref, dsn, queue, spec.retention_seconds, memory)
         if dsn is None:
             store_cond = st.ConditionUpdate(
                 st.STORE_REACHABLE, None, "NoDSN", "the store DSN cannot be read"
@@ -437,8 +411,30 @@ class QueueReconciler:
             )
         return decision
 
+    async def _purge_finished(
+        self, ref: QueueRef, dsn: str, queue: str, retention: int, memory: _QueueMemory
+    ) -> None:
+        """``spec.retentionSeconds``: delete the queue's jobs that finished longer ago, on
+        the first tick and then every ``RETENTION_CHECK_SECONDS``, at most
+        ``PURGE_BATCHES * PURGE_BATCH`` rows a time (the rest goes on the next round)."""
+        now = time.monotonic()
+        if memory.last_purge is not None and now - memory.last_purge < RETENTION_CHECK_SECONDS:
+            return
+        memory.last_purge = now
+        before = datetime.now(UTC) - timedelta(seconds=retention)
+        try:
+            total = await purge_finished(
+                self.stores, dsn, queue, before, self.store_timeout, PURGE_BATCH, PURGE_BATCHES
+            )
+        except Exception as exc:  # the next round tries again; status reports the store
+            logger.warning("purging finished jobs of %s failed: %s", ref.name, one_line(exc))
+            return
+        if total:
+            logger.info("purged %d finished jobs of Queue %s/%s", total, ref.namespace, ref.name)
+            self.metrics.queues.purged(ref.namespace, ref.name, total)
+
     async def _update_deletion_costs(
-        self, ref: QueueRef, queue: str, view: _StoreView
+        self, ref: QueueRef, queue: str, view: StoreView
     ) -> tuple[int, bool]:
         """Keep each pod's deletion cost at its busy slots; return how many live pods run
         jobs and whether every cost was already right (nothing patched).

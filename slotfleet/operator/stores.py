@@ -5,16 +5,24 @@ store every tick; opening a pool per tick would be wasteful, so stores are opene
 first use and kept. A store whose read failed is discarded and reopened on the next
 tick, so a database that comes back is picked up without restarting the operator.
 
-What this module is not: it never writes jobs; it holds no Kubernetes state.
+:func:`read_view` is one tick's read of a queue (bounded by the store timeout; a failed
+read discards the store); :func:`purge_finished` deletes finished jobs for a Queue's
+``retentionSeconds``, the only write the operator makes to a job store.
+
+What this module is not: it holds no Kubernetes state and decides nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass, field
+from datetime import datetime
 
+from slotfleet.models import JobState, QueuedJob, QueueStats, WorkerHeartbeat
 from slotfleet.store import open_store
 from slotfleet.store.base import Store
+from slotfleet.store.rows import one_line
 
 
 class StoreCache:
@@ -46,3 +54,65 @@ class StoreCache:
         for store in stores:
             with contextlib.suppress(Exception):
                 await store.close()
+
+
+@dataclass(frozen=True)
+class StoreView:
+    """What one tick read from a queue's store (``stats`` is ``None`` when it failed)."""
+
+    stats: QueueStats | None
+    cancellations: list[QueuedJob] | None
+    workers: list[WorkerHeartbeat]
+    error: str | None
+    running: list[QueuedJob] = field(default_factory=list)
+    """The queue's running jobs (their lease owners say which pods are busy)."""
+
+
+async def read_view(stores: StoreCache, dsn: str, queue: str, timeout: float) -> StoreView:
+    """Backlog, cancel requests, heartbeats and running jobs of ``queue``, or the error."""
+
+    async def read() -> StoreView:
+        store = await stores.get(dsn)
+        stats = await store.queue_stats(queue)
+        cancels = await store.cancel_requests(queue=queue)
+        workers = await store.workers()
+        mine = next((s for s in stats if s.queue == queue), QueueStats(queue=queue))
+        # Exactly as many as the stats counted: the newest-first walk stops there (a
+        # job claimed in between is still caught by its worker's next heartbeat).
+        running = (
+            await store.list_jobs(queue=queue, states=[JobState.RUNNING], limit=mine.running)
+            if mine.running
+            else []
+        )
+        return StoreView(mine, cancels, workers, None, running)
+
+    try:
+        return await asyncio.wait_for(read(), timeout=timeout)
+    except TimeoutError:
+        error = f"no answer from the job store within {timeout:g} s"
+    except Exception as exc:  # any driver error: report it, retry next tick
+        error = one_line(exc)
+    await stores.discard(dsn)
+    return StoreView(None, None, [], error)
+
+
+async def purge_finished(
+    stores: StoreCache,
+    dsn: str,
+    queue: str,
+    before: datetime,
+    timeout: float,
+    batch: int,
+    batches: int,
+) -> int:
+    """Delete ``queue``'s jobs finished before ``before``: up to ``batches`` batches of
+    ``batch`` within ``timeout`` seconds. Returns how many; errors propagate."""
+    total = 0
+    async with asyncio.timeout(timeout):
+        store = await stores.get(dsn)
+        for _ in range(batches):
+            deleted = await store.purge(before, queue=queue, limit=batch)
+            total += deleted
+            if deleted < batch:
+                break
+    return total

@@ -114,6 +114,11 @@ class Store(Protocol):
     ) -> list[WorkerHeartbeat]:
         """Workers seen within ``ttl_seconds``."""
 
+    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
+        """Delete up to ``limit`` finished jobs (succeeded, failed, cancelled) completed
+        before ``before``, oldest first, from ``queue`` or every queue; return how many.
+        Batches keep each delete short: call again while it returns ``limit``."""
+
     async def recover_expired(self) -> list[JobId]:
         """Put running jobs whose lease has expired back in the queue (``retrying``
         now, error ``lease expired`` recorded), or ``failed`` when they have used all

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
@@ -321,6 +321,17 @@ class PostgresStore:
             return ids
 
         return await self._run(body)
+
+    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
+        if before.tzinfo is None:  # naive means UTC, as everywhere in slotfleet
+            before = before.replace(tzinfo=UTC)
+        params = {"before": before, "queue": queue, "limit": max(0, limit)}
+
+        async def body(conn: Conn) -> int:
+            cur = await conn.execute(sql.PURGE, params)
+            return max(0, cur.rowcount)
+
+        return await self._run(body, idempotent=True)
 
     async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
         batch = dedupe_completions(completions)

@@ -329,3 +329,19 @@ RETURNING granted
 """
 
 NOW = "SELECT now() AS now"
+
+#: Up to :limit finished jobs completed before :before, oldest first (the finished index);
+#: rows another transaction holds are left for the next call. The ids as an array make
+#: the delete find its rows by primary key: with ``id IN (subquery)`` the planner hash-
+#: joined the batch against a sequential scan of the whole table (the plan test).
+PURGE = """
+DELETE FROM slotfleet_jobs
+WHERE id = ANY (ARRAY(
+    SELECT id FROM slotfleet_jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at < %(before)s
+        AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
+    ORDER BY completed_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+))
+"""

@@ -180,6 +180,16 @@ class SQLiteStore:
         # One writer at a time: the rows are cheap next to the lock; no separate path.
         return [job.id for job in await self.enqueue(jobs)]
 
+    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
+        if before.tzinfo is None:  # naive means UTC, as everywhere in slotfleet
+            before = before.replace(tzinfo=UTC)
+        params = {"before": epoch(before), "queue": queue, "limit": max(0, limit)}
+
+        def body(conn: sqlite3.Connection) -> int:
+            return max(0, conn.execute(sql.PURGE, params).rowcount)
+
+        return await self._call(lambda conn: write(conn, body))
+
     async def get(self, job_id: JobId) -> QueuedJob | None:
         def body(conn: sqlite3.Connection) -> QueuedJob | None:
             row = conn.execute(sql.GET_JOB, {"id": job_id}).fetchone()

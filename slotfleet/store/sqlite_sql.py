@@ -172,3 +172,15 @@ INSERT INTO slotfleet_rate_limits (queue, window_start, used)
 VALUES (:queue, :window_start, :used)
 ON CONFLICT (queue) DO UPDATE SET window_start = excluded.window_start, used = excluded.used
 """
+
+#: Up to :limit finished jobs completed before :before, oldest first (the finished index).
+PURGE = """
+DELETE FROM slotfleet_jobs
+WHERE id IN (
+    SELECT id FROM slotfleet_jobs
+    WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at < :before
+        AND (:queue IS NULL OR queue = :queue)
+    ORDER BY completed_at
+    LIMIT :limit
+)
+"""

@@ -65,6 +65,11 @@ BAD_COMMANDS: list[list[str]] = [
     ["cancel", "--dsn", "{db}"],
     ["cancel", "1", "--dsn", UNREACHABLE],
     ["queues", "--dsn", "mysql://x"],
+    ["purge", "--dsn", "{db}"],
+    ["purge", "--older-than", "soon", "--dsn", "{db}"],
+    ["purge", "--older-than", "-5m", "--dsn", "{db}"],
+    ["purge", "--older-than", "nan", "--dsn", "{db}"],
+    ["purge", "--older-than", "1d", "--dsn", UNREACHABLE],
 ]
 
 

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sqlite3
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,31 @@ async def test_postgres_fetch_is_an_index_scan_on_100k_rows_after_empty_analyze(
         plan = "\n".join(str(row[0]) for row in await cur.fetchall())
         assert "Scan using slotfleet_jobs_fetch" in plan, plan
         assert "Sort" not in plan, plan
+
+
+@pytest.mark.postgres
+async def test_postgres_purge_walks_the_finished_index_on_100k_rows(postgres_dsn: str) -> None:
+    """A purge batch reads the oldest finished rows from their partial index: its cost
+    does not grow with the jobs kept (nor with the pending backlog)."""
+    store = open_store(postgres_dsn)
+    await store.open()
+    await store.close()
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        await conn.execute(
+            """
+            INSERT INTO slotfleet_jobs (queue, func, state, scheduled_at, completed_at)
+            SELECT 'q' || (g % 7), 'tests.tasks:add',
+                   CASE WHEN g % 4 = 0 THEN 'pending' ELSE 'succeeded' END,
+                   now(), CASE WHEN g % 4 = 0 THEN NULL ELSE now() - make_interval(secs => g) END
+            FROM generate_series(1, 100000) AS g
+            """
+        )
+        await conn.execute("ANALYZE slotfleet_jobs")
+        params = {"before": datetime.now(UTC) - timedelta(days=1), "queue": None, "limit": 1000}
+        cur = await conn.execute("EXPLAIN " + postgres_sql.PURGE, params)
+        plan = "\n".join(str(row[0]) for row in await cur.fetchall())
+        assert "slotfleet_jobs_finished" in plan, plan
+        assert "Seq Scan" not in plan, plan
 
 
 @pytest.mark.postgres

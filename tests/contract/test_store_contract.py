@@ -105,6 +105,27 @@ async def test_enqueue_ids_matches_enqueue(store: Store) -> None:
     assert again[1] != kept.id
 
 
+async def test_purge_deletes_finished_jobs_before_the_cutoff_only(store: Store) -> None:
+    a, b, c, d = await store.enqueue([job(queue="q1"), job(queue="q1"), job(queue="q2"), job()])
+    claimed = await store.fetch("q1", "w", 2, LEASE) + await store.fetch("q2", "w", 1, LEASE)
+    assert sorted(j.id for j in claimed) == sorted([a.id, b.id, c.id])
+    await store.complete([done(a.id, "w"), done(c.id, "w", Outcome.FAILED, error=error(1))])
+    await store.request_cancel(d.id)  # pending -> cancelled: finished too
+    [running] = [j for j in claimed if j.id == b.id]
+    [pending] = await store.enqueue([job(queue="q1")])
+    cutoff = await store.now() + timedelta(seconds=5)
+    assert await store.purge(await store.now() - timedelta(hours=1)) == 0  # too recent
+    assert await store.purge(cutoff, queue="q2") == 1
+    assert await store.get(c.id) is None
+    assert await store.purge(cutoff, limit=1) == 1
+    assert await store.purge(cutoff) == 1
+    assert await store.get(a.id) is None
+    assert await store.get(d.id) is None
+    assert await store.purge(cutoff) == 0
+    survivors = {j.id: j.state for j in await store.list_jobs(limit=100)}
+    assert survivors == {running.id: JobState.RUNNING, pending.id: JobState.PENDING}
+
+
 async def test_unique_key_allowed_again_after_terminal(store: Store) -> None:
     [first] = await store.enqueue([job(unique_key="k")])
     [claimed] = await store.fetch("default", "w1", 1, LEASE)

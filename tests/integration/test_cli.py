@@ -59,6 +59,25 @@ def test_enqueue_list_show_cancel_queues(
     assert (stats["queue"], stats["ready"], stats["cancelled"]) == ("math", 2, 1)
 
 
+def test_purge_deletes_finished_jobs_older_than_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn = f"sqlite:///{tmp_path / 'cli.db'}"
+    code, out, _ = run(
+        capsys, "enqueue", "--dsn", dsn, "tests.tasks:add", "a=1", "b=2", "--count", "4"
+    )
+    ids = out.split()
+    run(capsys, "cancel", "--dsn", dsn, ids[0], ids[1])
+    code, out, _ = run(capsys, "purge", "--dsn", dsn, "--older-than", "1h")
+    assert (code, out.strip()) == (0, "deleted 0 finished job(s) older than 1:00:00")
+    code, out, _ = run(capsys, "purge", "--dsn", dsn, "--older-than", "0", "--queue", "other")
+    assert out.startswith("deleted 0 finished job(s) from queue other")
+    code, out, _ = run(capsys, "purge", "--dsn", dsn, "--older-than", "0s")
+    assert (code, out.split()[:2]) == (0, ["deleted", "2"])
+    code, out, _ = run(capsys, "jobs", "--dsn", dsn, "--json")
+    assert sorted(j["id"] for j in json.loads(out)) == sorted(int(i) for i in ids[2:])
+
+
 @pytest.mark.parametrize(
     ("argv", "needle"),
     [

@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from slotfleet.models import Job, JobId, JobState
+from slotfleet.models import Completion, Job, JobId, JobState, Outcome
 from slotfleet.store import open_store
 
 from .controlplane import ControlPlane
@@ -83,6 +83,8 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("zero-polling", {"pollingInterval": 0}, "spec.pollingInterval"),
     ("zero-rate", {"rateLimit": {"count": 0}}, "spec.rateLimit.count"),
     ("zero-drain", {"drainTimeoutSeconds": 0}, "spec.drainTimeoutSeconds"),
+    ("short-lease", {"leaseSeconds": 1}, "spec.leaseSeconds"),
+    ("zero-retention", {"retentionSeconds": 0}, "spec.retentionSeconds"),
     ("low-port", {"metricsPort": 80}, "spec.metricsPort"),
     ("pull-policy", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
     ("empty-image", {"image": ""}, "spec.image"),
@@ -432,6 +434,44 @@ def test_operator_mode_scales_from_zero_on_backlog(
             .items
         ),
     )
+
+
+def test_retention_seconds_has_the_operator_delete_finished_jobs(
+    kube_admin: KubeAdmin, namespace: str, operator: OperatorProcess, postgres_dsn: str
+) -> None:
+    """Finished jobs past ``retentionSeconds`` go; pending and running ones stay."""
+
+    async def prepare() -> list[int]:
+        store = open_store(postgres_dsn)
+        await store.open()
+        try:
+            jobs = await store.enqueue(
+                [Job(func="examples.tasks:send_email", queue="kept", kwargs={"to": "x"})] * 4
+            )
+            claimed = await store.fetch("kept", "w", 3, 60)
+            succeeded = Outcome.SUCCEEDED
+            await store.complete(
+                [Completion(job_id=j.id, worker_id="w", outcome=succeeded) for j in claimed[:2]]
+            )
+            return [j.id for j in jobs]
+        finally:
+            await store.close()
+
+    async def remaining() -> dict[int, str]:
+        store = open_store(postgres_dsn)
+        await store.open()
+        try:
+            return {j.id: j.state.value for j in await store.list_jobs(queue="kept")}
+        finally:
+            await store.close()
+
+    ids = run(prepare())
+    time.sleep(1.5)  # older than the retention before the operator's first look
+    create_secret(kube_admin, namespace, postgres_dsn)
+    apply_queue(kube_admin, namespace, queue_manifest("kept", replicas=0, retentionSeconds=1))
+    wait_for("the finished jobs to be deleted", lambda: len(run(remaining())) == 2)
+    assert run(remaining()) == {ids[2]: "running", ids[3]: "pending"}
+    assert "purged 2 finished jobs of Queue" in operator.log.read_text(errors="replace")
 
 
 def test_operator_killed_mid_reconcile_converges_without_duplicates(

@@ -106,6 +106,16 @@ class FakeStore:
     async def list_jobs(self, **_: Any) -> list[QueuedJob]:
         return self.running
 
+    purges: list[tuple[datetime, str | None, int]] = field(default_factory=list)
+    finished: int = 0
+    """Finished jobs old enough to purge."""
+
+    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
+        self.purges.append((before, queue, limit))
+        deleted = min(limit, self.finished)
+        self.finished -= deleted
+        return deleted
+
 
 @dataclass
 class Rig:
@@ -448,3 +458,31 @@ def test_cli_reports_a_bad_set_in_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith(f"error: {EXAMPLE}: spec: autoscaling.maxReplicas:")
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+
+async def test_retention_purges_on_the_first_tick_then_once_a_minute() -> None:
+    m = manifest()
+    kept = QueueManifest(m.name, m.spec.model_copy(update={"retention_seconds": 3600}))
+    r = rig(kept)
+    r.store.finished = 2500  # three batches
+    await r.fleet.step()
+    assert [(q, limit) for _, q, limit in r.store.purges] == [("emails", 1000)] * 3
+    before = r.store.purges[0][0]
+    assert abs((datetime.now(UTC) - before).total_seconds() - 3600) < 60
+    assert any("deleted 2500 job(s) finished over 3600s ago" in line for line in r.lines)
+    r.tick(30)
+    await r.fleet.step()
+    assert len(r.store.purges) == 3  # not yet a minute
+    r.tick(31)
+    await r.fleet.step()
+    assert len(r.store.purges) == 4
+
+
+async def test_no_retention_no_purge() -> None:
+    r = rig()
+    r.store.finished = 10
+    await r.fleet.step()
+    assert r.store.purges == []

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from slotfleet.fleet.manifest import QueueManifest
-from slotfleet.models import JobState, QueuedJob, QueueStats, SlotfleetError, WorkerHeartbeat
+from slotfleet.models import QueueStats, SlotfleetError, WorkerHeartbeat
 from slotfleet.models.resource import PURGE_BATCH, RETENTION_CHECK_SECONDS, AutoscalingMode
 from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
 from slotfleet.store.base import Store
@@ -107,15 +107,15 @@ def choose_victims(
     beats: Sequence[WorkerHeartbeat],
     queue: str,
     count: int,
-    running: Sequence[QueuedJob] = (),
+    leased: Mapping[str, int] | None = None,
 ) -> list[str]:
     """The ``count`` workers to stop: fewest busy slots first, then the newest.
 
     ``candidates`` are in start order. Busy slots are the larger of a worker's heartbeat
-    and its ``running`` jobs (by lease owner; a heartbeat lags a claim). A worker with
-    neither is still starting or idle.
+    and its running jobs (``leased``, by lease owner; a heartbeat lags a claim). A
+    worker with neither is still starting or idle.
     """
-    busy = busy_by_worker(running, beats, queue)
+    busy = busy_by_worker(leased or {}, beats, queue)
     order = sorted(range(len(candidates)), key=lambda i: (busy.get(candidates[i], 0), -i))
     return [candidates[i] for i in order[: max(count, 0)]]
 
@@ -138,8 +138,8 @@ class LocalFleet:
     last_stats: QueueStats | None = None
     beats: list[WorkerHeartbeat] = field(default_factory=list)
     """Heartbeats as of the last tick."""
-    running: list[QueuedJob] = field(default_factory=list)
-    """The queue's running jobs as of the last tick."""
+    leased: dict[str, int] = field(default_factory=dict)
+    """The queue's running jobs per worker as of the last tick."""
     last_purge: float | None = None
     """Clock reading of the last ``retentionSeconds`` purge."""
     _serial: int = 0
@@ -172,7 +172,7 @@ class LocalFleet:
             return Decision(spec.replicas, "fixed: autoscaling is off", spec.replicas)
         # Busy slots from heartbeats can lag a fetch by a heartbeat; running jobs in the
         # store cannot. Either shows work in flight, so take the larger.
-        busy = busy_by_worker(self.running, self.beats, self.manifest.queue)
+        busy = busy_by_worker(self.leased, self.beats, self.manifest.queue)
         observation = Observation(
             at=self.clock(),
             replicas=current,
@@ -194,12 +194,8 @@ class LocalFleet:
         self.reap()
         stats = self.last_stats = await self.stats()
         self.beats = await self.store.workers()
-        self.running = (
-            await self.store.list_jobs(
-                queue=self.manifest.queue, states=[JobState.RUNNING], limit=stats.running
-            )
-            if stats.running
-            else []
+        self.leased = (
+            await self.store.running_by_worker(self.manifest.queue) if stats.running else {}
         )
         await self.purge_finished()
         decision = self.decide(stats)
@@ -212,7 +208,7 @@ class LocalFleet:
             ids = [w.id for w in self.active]
             count = current - decision.replicas
             for worker_id in choose_victims(
-                ids, self.beats, self.manifest.queue, count, self.running
+                ids, self.beats, self.manifest.queue, count, self.leased
             ):
                 self._stop(self.workers[worker_id])
         return decision

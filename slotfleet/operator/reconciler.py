@@ -445,7 +445,7 @@ class QueueReconciler:
         if view.stats is None:
             return 0, False
         pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
-        busy = busy_by_worker(view.running, view.workers, queue)
+        busy = busy_by_worker(view.leased, view.workers, queue)
         live = [
             str(p["metadata"].get("name", ""))
             for p in pods

@@ -19,7 +19,7 @@ import contextlib
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from slotfleet.models import JobState, QueuedJob, QueueStats, WorkerHeartbeat
+from slotfleet.models import QueuedJob, QueueStats, WorkerHeartbeat
 from slotfleet.store import open_store
 from slotfleet.store.base import Store
 from slotfleet.store.rows import one_line
@@ -64,8 +64,8 @@ class StoreView:
     cancellations: list[QueuedJob] | None
     workers: list[WorkerHeartbeat]
     error: str | None
-    running: list[QueuedJob] = field(default_factory=list)
-    """The queue's running jobs (their lease owners say which pods are busy)."""
+    leased: dict[str, int] = field(default_factory=dict)
+    """The queue's running jobs per lease owner (which pods are busy)."""
 
 
 async def read_view(stores: StoreCache, dsn: str, queue: str, timeout: float) -> StoreView:
@@ -77,14 +77,8 @@ async def read_view(stores: StoreCache, dsn: str, queue: str, timeout: float) ->
         cancels = await store.cancel_requests(queue=queue)
         workers = await store.workers()
         mine = next((s for s in stats if s.queue == queue), QueueStats(queue=queue))
-        # Exactly as many as the stats counted: the newest-first walk stops there (a
-        # job claimed in between is still caught by its worker's next heartbeat).
-        running = (
-            await store.list_jobs(queue=queue, states=[JobState.RUNNING], limit=mine.running)
-            if mine.running
-            else []
-        )
-        return StoreView(mine, cancels, workers, None, running)
+        leased = await store.running_by_worker(queue) if mine.running else {}
+        return StoreView(mine, cancels, workers, None, leased)
 
     try:
         return await asyncio.wait_for(read(), timeout=timeout)

@@ -12,23 +12,18 @@ the store) and it decides nothing.
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from slotfleet.models import JobState, QueuedJob, WorkerHeartbeat
+from slotfleet.models import WorkerHeartbeat
 
 
 def busy_by_worker(
-    running: Iterable[QueuedJob], beats: Iterable[WorkerHeartbeat], queue: str
+    leased: Mapping[str, int], beats: Iterable[WorkerHeartbeat], queue: str
 ) -> dict[str, int]:
-    """Worker id -> busy slots on ``queue``: the larger of its running jobs' count (by
-    lease owner) and its heartbeat's busy slots. Workers with neither are absent."""
-    leased = Counter(
-        job.lease_owner
-        for job in running
-        if job.queue == queue and job.state is JobState.RUNNING and job.lease_owner
-    )
-    busy: dict[str, int] = {owner: n for owner, n in leased.items() if owner}
+    """Worker id -> busy slots on ``queue``: the larger of its running jobs on ``queue``
+    (``leased``, from :meth:`Store.running_by_worker`) and its heartbeat's busy slots.
+    Workers with neither are absent."""
+    busy: dict[str, int] = {owner: n for owner, n in leased.items() if owner and n > 0}
     for beat in beats:
         slots = beat.queues.get(queue, (0, 0))[1]
         if slots > busy.get(beat.worker_id, 0):

@@ -119,6 +119,10 @@ class Store(Protocol):
         before ``before``, oldest first, from ``queue`` or every queue; return how many.
         Batches keep each delete short: call again while it returns ``limit``."""
 
+    async def running_by_worker(self, queue: str) -> dict[str, int]:
+        """Running jobs of ``queue`` per lease owner (worker id); owners with none are
+        absent. Unlike a heartbeat, this counts a job the moment it is claimed."""
+
     async def recover_expired(self) -> list[JobId]:
         """Put running jobs whose lease has expired back in the queue (``retrying``
         now, error ``lease expired`` recorded), or ``failed`` when they have used all

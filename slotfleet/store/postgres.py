@@ -322,6 +322,10 @@ class PostgresStore:
 
         return await self._run(body)
 
+    async def running_by_worker(self, queue: str) -> dict[str, int]:
+        rows = await self._all(sql.RUNNING_BY_WORKER, {"queue": queue}, idempotent=True)
+        return {str(r["lease_owner"]): int(r["running"]) for r in rows}
+
     async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
         if before.tzinfo is None:  # naive means UTC, as everywhere in slotfleet
             before = before.replace(tzinfo=UTC)

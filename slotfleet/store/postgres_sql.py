@@ -345,3 +345,11 @@ WHERE id = ANY (ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 """
+
+#: Running jobs of a queue per lease owner: the running-owner partial index, no rows
+#: decoded (the operator and local fleets read this every tick).
+RUNNING_BY_WORKER = """
+SELECT lease_owner, count(*) AS running FROM slotfleet_jobs
+WHERE state = 'running' AND queue = %(queue)s AND lease_owner IS NOT NULL
+GROUP BY lease_owner
+"""

@@ -180,6 +180,13 @@ class SQLiteStore:
         # One writer at a time: the rows are cheap next to the lock; no separate path.
         return [job.id for job in await self.enqueue(jobs)]
 
+    async def running_by_worker(self, queue: str) -> dict[str, int]:
+        def body(conn: sqlite3.Connection) -> dict[str, int]:
+            rows = conn.execute(sql.RUNNING_BY_WORKER, {"queue": queue}).fetchall()
+            return {str(r["lease_owner"]): int(r["running"]) for r in rows}
+
+        return await self._call(body)
+
     async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
         if before.tzinfo is None:  # naive means UTC, as everywhere in slotfleet
             before = before.replace(tzinfo=UTC)

@@ -184,3 +184,10 @@ WHERE id IN (
     LIMIT :limit
 )
 """
+
+#: Running jobs of a queue per lease owner (the running-owner partial index).
+RUNNING_BY_WORKER = """
+SELECT lease_owner, count(*) AS running FROM slotfleet_jobs
+WHERE state = 'running' AND queue = :queue AND lease_owner IS NOT NULL
+GROUP BY lease_owner
+"""

@@ -105,6 +105,18 @@ async def test_enqueue_ids_matches_enqueue(store: Store) -> None:
     assert again[1] != kept.id
 
 
+async def test_running_by_worker_counts_claims_per_lease_owner(store: Store) -> None:
+    await store.enqueue([job(queue="q")] * 5 + [job(queue="other")])
+    assert await store.running_by_worker("q") == {}
+    one = await store.fetch("q", "w1", 2, LEASE)
+    two = await store.fetch("q", "w2", 1, LEASE)
+    await store.fetch("other", "w3", 1, LEASE)
+    assert await store.running_by_worker("q") == {"w1": 2, "w2": 1}
+    await store.complete([done(one[0].id, "w1"), done(two[0].id, "w2")])
+    assert await store.running_by_worker("q") == {"w1": 1}
+    assert await store.running_by_worker("missing") == {}
+
+
 async def test_purge_deletes_finished_jobs_before_the_cutoff_only(store: Store) -> None:
     a, b, c, d = await store.enqueue([job(queue="q1"), job(queue="q1"), job(queue="q2"), job()])
     claimed = await store.fetch("q1", "w", 2, LEASE) + await store.fetch("q2", "w", 1, LEASE)

@@ -284,7 +284,7 @@ def test_deletion_costs_follow_busy_slots_by_pod_name() -> None:
         WorkerHeartbeat(worker_id="p1", queues={"emails": (4, 2)}),
         WorkerHeartbeat(worker_id="p2", queues={"emails": (4, 3), "other": (1, 1)}),
     ]
-    busy = busy_by_worker([], workers, "emails")
+    busy = busy_by_worker({}, workers, "emails")
     assert st.deletion_costs(pods, busy) == {"p2": 3, "p3": 0}
     assert b.deletion_cost_patch(3) == {
         "metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "3"}}
@@ -296,24 +296,14 @@ def test_deletion_cost_counts_jobs_claimed_since_the_last_heartbeat() -> None:
     of a lease, so a pod that had just taken a job still cost 0 and a scale-down could
     pick it. A running job's lease owner marks its pod busy at once."""
 
-    def running(job_id: int, owner: str, queue: str = "emails") -> QueuedJob:
-        return QueuedJob(
-            id=JobId(job_id),
-            func="m:f",
-            queue=queue,
-            state="running",
-            lease_owner=owner,
-            created_at=datetime(2024, 1, 1, tzinfo=UTC),
-        )
-
-    jobs = [running(1, "p1"), running(2, "p1"), running(3, "p2"), running(4, "p3", "x")]
+    leased = {"p1": 2, "p2": 1}  # Store.running_by_worker("emails"): by lease owner
     beats = [
         WorkerHeartbeat(worker_id="p1", queues={"emails": (4, 0)}),  # stale: before its claims
         WorkerHeartbeat(worker_id="p4", queues={"emails": (4, 3)}),  # stale the other way
     ]
-    assert busy_by_worker(jobs, beats, "emails") == {"p1": 2, "p2": 1, "p4": 3}
+    assert busy_by_worker(leased, beats, "emails") == {"p1": 2, "p2": 1, "p4": 3}
     pods = [{"metadata": {"name": n}} for n in ("p1", "p2", "p3", "p4")]
-    assert st.deletion_costs(pods, busy_by_worker(jobs, beats, "emails")) == {
+    assert st.deletion_costs(pods, busy_by_worker(leased, beats, "emails")) == {
         "p1": 2,
         "p2": 1,
         "p3": 0,

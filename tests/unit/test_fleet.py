@@ -25,8 +25,6 @@ from slotfleet.fleet import (
 from slotfleet.fleet.runner import KILL_GRACE_SECONDS, Process
 from slotfleet.models import (
     InvalidSettingsError,
-    JobId,
-    QueuedJob,
     QueueStats,
     RateLimit,
     WorkerHeartbeat,
@@ -95,7 +93,8 @@ class FakeStore:
 
     stats: QueueStats = field(default_factory=lambda: QueueStats(queue="emails"))
     beats: list[WorkerHeartbeat] = field(default_factory=list)
-    running: list[QueuedJob] = field(default_factory=list)
+    running: dict[str, int] = field(default_factory=dict)
+    """Running jobs per lease owner."""
 
     async def queue_stats(self, queue: str | None = None, **_: Any) -> list[QueueStats]:
         return [QueueStats(queue="other", ready=99), self.stats]
@@ -103,7 +102,7 @@ class FakeStore:
     async def workers(self, **_: Any) -> list[WorkerHeartbeat]:
         return self.beats
 
-    async def list_jobs(self, **_: Any) -> list[QueuedJob]:
+    async def running_by_worker(self, queue: str) -> dict[str, int]:
         return self.running
 
     purges: list[tuple[datetime, str | None, int]] = field(default_factory=list)
@@ -213,17 +212,7 @@ async def test_scale_down_keeps_every_worker_running_a_job() -> None:
     r.tick()
     r.store.stats = QueueStats(queue="emails", running=2, slots_busy=0, slots_total=40)
     r.store.beats = [beat(f"fleet-{i}", 0) for i in (1, 2, 3, 4)]  # before the claims
-    r.store.running = [
-        QueuedJob(
-            id=JobId(n),
-            func="m:f",
-            queue="emails",
-            state="running",
-            lease_owner=owner,
-            created_at=datetime(2024, 1, 1, tzinfo=UTC),
-        )
-        for n, owner in ((1, "fleet-1"), (2, "fleet-3"))
-    ]
+    r.store.running = {"fleet-1": 1, "fleet-3": 1}
     decision = await r.fleet.step()
     assert decision.replicas == 2
     assert [w.id for w in r.fleet.active] == ["fleet-1", "fleet-3"]

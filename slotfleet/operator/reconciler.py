@@ -10,8 +10,9 @@ call :class:`QueueReconciler`. Two entry points:
 * :meth:`QueueReconciler.observe` every few seconds (:meth:`observe_forever`): read the
   DSN from the Secret, the store's figures, running jobs and cancel requests, the
   Deployment; keep pods' deletion cost at their busy slots (running jobs by lease owner,
-  or the heartbeat if higher); size the fleet (``mode: operator``), never below the pods
-  that run a job and only once their costs are in place; write ``status`` when it
+  or the heartbeat if higher) and size the fleet (``mode: operator``), never below the
+  pods that run a job and only once their costs are in place (both in
+  ``slotfleet.operator.sizing``); write ``status`` when it
   changed; with ``retentionSeconds``, delete finished jobs past it about once a minute.
 
 Errors the user can fix become conditions and Events, never crashes: a missing Secret
@@ -29,12 +30,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import ValidationError
 
 from slotfleet.models import (
-    QueueStats,
     describe_validation_error,
 )
 from slotfleet.models.resource import (
@@ -44,16 +44,11 @@ from slotfleet.models.resource import (
     QueueSpec,
 )
 from slotfleet.operator import status as st
-from slotfleet.operator.builders import (
-    QueueRef,
-    build_children,
-    deletion_cost_patch,
-    selector_string,
-)
+from slotfleet.operator.builders import API_VERSION, QueueRef, build_children, selector_string
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
+from slotfleet.operator.sizing import EventSink, SizingMemory, autoscale, update_deletion_costs
 from slotfleet.operator.stores import StoreCache, StoreView, purge_finished, read_view
-from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
 from slotfleet.store.rows import one_line
 
 Json = dict[str, Any]
@@ -61,15 +56,6 @@ Json = dict[str, Any]
 #: Retention (``spec.retentionSeconds``): batches of PURGE_BATCH at most per round.
 PURGE_BATCHES = 10
 logger = logging.getLogger(__name__)
-QUEUE_API = "slotfleet.dev/v1alpha1"
-
-
-class EventSink(Protocol):
-    """Kubernetes Events about a Queue (kopf posts them in the operator)."""
-
-    def info(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
-
-    def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
 
 
 @dataclass
@@ -79,9 +65,7 @@ class _QueueMemory:
 
     applied_generation: int | None = None
     apply_error: str | None = None
-    scaler: ScalerState = field(default_factory=ScalerState)
-    scaler_spec: Any = None
-    last_decision: Decision | None = None
+    sizing: SizingMemory = field(default_factory=SizingMemory)
     pod_monitor_warned: int | None = None
     last_purge: float | None = None
     """``time.monotonic()`` of the last retention purge."""
@@ -135,7 +119,7 @@ class QueueReconciler:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _observe_key(self, namespace: str, name: str) -> None:
-        body = await self.kube.get(QUEUE_API, "Queue", namespace, name)
+        body = await self.kube.get(API_VERSION, "Queue", namespace, name)
         if body is None:
             self.forget(namespace, name)
             return
@@ -284,15 +268,23 @@ class QueueReconciler:
 
         # Deletion costs first: a scale-down written this tick must find every busy pod
         # already marked, or the ReplicaSet controller may pick a busy one.
-        busy_pods, costs_settled = await self._update_deletion_costs(ref, queue, view)
+        busy_pods, costs_settled = await update_deletion_costs(self.kube, ref, queue, view)
 
         desired: int | None = None
         last_scale: str | None = None
         drop: tuple[str, ...] = ()
         if spec.autoscaling.mode is AutoscalingMode.OPERATOR:
             if view.stats is not None:
-                decision = await self._autoscale(
-                    body, ref, spec, view.stats, memory, busy_pods, costs_settled
+                decision = await autoscale(
+                    self.kube,
+                    self.events,
+                    body,
+                    ref,
+                    spec,
+                    view.stats,
+                    memory.sizing,
+                    busy_pods=busy_pods,
+                    costs_settled=costs_settled,
                 )
                 desired = decision.desired
                 changed = decision.replicas != spec.replicas
@@ -329,7 +321,7 @@ class QueueReconciler:
         )
         if st.status_changed(previous, new_status):
             await self.kube.merge_patch(
-                QUEUE_API,
+                API_VERSION,
                 "Queue",
                 ref.namespace,
                 ref.name,
@@ -358,59 +350,6 @@ class QueueReconciler:
             elif st.condition_status(old, cond.type) is not None and cond.status is not None:
                 self.events.info(body, cond.reason, f"{cond.type} is {cond.status_text} again")
 
-    async def _autoscale(
-        self,
-        body: Mapping[str, Any],
-        ref: QueueRef,
-        spec: QueueSpec,
-        stats: QueueStats,
-        memory: _QueueMemory,
-        busy_pods: int,
-        costs_settled: bool,
-    ) -> Decision:
-        """``mode: operator``: decide with the shared autoscaler and write ``spec.replicas``
-        through the Queue's ``/scale`` (so the Deployment follows by the same path as
-        ``kubectl scale`` or an HPA).
-
-        The fleet never shrinks below the pods running jobs (``busy_pods``), and a
-        scale-down waits a tick when a pod's deletion cost changed on this one
-        (``costs_settled`` false): the ReplicaSet controller must see which pods are busy
-        before it picks the ones to remove."""
-        if memory.scaler_spec != spec.autoscaling:
-            memory.scaler_spec = spec.autoscaling
-            memory.scaler = ScalerState(last_active=memory.scaler.last_active)
-        observation = Observation(
-            at=time.monotonic(),
-            replicas=spec.replicas,
-            slots_per_pod=spec.executor.concurrency,
-            busy=stats.running,
-            ready_pending=stats.ready,
-            busy_pods=busy_pods,
-        )
-        decision, memory.scaler = decide(memory.scaler, observation, spec.autoscaling)
-        if decision.replicas < spec.replicas and not costs_settled:
-            decision = Decision(
-                spec.replicas,
-                f"holding: marking busy pods before scaling down ({decision.reason})",
-                decision.desired,
-            )
-        memory.last_decision = decision
-        if decision.replicas != spec.replicas:
-            await self.kube.merge_patch(
-                QUEUE_API,
-                "Queue",
-                ref.namespace,
-                ref.name,
-                {"spec": {"replicas": decision.replicas}},
-                subresource="scale",
-            )
-            self.events.info(
-                body,
-                "Scaled",
-                f"replicas {spec.replicas} -> {decision.replicas}: {decision.reason}",
-            )
-        return decision
-
     async def _purge_finished(
         self, ref: QueueRef, dsn: str, queue: str, retention: int, memory: _QueueMemory
     ) -> None:
@@ -432,33 +371,3 @@ class QueueReconciler:
         if total:
             logger.info("purged %d finished jobs of Queue %s/%s", total, ref.namespace, ref.name)
             self.metrics.queues.purged(ref.namespace, ref.name, total)
-
-    async def _update_deletion_costs(
-        self, ref: QueueRef, queue: str, view: StoreView
-    ) -> tuple[int, bool]:
-        """Keep each pod's deletion cost at its busy slots; return how many live pods run
-        jobs and whether every cost was already right (nothing patched).
-
-        Without the store's figures the costs stay as they are, and the answer is
-        ``(0, False)``: nothing may be scaled down on a guess.
-        """
-        if view.stats is None:
-            return 0, False
-        pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
-        busy = busy_by_worker(view.leased, view.workers, queue)
-        live = [
-            str(p["metadata"].get("name", ""))
-            for p in pods
-            if not (p.get("metadata") or {}).get("deletionTimestamp")
-        ]
-        busy_pods = sum(1 for name in live if busy.get(name, 0) > 0)
-        changes = st.deletion_costs(pods, busy)
-        for name, slots in changes.items():
-            try:
-                await self.kube.merge_patch(
-                    "v1", "Pod", ref.namespace, name, deletion_cost_patch(slots)
-                )
-            except KubeApiError as exc:
-                if exc.status != 404:  # a pod that just went away needs no cost
-                    raise
-        return busy_pods, not changes

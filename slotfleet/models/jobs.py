@@ -10,6 +10,7 @@ refused before it reaches a store.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from datetime import datetime
@@ -132,6 +133,15 @@ def check_json_payload(value: Any, what: str) -> None:
         raise ValueError(f"{what} is {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}")
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_import_path(value: str) -> bool:
+    """``package.module:function`` or ``package.module.function``. Cached: a batch names
+    the same few functions thousands of times (this check was ~18 % of enqueue_many)."""
+    module, _, name = value.partition(":") if ":" in value else value.rpartition(".")
+    parts = [*module.split("."), *name.split(".")]
+    return bool(module) and bool(name) and all(p.isidentifier() for p in parts)
+
+
 class Job(BaseModel):
     """What to run and how: the user's side of a job. Frozen; change it with
     :meth:`with_options`.
@@ -162,9 +172,7 @@ class Job(BaseModel):
     @field_validator("func")
     @classmethod
     def _check_func(cls, value: str) -> str:
-        module, _, name = value.partition(":") if ":" in value else value.rpartition(".")
-        parts = [*module.split("."), *name.split(".")]
-        if not module or not name or not all(p.isidentifier() for p in parts):
+        if not _is_import_path(value):
             raise ValueError(f"{value!r} is not an import path like 'package.module:function'")
         return value
 

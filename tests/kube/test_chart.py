@@ -21,9 +21,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -45,11 +45,11 @@ from .helm import (
     kubectl,
     one,
 )
+from .operator_helpers import wait_for
 from .testnode import TestNode
 
 pytestmark = pytest.mark.kube
 
-T = TypeVar("T")
 DOCS = REPO_ROOT / "docs" / "operations.md"
 ALL_TOGGLES: dict[str, Any] = {
     "metrics": {"podMonitor": {"enabled": True}},
@@ -63,17 +63,6 @@ def watching(namespace: str, scope: str) -> dict[str, Any]:
         "rbac": {"scope": scope},
         "operator": {"watch": {"allNamespaces": False, "namespaces": [namespace]}},
     }
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float = 90.0) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +349,7 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
         pod_name = str(pods[0].metadata and pods[0].metadata.name)
         assert pods[0].spec is not None
         assert pods[0].spec.service_account_name == fullname
-        assert wait_for("the operator process", lambda: node.pids(namespace, pod_name))
+        assert wait_for("the operator process", lambda: node.pids(namespace, pod_name), 90)
 
         secret = client.V1Secret(
             metadata=client.V1ObjectMeta(name="chartq-store"),

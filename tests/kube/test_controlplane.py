@@ -13,9 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
@@ -24,6 +23,7 @@ from kubernetes.client.exceptions import ApiException
 
 from .controlplane import ControlPlane
 from .fixtures import KubeAdmin, api_client_for
+from .operator_helpers import wait_for
 from .testnode import TestNode
 
 pytestmark = pytest.mark.kube
@@ -31,24 +31,6 @@ pytestmark = pytest.mark.kube
 HERE = Path(__file__).parent
 CRD_FILE = HERE / "fixtures" / "widget-crd.yaml"
 CHART_DIR = HERE / "fixtures" / "chart"
-T = TypeVar("T")
-
-
-def wait_for(
-    what: str, check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2
-) -> T:
-    """Poll ``check`` until it returns something truthy; fail with ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except ApiException as exc:
-            last_exc = exc
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
 
 
 # ------------------------------------------------------------------------- basics

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from .testnode import (
+    IP_RANGE_ENV,
     EnvError,
     IPPool,
     container_argv,
@@ -33,6 +34,14 @@ CONFIGMAPS = {("ns1", "settings"): {"mode": "fast", "level": "3"}}
 
 def lookup(store: Mapping[tuple[str, str], dict[str, str]]) -> Any:
     return lambda namespace, name: store.get((namespace, name))
+
+
+def test_ip_pool_range_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(IP_RANGE_ENV, "60-61")
+    assert IPPool().allocate() == "127.0.60.1"
+    monkeypatch.setenv(IP_RANGE_ENV, "9-3")
+    with pytest.raises(ValueError, match="FIRST <= LAST"):
+        IPPool()
 
 
 def env_for(container: dict[str, Any]) -> dict[str, str]:

@@ -62,6 +62,25 @@ def now_iso() -> str:
 # --------------------------------------------------------------------- pure helpers
 
 
+#: ``first-last`` third octets the test node hands out (default ``1-254``). Two test runs
+#: on one machine at once (two checkouts) each get a range of their own, so their pods
+#: never bind the same address and port.
+IP_RANGE_ENV = "SLOTFLEET_TESTNODE_OCTETS"
+
+
+def octet_range_from_env() -> tuple[int, int]:
+    """The third-octet range from :data:`IP_RANGE_ENV`; a malformed value is an error."""
+    text = os.environ.get(IP_RANGE_ENV, "").strip() or "1-254"
+    first, _, last = text.partition("-")
+    try:
+        low, high = int(first), int(last or first)
+    except ValueError:
+        raise ValueError(f"{IP_RANGE_ENV}={text!r}: expected FIRST-LAST, e.g. 1-50") from None
+    if not 1 <= low <= high <= 254:
+        raise ValueError(f"{IP_RANGE_ENV}={text!r}: octets must satisfy 1 <= FIRST <= LAST <= 254")
+    return low, high
+
+
 class IPPool:
     """Hands out loopback addresses 127.0.X.Y (X in 1..254, Y in 1..254).
 
@@ -69,7 +88,9 @@ class IPPool:
     after its pod went away (no surprises from sockets still in TIME_WAIT).
     """
 
-    def __init__(self, first_octet3: int = 1, last_octet3: int = 254) -> None:
+    def __init__(self, first_octet3: int | None = None, last_octet3: int | None = None) -> None:
+        if first_octet3 is None or last_octet3 is None:
+            first_octet3, last_octet3 = octet_range_from_env()
         self._lock = threading.Lock()
         self._free: list[str] = [
             f"127.0.{x}.{y}" for x in range(first_octet3, last_octet3 + 1) for y in range(1, 255)

@@ -94,6 +94,55 @@ def flaky(marker: str) -> str:
     return "ok"
 
 
+def stubborn_sleep_then_mark(seconds: float, marker: str) -> str:
+    """Ignores its cancel token, then writes ``marker`` as its last act."""
+    time.sleep(seconds)
+    Path(marker).write_text("returned")
+    return "slept"
+
+
+async def async_sleep_logged(seconds: float, log_dir: str) -> int:
+    """Sleeps, leaving ``<pid>.start`` in ``log_dir`` first and ``<pid>.end`` however it
+    ends (completion, cancellation); returns the pid of the process that ran it."""
+    folder = Path(log_dir)
+    (folder / f"{os.getpid()}.start").write_text("started")
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        (folder / f"{os.getpid()}.end").write_text("ended")
+    return os.getpid()
+
+
+def sleep_in_child(seconds: float, pid_file: str) -> str:
+    """Writes the pid of the process running it, then sleeps (for process executors)."""
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"
+
+
+class Unprintable(Exception):
+    """An exception whose message cannot be had: ``str()`` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no message for you")
+
+
+#: An error message no store keeps as it is: a lone surrogate (a non-UTF-8 file name
+#: decoded with surrogateescape) and a NUL.
+POISON_TEXT = "cannot open b'caf\udce9.txt' \x00 here"
+
+
+def poison(kind: str = "text") -> None:
+    """Raises an error whose text is poison (``kind="text"``) or unprintable."""
+    if kind == "unprintable":
+        raise Unprintable()
+    raise OSError(POISON_TEXT)
+
+
+async def async_poison(kind: str = "text") -> None:
+    poison(kind)
+
+
 def ignore_sigterm(seconds: float) -> str:
     """Ignores SIGTERM (only meaningful in a process executor's child)."""
     import signal

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +26,7 @@ from slotfleet.models import (
     Reference,
     SlotfleetError,
 )
+from slotfleet.models.jobs import MAX_JOB_ID
 from slotfleet.models.resource import PURGE_BATCH
 from slotfleet.store import Store, dsn_from_env, open_store
 
@@ -43,8 +44,8 @@ def job_id_of(ref: RefLike) -> JobId:
         value = int(ref)
     except (TypeError, ValueError):
         raise JobNotFoundError(f"{ref!r} is not a job id (job ids are whole numbers)") from None
-    if value <= 0:
-        raise JobNotFoundError(f"{ref!r} is not a job id (job ids are positive)")
+    if not 0 < value <= MAX_JOB_ID:
+        raise JobNotFoundError(f"{ref!r} is not a job id (job ids are from 1 to 2**63-1)")
     return JobId(value)
 
 
@@ -147,11 +148,11 @@ class App:
 
     async def purge(self, older_than: timedelta, *, queue: str | None = None) -> int:
         """Delete finished jobs (succeeded, failed, cancelled) that finished more than
-        ``older_than`` ago, from ``queue`` or every queue, in batches; return how many."""
-        before = datetime.now(UTC) - older_than
+        ``older_than`` ago by the store's clock (the database server's on PostgreSQL), from
+        ``queue`` or every queue, in batches; return how many."""
         total = 0
         while True:
-            deleted = await self.store.purge(before, queue=queue, limit=PURGE_BATCH)
+            deleted = await self.store.purge(older_than, queue=queue, limit=PURGE_BATCH)
             total += deleted
             if deleted < PURGE_BATCH:
                 return total

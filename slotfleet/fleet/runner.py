@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 
 from slotfleet.fleet.manifest import QueueManifest
@@ -223,10 +223,12 @@ class LocalFleet:
         ):
             return 0
         self.last_purge = now
-        before = datetime.now(UTC) - timedelta(seconds=retention)
+        older_than = timedelta(seconds=retention)
         total = 0
         while True:
-            deleted = await self.store.purge(before, queue=self.manifest.queue, limit=PURGE_BATCH)
+            deleted = await self.store.purge(
+                older_than, queue=self.manifest.queue, limit=PURGE_BATCH
+            )
             total += deleted
             if deleted < PURGE_BATCH:
                 break

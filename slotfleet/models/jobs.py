@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, NewType
 
@@ -30,6 +30,20 @@ from pydantic import (
 from slotfleet.models.queues import QUEUE_NAME_PATTERN
 
 JobId = NewType("JobId", int)
+
+#: Largest job id: ids are PostgreSQL ``bigint`` and SQLite ``INTEGER`` (signed 64-bit).
+MAX_JOB_ID = 2**63 - 1
+
+#: Earliest and latest ``scheduled_at`` accepted, in UTC. A day inside what Python's
+#: ``datetime`` can hold, so the value stays representable once a database or a client
+#: shows it in any time zone (a time that cannot be read back would strand its job).
+MIN_SCHEDULED_AT = datetime(1, 1, 2, tzinfo=UTC)
+MAX_SCHEDULED_AT = datetime(9999, 12, 30, tzinfo=UTC)
+
+#: Longest error message and traceback stored per failed attempt (characters); longer
+#: text keeps its start and its end (where a traceback names the failing line).
+MAX_ERROR_CHARS = 4_000
+MAX_TRACEBACK_CHARS = 32_000
 
 #: Largest encoded kwargs (or meta) accepted at enqueue; bigger payloads belong in
 #: object storage with a reference in the kwargs.
@@ -73,12 +87,16 @@ class RetryPolicy(BaseModel):
     """Random spread as a fraction of the delay (0.1 = plus or minus 10 %)."""
 
     def delay(self, attempt: int, rand: float) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (1-based).
+        """Seconds to wait after failed attempt ``attempt`` (1-based), never more than
+        ``cap`` (plus jitter) whatever the attempt count.
 
         ``rand`` is a number in [0, 1) supplied by the caller, so this stays pure.
         """
-        exponent = min(max(attempt - 1, 0), 1000)
-        raw = self.base * self.factor**exponent if exponent < 1000 else math.inf
+        exponent = max(attempt - 1, 0)
+        try:
+            raw = self.base * self.factor**exponent
+        except OverflowError:  # 100.0 ** 999: past any cap
+            raw = math.inf
         delay = min(self.cap, raw)
         spread = delay * self.jitter * (2 * rand - 1)
         return max(0.0, delay + spread)
@@ -187,18 +205,49 @@ class Job(BaseModel):
 
     @field_validator("scheduled_at")
     @classmethod
-    def _check_aware(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value.tzinfo is None:
+    def _check_aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        if value is None or (info.context and info.context.get(TRUSTED_ROW)):
+            return value
+        if value.tzinfo is None:
             raise ValueError("scheduled_at must be timezone-aware (for example datetime.now(UTC))")
-        return value
+        try:
+            utc = value.astimezone(UTC)
+        except (OverflowError, ValueError):
+            utc = None
+        if utc is None or not MIN_SCHEDULED_AT <= utc <= MAX_SCHEDULED_AT:
+            raise ValueError(
+                f"scheduled_at {value.isoformat()} is out of range: in UTC it must fall "
+                f"between {MIN_SCHEDULED_AT:%Y-%m-%d} and {MAX_SCHEDULED_AT:%Y-%m-%d}"
+            )
+        return utc
 
     def with_options(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied and validated (``job.with_options(priority=5)``)."""
         return type(self).model_validate({**self.model_dump(), **changes})
 
 
+def storable_text(text: str, limit: int) -> str:
+    """``text`` as every store can keep it: NUL characters (PostgreSQL refuses them) and
+    lone surrogates (a non-UTF-8 file name decoded with ``surrogateescape``; not valid
+    UTF-8) become visible escapes, and text past ``limit`` characters keeps its start
+    and end around a note of what was cut."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if len(text) > limit:
+        cut = len(text) - limit
+        head = limit // 2
+        tail = text[len(text) - (limit - head) :]
+        text = f"{text[:head]}\n[... {cut} characters cut ...]\n{tail}"
+    return text
+
+
 class JobError(BaseModel):
-    """One failed attempt."""
+    """One failed attempt. Its text is made storable on construction (see
+    :func:`storable_text`): an exception's message is untrusted input."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -206,6 +255,16 @@ class JobError(BaseModel):
     error: str
     traceback: str = ""
     at: datetime
+
+    @field_validator("error")
+    @classmethod
+    def _storable_error(cls, value: str) -> str:
+        return storable_text(value, MAX_ERROR_CHARS)
+
+    @field_validator("traceback")
+    @classmethod
+    def _storable_traceback(cls, value: str) -> str:
+        return storable_text(value, MAX_TRACEBACK_CHARS)
 
 
 class QueuedJob(Job):
@@ -217,6 +276,9 @@ class QueuedJob(Job):
     result: JsonValue = None
     errors: list[JobError] = Field(default_factory=list)
     lease_owner: str | None = None
+    lease_token: str | None = None
+    """The claim token of the running attempt: every write about the attempt (lease
+    renewals, its completion) names it, so a worker that lost the job cannot touch it."""
     lease_expires_at: datetime | None = None
     cancel_requested_at: datetime | None = None
     created_at: datetime
@@ -257,21 +319,27 @@ class Outcome(StrEnum):
 class Completion(BaseModel):
     """The end of one attempt, written by the worker that holds the job's lease.
 
-    The store applies it only while the job is still ``running`` under ``worker_id``'s
-    lease, so a late write from a worker that lost its lease changes nothing.
+    The store applies it only while the job is still ``running`` under the claim
+    ``token`` of this attempt, so a late write from a worker that lost the job (a
+    paused process, a restarted container, an earlier attempt) changes nothing.
     """
 
     model_config = ConfigDict(frozen=True)
 
     job_id: JobId
     worker_id: str
+    token: str
+    """The attempt's claim token (:attr:`QueuedJob.lease_token`)."""
+    attempt: int = 0
+    """The attempt this ends (the job's ``attempts`` when it was claimed)."""
     outcome: Outcome
     result: JsonValue = None
     error: JobError | None = None
-    retry_at: datetime | None = None
+    retry_delay: Annotated[float, Field(ge=0)] | None = None
+    """For ``RETRY``: seconds from the store's clock until the job is ready again."""
 
     @model_validator(mode="after")
     def _check(self) -> Completion:
-        if self.outcome is Outcome.RETRY and self.retry_at is None:
-            raise ValueError("a retry needs retry_at")
+        if self.outcome is Outcome.RETRY and self.retry_delay is None:
+            raise ValueError("a retry needs retry_delay")
         return self

@@ -56,6 +56,10 @@ REPLICAS_LE_MAX = _cel(
 RETENTION_CHECK_SECONDS = 60.0
 PURGE_BATCH = 1000
 
+#: Most entries in a Queue's ``status.cancellations``: the status is one object in etcd,
+#: read by every worker pod of the Queue on each change.
+MAX_CANCELLATIONS = 100
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(
@@ -317,7 +321,9 @@ class QueueStatus(BaseModel):
     """What the autoscaler last asked for."""
     last_scale_time: str = Field(default="")
     """When the autoscaler last changed replicas (RFC 3339)."""
-    cancellations: list[CancellationEntry] = Field(default_factory=list, max_length=100)
-    """Running jobs to cancel (bounded)."""
+    cancellations: list[CancellationEntry] = Field(
+        default_factory=list, max_length=MAX_CANCELLATIONS
+    )
+    """Running jobs to cancel: the newest requests, at most ``MAX_CANCELLATIONS``."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready, StoreReachable, Degraded, Scaling."""

@@ -360,10 +360,10 @@ class QueueReconciler:
         if memory.last_purge is not None and now - memory.last_purge < RETENTION_CHECK_SECONDS:
             return
         memory.last_purge = now
-        before = datetime.now(UTC) - timedelta(seconds=retention)
+        older_than = timedelta(seconds=retention)
         try:
             total = await purge_finished(
-                self.stores, dsn, queue, before, self.store_timeout, PURGE_BATCH, PURGE_BATCHES
+                self.stores, dsn, queue, older_than, self.store_timeout, PURGE_BATCH, PURGE_BATCHES
             )
         except Exception as exc:  # the next round tries again; status reports the store
             logger.warning("purging finished jobs of %s failed: %s", ref.name, one_line(exc))

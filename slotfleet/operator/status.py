@@ -17,12 +17,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slotfleet.models import QueuedJob, QueueStats
+from slotfleet.models.resource import MAX_CANCELLATIONS
 from slotfleet.operator.builders import DELETION_COST_ANNOTATION
 
 Json = dict[str, Any]
-
-#: Most cancellation entries kept in ``status.cancellations`` (oldest requests first).
-MAX_CANCELLATIONS = 100
 
 READY = "Ready"
 STORE_REACHABLE = "StoreReachable"
@@ -100,12 +98,17 @@ def condition_status(conditions: Iterable[Mapping[str, Any]], kind: str) -> str 
 
 
 def cancellation_entries(jobs: Sequence[QueuedJob]) -> list[Json]:
-    """Running jobs with a cancel request, oldest request first, at most
+    """Running jobs with a cancel request, newest request first, at most
     :data:`MAX_CANCELLATIONS`. A job that stopped running (cancelled, or finished
-    before its worker saw the request) is simply not among ``jobs`` any more."""
-    ordered = sorted(
-        jobs, key=lambda j: (j.cancel_requested_at or datetime.min.replace(tzinfo=UTC), j.id)
-    )
+    before its worker saw the request) is simply not among ``jobs`` any more.
+
+    Newest first because an entry stays while its job runs: jobs that ignore their
+    cancel (a thread that never checks its token) would otherwise hold every place,
+    oldest first, and starve each newer request. An older request pushed out has been
+    listed already, so its worker has seen it; listing it again would change nothing
+    for a job that ignores it."""
+    oldest = datetime.min.replace(tzinfo=UTC)
+    ordered = sorted(jobs, key=lambda j: (j.cancel_requested_at or oldest, j.id), reverse=True)
     return [
         {
             "job": int(job.id),

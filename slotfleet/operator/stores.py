@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import timedelta
 
 from slotfleet.models import QueuedJob, QueueStats, WorkerHeartbeat
 from slotfleet.store import open_store
@@ -94,18 +94,19 @@ async def purge_finished(
     stores: StoreCache,
     dsn: str,
     queue: str,
-    before: datetime,
+    older_than: timedelta,
     timeout: float,
     batch: int,
     batches: int,
 ) -> int:
-    """Delete ``queue``'s jobs finished before ``before``: up to ``batches`` batches of
+    """Delete ``queue``'s jobs finished more than ``older_than`` ago (by the database's
+    clock): up to ``batches`` batches of
     ``batch`` within ``timeout`` seconds. Returns how many; errors propagate."""
     total = 0
     async with asyncio.timeout(timeout):
         store = await stores.get(dsn)
         for _ in range(batches):
-            deleted = await store.purge(before, queue=queue, limit=batch)
+            deleted = await store.purge(older_than, queue=queue, limit=batch)
             total += deleted
             if deleted < batch:
                 break

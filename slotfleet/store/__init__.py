@@ -11,7 +11,12 @@ from __future__ import annotations
 import os
 
 from slotfleet.models import InvalidSettingsError
-from slotfleet.store.base import DEFAULT_LEASE_SECONDS, DEFAULT_WORKER_TTL_SECONDS, Store
+from slotfleet.store.base import (
+    DEFAULT_LEASE_SECONDS,
+    DEFAULT_WORKER_TTL_SECONDS,
+    Lease,
+    Store,
+)
 
 #: The store used when neither ``--dsn`` nor ``SLOTFLEET_DSN`` names one.
 DEFAULT_DSN = "sqlite:///slotfleet.db"
@@ -24,6 +29,7 @@ __all__ = [
     "DEFAULT_LEASE_SECONDS",
     "DEFAULT_WORKER_TTL_SECONDS",
     "DSN_ENV",
+    "Lease",
     "Store",
     "dsn_from_env",
     "open_store",

@@ -14,7 +14,7 @@ cache of job rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 from slotfleet.models import (
@@ -33,6 +33,9 @@ DEFAULT_LEASE_SECONDS = 15.0
 
 #: A worker whose heartbeat is older than this is not counted in slots or fleets.
 DEFAULT_WORKER_TTL_SECONDS = 30.0
+
+#: A running attempt as its worker holds it: ``(job id, claim token)``.
+Lease = tuple[JobId, str]
 
 
 @runtime_checkable
@@ -72,23 +75,34 @@ class Store(Protocol):
         """Jobs filtered by queue and states, newest first; ``after_id`` pages backwards."""
 
     async def fetch(
-        self, queue: str, worker_id: str, limit: int, lease_seconds: float
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
     ) -> list[QueuedJob]:
-        """Claim up to ``limit`` ready jobs of ``queue`` for ``worker_id``.
+        """Claim up to ``limit`` ready jobs of ``queue`` for ``worker_id`` under the claim
+        token ``claim`` (a fresh random string per call: see :meth:`release_claim`).
 
         Ready means pending or retrying with ``scheduled_at <= now``; the order is
         priority (high first), then scheduled time, then id. Claimed jobs become
-        ``running`` with ``attempts + 1``, ``started_at = now`` and a lease until
-        ``now + lease_seconds``. Two concurrent fetches never claim the same job.
+        ``running`` with ``attempts + 1``, ``started_at = now``, ``lease_token = claim``
+        and a lease until ``now + lease_seconds``. Two concurrent fetches never claim the
+        same job. A claimed row that cannot be read back is failed in place with a
+        readable error (never left leased to a worker that cannot run it).
         """
+
+    async def release_claim(self, worker_id: str, claim: str) -> list[JobId]:
+        """Hand back the jobs a :meth:`fetch` claimed under ``claim`` that are still
+        running: pending again, the attempt not counted. For a fetch whose reply never
+        arrived (the claim may have committed): the worker never saw those jobs, so they
+        did not run. Idempotent; returns the ids handed back."""
 
     async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
         """Apply completions in one round trip; return the ids actually updated.
 
-        A completion applies only while its job is ``running`` and leased by its
-        ``worker_id``. ``RETRY`` makes the job ``retrying`` at ``retry_at``;
-        ``RELEASED`` makes it ``pending`` again and gives the attempt back;
-        ``SUCCEEDED``/``FAILED``/``CANCELLED`` are terminal. Errors are appended.
+        A completion applies only while its job is ``running`` under the completion's
+        claim ``token``. ``RETRY`` makes the job ``retrying`` at the store's ``now +
+        retry_delay``; ``RELEASED`` makes it ``pending`` again and gives the attempt
+        back; ``SUCCEEDED``/``FAILED``/``CANCELLED`` are terminal. Errors are appended.
+        A batch the database refuses as a whole raises :class:`StoreError`; callers split
+        it to find the row at fault.
         """
 
     async def request_cancel(self, job_id: JobId) -> QueuedJob | None:
@@ -102,9 +116,15 @@ class Store(Protocol):
         """Running jobs with a cancel request, optionally only those leased by
         ``worker_id`` or on ``queue``."""
 
-    async def heartbeat(self, beat: WorkerHeartbeat, lease_seconds: float) -> None:
-        """Record the worker's liveness and slots and extend the leases of the jobs it
-        holds to ``now + lease_seconds``."""
+    async def heartbeat(
+        self, beat: WorkerHeartbeat, lease_seconds: float, held: Sequence[Lease]
+    ) -> set[Lease]:
+        """Record the worker's liveness and slots, and extend to ``now + lease_seconds``
+        the leases of the ``(job id, claim token)`` pairs in ``held`` whose job is still
+        running under that token. Returns the pairs renewed: a held pair missing from it
+        was lost (recovered after the lease expired, taken by another attempt), and the
+        worker must stop acting on it. Leases are never renewed by worker id: a
+        restarted process with the same id holds nothing of its predecessor's."""
 
     async def remove_worker(self, worker_id: str) -> None:
         """Forget a worker that has stopped."""
@@ -114,10 +134,13 @@ class Store(Protocol):
     ) -> list[WorkerHeartbeat]:
         """Workers seen within ``ttl_seconds``."""
 
-    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
+    async def purge(
+        self, older_than: timedelta, *, queue: str | None = None, limit: int = 1000
+    ) -> int:
         """Delete up to ``limit`` finished jobs (succeeded, failed, cancelled) completed
-        before ``before``, oldest first, from ``queue`` or every queue; return how many.
-        Batches keep each delete short: call again while it returns ``limit``."""
+        more than ``older_than`` before the store's ``now``, oldest first, from ``queue``
+        or every queue; return how many. Batches keep each delete short: call again
+        while it returns ``limit``."""
 
     async def running_by_worker(self, queue: str) -> dict[str, int]:
         """Running jobs of ``queue`` per lease owner (worker id); owners with none are

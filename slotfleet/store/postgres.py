@@ -13,10 +13,12 @@ problems become :class:`StoreUnavailableError`, the rest :class:`StoreError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -36,7 +38,8 @@ from slotfleet.models import (
     WorkerHeartbeat,
 )
 from slotfleet.store import postgres_sql as sql
-from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
+from slotfleet.store import rows
+from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS, Lease
 from slotfleet.store.postgres_db import (
     Conn,
     check_idle,
@@ -55,6 +58,8 @@ from slotfleet.store.rows import (
     cancel_requests_query,
     dedupe_completions,
     one_line,
+    purge_seconds,
+    unreadable_message,
 )
 
 log = logging.getLogger(__name__)
@@ -63,6 +68,19 @@ T = TypeVar("T")
 
 #: Longest wait of a fetch for a pooled connection (see :meth:`PostgresStore.fetch`).
 FETCH_POOL_WAIT_SECONDS = 2.0
+
+#: What reading a claimed row may raise when a value in it cannot be represented.
+UNDECODABLE: tuple[type[Exception], ...] = (*rows.UNDECODABLE, psycopg.DataError)
+
+#: Tries of a statement the server aborted to break a deadlock or a serialization
+#: conflict (the transaction was rolled back, so running it again is always safe).
+ROLLBACK_TRIES = 4
+
+
+def rolled_back(exc: psycopg.Error) -> bool:
+    """Whether the server rolled the statement back to resolve a conflict (SQLSTATE class
+    40: deadlock detected, serialization failure), so running it again is safe."""
+    return (exc.sqlstate or "").startswith("40")
 
 
 class PostgresStore:
@@ -118,7 +136,8 @@ class PostgresStore:
         if pool is None:
             raise StoreError("the store is not open: await store.open() first")
         wait = self.connect_timeout if wait is None else min(wait, self.connect_timeout)
-        for attempt in (1, 2):
+        attempt, aborted = 0, 0
+        while True:
             try:
                 async with pool.connection(timeout=wait) as conn:
                     return await body(conn)
@@ -126,15 +145,28 @@ class PostgresStore:
                 raise StoreUnavailableError(
                     f"cannot reach the database at {self.address}: no connection within {wait:g}s"
                 ) from exc
-            except psycopg.OperationalError as exc:
+            except psycopg.Error as exc:
+                if rolled_back(exc):
+                    # A deadlock or serialization failure: the server rolled the statement
+                    # back, so nothing happened and it can run again; it is no outage.
+                    aborted += 1
+                    if aborted >= ROLLBACK_TRIES:
+                        times = "once" if aborted == 1 else f"{aborted} times"
+                        raise StoreError(
+                            f"the database aborted the statement {times} "
+                            f"({one_line(exc)}); try again"
+                        ) from exc
+                    log.info("retrying a statement the database aborted: %s", one_line(exc))
+                    await asyncio.sleep(random.uniform(0.01, 0.05) * aborted)
+                    continue
+                if not isinstance(exc, psycopg.OperationalError):
+                    raise StoreError(f"database error: {one_line(exc)}") from exc
                 with contextlib.suppress(Exception):
                     await pool.check()
-                if not idempotent or attempt == 2:
+                attempt += 1
+                if not idempotent or attempt >= 2:
                     raise self._unavailable(exc) from exc
                 log.info("retrying after a connection failure: %s", one_line(exc))
-            except psycopg.Error as exc:
-                raise StoreError(f"database error: {one_line(exc)}") from exc
-        raise AssertionError("unreachable")
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -291,22 +323,51 @@ class PostgresStore:
         return [job_row(r) for r in await self._all(query, params, idempotent=True)]
 
     async def fetch(
-        self, queue: str, worker_id: str, limit: int, lease_seconds: float
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
     ) -> list[QueuedJob]:
         if limit <= 0:
             return []
         params = {
             "queue": queue,
             "worker_id": worker_id,
+            "claim": claim,
             "limit": limit,
             "lease_seconds": float(lease_seconds),
         }
+
+        async def body(conn: Conn) -> list[QueuedJob]:
+            cur = await conn.execute(sql.FETCH, params)
+            try:
+                return [job_row(r) for r in await cur.fetchall()]
+            except UNDECODABLE as exc:  # the claim committed: sort the rows out one by one
+                log.warning("a claimed job could not be read: %s", one_line(exc))
+                return await self._claimed_rows(conn, worker_id, claim)
+
         # A fetch is never cancelled once it runs (claimed jobs must reach the executor),
         # so it must not sit out the whole connect timeout while the database is down:
         # a stopping worker waits for it. The fetch loop retries a failed fetch anyway.
-        rows = await self._all(sql.FETCH, params, idempotent=False, wait=FETCH_POOL_WAIT_SECONDS)
-        jobs = [job_row(r) for r in rows]
+        jobs = await self._run(body, wait=FETCH_POOL_WAIT_SECONDS)
         return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
+
+    async def _claimed_rows(self, conn: Conn, worker_id: str, claim: str) -> list[QueuedJob]:
+        """The jobs claimed under ``claim``, read one at a time; a row that cannot be
+        read is failed in place with a readable error."""
+        cur = await conn.execute(sql.CLAIMED_IDS, {"worker_id": worker_id, "claim": claim})
+        jobs = []
+        for (job_id,) in [tuple(r.values()) for r in await cur.fetchall()]:
+            try:
+                row = await (await conn.execute(sql.GET_JOB, {"id": job_id})).fetchone()
+                if row is not None:
+                    jobs.append(job_row(row))
+            except UNDECODABLE as exc:
+                params = {"id": job_id, "claim": claim, "error": unreadable_message(exc)}
+                await conn.execute(sql.FAIL_UNREADABLE, params)
+        return jobs
+
+    async def release_claim(self, worker_id: str, claim: str) -> list[JobId]:
+        params = {"worker_id": worker_id, "claim": claim}
+        rows = await self._all(sql.RELEASE_CLAIM, params, idempotent=True)
+        return [JobId(r["id"]) for r in rows]
 
     async def enqueue_ids(self, jobs: Sequence[Job]) -> list[JobId]:
         if not jobs or any(job.unique_key is not None for job in jobs):
@@ -326,10 +387,10 @@ class PostgresStore:
         rows = await self._all(sql.RUNNING_BY_WORKER, {"queue": queue}, idempotent=True)
         return {str(r["lease_owner"]): int(r["running"]) for r in rows}
 
-    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
-        if before.tzinfo is None:  # naive means UTC, as everywhere in slotfleet
-            before = before.replace(tzinfo=UTC)
-        params = {"before": before, "queue": queue, "limit": max(0, limit)}
+    async def purge(
+        self, older_than: timedelta, *, queue: str | None = None, limit: int = 1000
+    ) -> int:
+        params = {"older_than": purge_seconds(older_than), "queue": queue, "limit": max(0, limit)}
 
         async def body(conn: Conn) -> int:
             cur = await conn.execute(sql.PURGE, params)
@@ -359,7 +420,9 @@ class PostgresStore:
 
     # -- workers and leases -----------------------------------------------------------
 
-    async def heartbeat(self, beat: WorkerHeartbeat, lease_seconds: float) -> None:
+    async def heartbeat(
+        self, beat: WorkerHeartbeat, lease_seconds: float, held: Sequence[Lease]
+    ) -> set[Lease]:
         params = {
             "worker_id": beat.worker_id,
             "hostname": beat.hostname,
@@ -368,8 +431,11 @@ class PostgresStore:
             "started_at": beat.started_at,
             "draining": beat.draining,
             "lease_seconds": float(lease_seconds),
+            "ids": [job_id for job_id, _ in held],
+            "tokens": [token for _, token in held],
         }
-        await self._one(sql.HEARTBEAT, params, idempotent=True)
+        rows = await self._all(sql.HEARTBEAT, params, idempotent=True)
+        return {(JobId(r["id"]), str(r["lease_token"])) for r in rows}
 
     async def remove_worker(self, worker_id: str) -> None:
         async def body(conn: Conn) -> None:

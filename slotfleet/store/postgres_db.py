@@ -140,11 +140,11 @@ def completion_document(batch: Sequence[Completion]) -> str:
         [
             {
                 "id": c.job_id,
-                "worker_id": c.worker_id,
+                "token": c.token,
                 "outcome": c.outcome.value,
                 "result": c.result,
                 "error": error_json(c),
-                "retry_at": None if c.retry_at is None else c.retry_at.isoformat(),
+                "retry_delay": c.retry_delay,
             }
             for c in batch
         ],

@@ -74,7 +74,10 @@ inserted AS (
     SELECT f.id, f.queue, f.func, f.kwargs, f.priority, coalesce(f.scheduled_at, now()),
         f.max_attempts, f.retry, f.timeout, f.unique_key, f.meta
     FROM firsts AS f
-    ORDER BY f.ord
+    -- Keys in one order for every batch: two batches sharing keys then wait for each
+    -- other instead of deadlocking (each insert locks its key's index entry). Ids were
+    -- taken in input order above, so FIFO still follows the input.
+    ORDER BY f.unique_key, f.ord
     ON CONFLICT (unique_key)
         WHERE unique_key IS NOT NULL AND state IN ('pending', 'running', 'retrying')
         DO NOTHING
@@ -132,6 +135,7 @@ SET state = 'running',
     attempts = j.attempts + 1,
     started_at = now(),
     lease_owner = %(worker_id)s,
+    lease_token = %(claim)s,
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 FROM (
     SELECT id FROM slotfleet_jobs
@@ -144,15 +148,59 @@ WHERE j.id = claimed.id
 RETURNING j.*
 """
 
-# The batch arrives as one JSON array (``postgres_db.completion_document``). Guarded by
-# state and lease owner: a late write from a worker that lost its lease matches no row.
+# The ids of the rows a fetch claimed under a token, when its reply could not be read
+# (see ``PostgresStore.fetch``): each is then read, or failed, on its own.
+CLAIMED_IDS = """
+SELECT id FROM slotfleet_jobs
+WHERE state = 'running' AND lease_owner = %(worker_id)s AND lease_token = %(claim)s
+ORDER BY id
+"""
+
+# A claimed row that cannot be read back: failed in place, so it is neither run nor
+# claimed again and again.
+FAIL_UNREADABLE = """
+UPDATE slotfleet_jobs
+SET state = 'failed',
+    completed_at = now(),
+    errors = errors || jsonb_build_array(jsonb_build_object(
+        'attempt', attempts, 'error', %(error)s::text, 'traceback', '', 'at', now()
+    )),
+    lease_owner = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL
+WHERE id = %(id)s AND state = 'running' AND lease_token = %(claim)s
+"""
+
+# A fetch whose reply was lost: its rows go back as they were (the attempt is given back:
+# the worker never had them). The owner narrows the search to the running-owner index.
+RELEASE_CLAIM = """
+WITH released AS (
+    UPDATE slotfleet_jobs
+    SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'pending' END,
+        attempts = greatest(attempts - 1, 0),
+        completed_at = CASE WHEN cancel_requested_at IS NOT NULL THEN now() ELSE NULL END,
+        lease_owner = NULL,
+        lease_token = NULL,
+        lease_expires_at = NULL
+    WHERE state = 'running' AND lease_owner = %(worker_id)s AND lease_token = %(claim)s
+    RETURNING id, queue, state
+),
+notified AS (
+    SELECT pg_notify('slotfleet_jobs', q.queue) AS sent
+    FROM (SELECT DISTINCT queue FROM released WHERE state = 'pending') AS q
+)
+SELECT r.id, n.sent FROM released AS r CROSS JOIN (SELECT count(*) AS sent FROM notified) AS n
+"""
+
+# The batch arrives as one JSON array (``postgres_db.completion_document``). Fenced by
+# state and claim token: a late write from a worker that lost the job (a paused process,
+# an earlier attempt, a restarted container with the same worker id) matches no row.
 # ``notified`` must be referenced by the final SELECT to run.
 COMPLETE = """
 WITH c AS (
     SELECT *
     FROM json_to_recordset(%(completions)s::json) AS t(
-        id bigint, worker_id text, outcome text, result json, error jsonb,
-        retry_at timestamptz
+        id bigint, token text, outcome text, result json, error jsonb, retry_delay float8
     )
 ),
 updated AS (
@@ -168,7 +216,8 @@ updated AS (
             WHEN c.outcome = 'released' THEN greatest(j.attempts - 1, 0) ELSE j.attempts
         END,
         scheduled_at = CASE
-            WHEN c.outcome = 'retry' AND j.cancel_requested_at IS NULL THEN c.retry_at
+            WHEN c.outcome = 'retry' AND j.cancel_requested_at IS NULL
+                THEN now() + make_interval(secs => c.retry_delay)
             ELSE j.scheduled_at
         END,
         result = CASE WHEN c.outcome = 'succeeded' THEN c.result ELSE j.result END,
@@ -180,6 +229,7 @@ updated AS (
             ELSE now()
         END,
         lease_owner = NULL,
+        lease_token = NULL,
         lease_expires_at = NULL
     FROM c
     -- The id list as an array makes the planner find the batch's rows by primary key.
@@ -187,7 +237,7 @@ updated AS (
     -- and, once autovacuum had analyzed a big backlog mid-drain, merge-join ~380k rows
     -- to update ~80 (45 ms instead of 1 ms a batch; drain slowed as the backlog grew).
     WHERE j.id = ANY (ARRAY(SELECT c2.id FROM c AS c2)) AND j.id = c.id
-        AND j.state = 'running' AND j.lease_owner = c.worker_id
+        AND j.state = 'running' AND j.lease_token = c.token
     RETURNING j.id, j.queue, j.state
 ),
 notified AS (
@@ -231,13 +281,23 @@ WITH beat AS (
         draining = excluded.draining
     RETURNING 1
 ),
-leases AS (
-    UPDATE slotfleet_jobs
+held AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS h(id, token)
+),
+renewed AS (
+    UPDATE slotfleet_jobs AS j
     SET lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
-    WHERE state = 'running' AND lease_owner = %(worker_id)s
-    RETURNING 1
+    FROM held AS h
+    -- By primary key, and only where the row still carries the token the worker holds:
+    -- never by worker id, which a restarted container shares with the process that died
+    -- holding these jobs. The ids as an array built by a subquery (a value the planner
+    -- does not inspect) keep it on the primary key; a literal array let it scan the
+    -- running-owner index and filter every running row (the plan test).
+    WHERE j.id = ANY (ARRAY(SELECT h2.id FROM held AS h2)) AND j.id = h.id
+        AND j.lease_token = h.token AND j.state = 'running'
+    RETURNING j.id, j.lease_token
 )
-SELECT (SELECT count(*) FROM beat) AS beats, (SELECT count(*) FROM leases) AS leases
+SELECT r.id, r.lease_token FROM renewed AS r
 """
 
 DELETE_WORKER = "DELETE FROM slotfleet_workers WHERE worker_id = %(worker_id)s"
@@ -275,6 +335,7 @@ WITH updated AS (
             'at', now()
         )),
         lease_owner = NULL,
+        lease_token = NULL,
         lease_expires_at = NULL
     FROM (
         SELECT id FROM slotfleet_jobs
@@ -330,7 +391,8 @@ RETURNING granted
 
 NOW = "SELECT now() AS now"
 
-#: Up to :limit finished jobs completed before :before, oldest first (the finished index);
+#: Up to :limit finished jobs completed :older_than seconds before the server's now(),
+#: oldest first (the finished index);
 #: rows another transaction holds are left for the next call. The ids as an array make
 #: the delete find its rows by primary key: with ``id IN (subquery)`` the planner hash-
 #: joined the batch against a sequential scan of the whole table (the plan test).
@@ -338,7 +400,8 @@ PURGE = """
 DELETE FROM slotfleet_jobs
 WHERE id = ANY (ARRAY(
     SELECT id FROM slotfleet_jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at < %(before)s
+    WHERE state IN ('succeeded', 'failed', 'cancelled')
+        AND completed_at < now() - make_interval(secs => %(older_than)s)
         AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
     ORDER BY completed_at
     LIMIT %(limit)s

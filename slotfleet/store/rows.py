@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import timedelta
 from importlib import resources
 from typing import Any
 
@@ -23,7 +24,8 @@ from slotfleet.models import (
 )
 from slotfleet.models.jobs import TRUSTED_ROW
 
-#: Job columns in table order; every backend's job table has exactly these.
+#: Job columns in table order (``lease_token`` was added by migration 0003); every
+#: backend's job table has exactly these.
 JOB_COLUMNS = (
     "id",
     "queue",
@@ -46,6 +48,7 @@ JOB_COLUMNS = (
     "created_at",
     "started_at",
     "completed_at",
+    "lease_token",
 )
 
 READY_STATES = (JobState.PENDING.value, JobState.RETRYING.value)
@@ -96,6 +99,26 @@ def dedupe_completions(completions: Sequence[Completion]) -> list[Completion]:
 
 def error_json(completion: Completion) -> dict[str, Any] | None:
     return None if completion.error is None else completion.error.model_dump(mode="json")
+
+
+#: What decoding a row may raise when a value in it cannot be represented (a time outside
+#: ``datetime``'s range, a field the models refuse): the backends fail such a row in
+#: place instead of stranding the claim that read it.
+UNDECODABLE: tuple[type[Exception], ...] = (ValueError, OverflowError, OSError)
+
+#: Longest age a purge asks for, in seconds (about 317 years): nothing finished that long
+#: ago, and larger values overflow the databases' interval types.
+MAX_PURGE_SECONDS = 1e10
+
+
+def unreadable_message(exc: BaseException) -> str:
+    """The error recorded on a claimed row that could not be read back."""
+    return f"the job's row cannot be read ({type(exc).__name__}: {one_line(exc)}); not run"
+
+
+def purge_seconds(older_than: timedelta) -> float:
+    """``older_than`` in seconds, within what both databases' time arithmetic takes."""
+    return min(max(0.0, older_than.total_seconds()), MAX_PURGE_SECONDS)
 
 
 def lease_expired_message(worker_id: str | None) -> str:

@@ -4,8 +4,11 @@ Each :class:`SQLiteStore` owns one connection used from one dedicated thread (a
 single-thread executor), so the event loop never blocks on disk and the connection is
 never shared between threads. The file is in WAL mode; every write runs under
 ``BEGIN IMMEDIATE`` (the database-wide write lock, waited for up to the busy timeout),
-which is what makes a select-then-update atomic across processes. Timestamps are UTC
-epoch seconds from this machine's clock.
+which is what makes a select-then-update atomic across processes, and a write transaction
+stays short (a large enqueue commits in chunks of ``ENQUEUE_CHUNK`` rows) so that no
+worker's heartbeat waits anywhere near a lease for the lock. Timestamps are UTC epoch
+seconds from this machine's clock: every process sharing the file shares that one
+clock, and every schedule (leases, retries, purges) is computed by the store from it.
 
 Between processes there are no notifications: an idle worker's :meth:`wait_for_jobs`
 watches the file instead, reading ``PRAGMA data_version`` (which changes when another
@@ -23,7 +26,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from slotfleet.models import (
@@ -38,8 +41,9 @@ from slotfleet.models import (
     WorkerHeartbeat,
 )
 from slotfleet.store import sqlite_sql as sql
-from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
+from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS, Lease
 from slotfleet.store.rows import (
+    UNDECODABLE,
     build_stats,
     cancel_requests_query,
     dedupe_completions,
@@ -47,6 +51,8 @@ from slotfleet.store.rows import (
     error_json,
     job_values,
     one_line,
+    purge_seconds,
+    unreadable_message,
 )
 from slotfleet.store.sqlite_db import (
     connect,
@@ -65,6 +71,11 @@ T = TypeVar("T")
 MAX_WAIT_SECONDS = 1.0
 #: How often a waiting worker reads ``PRAGMA data_version`` (a header read, no lock).
 WATCH_INTERVAL_SECONDS = 0.05
+#: Rows an enqueue writes per write transaction: tens of milliseconds of holding the
+#: database's write lock, so a huge ``enqueue_many`` (150k rows held it 8.6 s in one
+#: transaction) never keeps heartbeats waiting anywhere near a lease. A batch is
+#: therefore not atomic on SQLite: a crash midway keeps the chunks already committed.
+ENQUEUE_CHUNK = 500
 
 
 class SQLiteStore:
@@ -141,12 +152,12 @@ class SQLiteStore:
         if not jobs:
             return []
         rows = [job_values(job) for job in jobs]
+        by_key: dict[str, QueuedJob] = {}  # across chunks: a key may repeat later on
 
-        def body(conn: sqlite3.Connection) -> list[QueuedJob]:
+        def insert(conn: sqlite3.Connection, chunk: list[dict[str, Any]]) -> list[QueuedJob]:
             now = time.time()
-            by_key: dict[str, QueuedJob] = {}
             out = []
-            for values in rows:
+            for values in chunk:
                 key = values["unique_key"]
                 if key is not None:
                     if key not in by_key:
@@ -172,7 +183,12 @@ class SQLiteStore:
                 out.append(job)
             return out
 
-        queued = await self._call(lambda conn: write(conn, body))
+        def transaction(chunk: list[dict[str, Any]]) -> Callable[[sqlite3.Connection], Any]:
+            return lambda conn: write(conn, lambda c: insert(c, chunk))
+
+        queued: list[QueuedJob] = []
+        for start in range(0, len(rows), ENQUEUE_CHUNK):
+            queued += await self._call(transaction(rows[start : start + ENQUEUE_CHUNK]))
         self._wake([job.queue for job in queued])
         return queued
 
@@ -187,13 +203,13 @@ class SQLiteStore:
 
         return await self._call(body)
 
-    async def purge(self, before: datetime, *, queue: str | None = None, limit: int = 1000) -> int:
-        if before.tzinfo is None:  # naive means UTC, as everywhere in slotfleet
-            before = before.replace(tzinfo=UTC)
-        params = {"before": epoch(before), "queue": queue, "limit": max(0, limit)}
+    async def purge(
+        self, older_than: timedelta, *, queue: str | None = None, limit: int = 1000
+    ) -> int:
+        params = {"older_than": purge_seconds(older_than), "queue": queue, "limit": max(0, limit)}
 
         def body(conn: sqlite3.Connection) -> int:
-            return max(0, conn.execute(sql.PURGE, params).rowcount)
+            return max(0, conn.execute(sql.PURGE, {**params, "now": time.time()}).rowcount)
 
         return await self._call(lambda conn: write(conn, body))
 
@@ -229,23 +245,46 @@ class SQLiteStore:
         return await self._call(lambda conn: [job_row(r) for r in conn.execute(query, params)])
 
     async def fetch(
-        self, queue: str, worker_id: str, limit: int, lease_seconds: float
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
     ) -> list[QueuedJob]:
         if limit <= 0:
             return []
         params = {
             "queue": queue,
             "worker_id": worker_id,
+            "claim": claim,
             "limit": limit,
             "lease_seconds": lease_seconds,
         }
 
         def body(conn: sqlite3.Connection) -> list[QueuedJob]:
-            rows = conn.execute(sql.FETCH, {**params, "now": time.time()}).fetchall()
-            return [job_row(r) for r in rows]
+            now = time.time()
+            jobs = []
+            for row in conn.execute(sql.FETCH, {**params, "now": now}).fetchall():
+                try:
+                    jobs.append(job_row(row))
+                except UNDECODABLE as exc:  # fail it in place: never strand the claim
+                    failed = {
+                        "id": row["id"],
+                        "claim": claim,
+                        "error": unreadable_message(exc),
+                        "now": now,
+                        "now_iso": datetime.fromtimestamp(now, UTC).isoformat(),
+                    }
+                    conn.execute(sql.FAIL_UNREADABLE, failed)
+            return jobs
 
         jobs = await self._call(lambda conn: write(conn, body))
         return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
+
+    async def release_claim(self, worker_id: str, claim: str) -> list[JobId]:
+        params = {"worker_id": worker_id, "claim": claim}
+
+        def body(conn: sqlite3.Connection) -> list[JobId]:
+            rows = conn.execute(sql.RELEASE_CLAIM, {**params, "now": time.time()}).fetchall()
+            return [JobId(r[0]) for r in rows]
+
+        return await self._call(lambda conn: write(conn, body))
 
     async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
         batch = dedupe_completions(completions)
@@ -261,11 +300,11 @@ class SQLiteStore:
                     sql.COMPLETE,
                     {
                         "id": c.job_id,
-                        "worker_id": c.worker_id,
+                        "token": c.token,
                         "outcome": c.outcome.value,
                         "result": None if c.result is None else dump_json(c.result),
                         "error": None if error is None else dump_json(error),
-                        "retry_at": epoch(c.retry_at),
+                        "retry_delay": c.retry_delay,
                         "now": now,
                     },
                 ).fetchone()
@@ -293,7 +332,9 @@ class SQLiteStore:
 
     # -- workers and leases -----------------------------------------------------------
 
-    async def heartbeat(self, beat: WorkerHeartbeat, lease_seconds: float) -> None:
+    async def heartbeat(
+        self, beat: WorkerHeartbeat, lease_seconds: float, held: Sequence[Lease]
+    ) -> set[Lease]:
         params = {
             "worker_id": beat.worker_id,
             "hostname": beat.hostname,
@@ -301,15 +342,20 @@ class SQLiteStore:
             "queues": dump_json({k: list(v) for k, v in beat.queues.items()}),
             "started_at": epoch(beat.started_at),
             "draining": int(beat.draining),
-            "lease_seconds": lease_seconds,
         }
+        pairs = list(held)
 
-        def body(conn: sqlite3.Connection) -> None:
+        def body(conn: sqlite3.Connection) -> set[Lease]:
             now = time.time()
             conn.execute(sql.UPSERT_WORKER, {**params, "now": now})
-            conn.execute(sql.EXTEND_LEASES, {**params, "now": now})
+            renewed = set()
+            for job_id, token in pairs:
+                lease = {"id": job_id, "token": token, "now": now, "lease_seconds": lease_seconds}
+                if conn.execute(sql.RENEW_LEASE, lease).fetchone() is not None:
+                    renewed.add((job_id, token))
+            return renewed
 
-        await self._call(lambda conn: write(conn, body))
+        return await self._call(lambda conn: write(conn, body))
 
     async def remove_worker(self, worker_id: str) -> None:
         await self._call(

@@ -46,6 +46,7 @@ SET state = 'running',
     attempts = attempts + 1,
     started_at = :now,
     lease_owner = :worker_id,
+    lease_token = :claim,
     lease_expires_at = :now + :lease_seconds
 WHERE id IN (
     SELECT id FROM slotfleet_jobs
@@ -63,6 +64,35 @@ WHERE queue = :queue AND state IN ('pending', 'retrying') AND scheduled_at <= :n
 LIMIT 1
 """
 
+#: A claimed row that cannot be read back: failed in place (see the PostgreSQL store).
+FAIL_UNREADABLE = """
+UPDATE slotfleet_jobs
+SET state = 'failed',
+    completed_at = :now,
+    errors = json_insert(errors, '$[#]', json_object(
+        'attempt', attempts, 'error', :error, 'traceback', '', 'at', :now_iso
+    )),
+    lease_owner = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL
+WHERE id = :id AND state = 'running' AND lease_token = :claim
+"""
+
+#: A fetch whose reply was lost: its rows go back as they were, the attempt given back.
+RELEASE_CLAIM = """
+UPDATE slotfleet_jobs
+SET state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE 'pending' END,
+    attempts = max(attempts - 1, 0),
+    completed_at = CASE WHEN cancel_requested_at IS NOT NULL THEN :now ELSE NULL END,
+    lease_owner = NULL,
+    lease_token = NULL,
+    lease_expires_at = NULL
+WHERE state = 'running' AND lease_owner = :worker_id AND lease_token = :claim
+RETURNING id
+"""
+
+#: Fenced by state and claim token: a late write from a worker that lost the job matches
+#: no row.
 COMPLETE = """
 UPDATE slotfleet_jobs
 SET state = CASE
@@ -74,7 +104,7 @@ SET state = CASE
     END,
     attempts = CASE WHEN :outcome = 'released' THEN max(attempts - 1, 0) ELSE attempts END,
     scheduled_at = CASE
-        WHEN :outcome = 'retry' AND cancel_requested_at IS NULL THEN :retry_at
+        WHEN :outcome = 'retry' AND cancel_requested_at IS NULL THEN :now + :retry_delay
         ELSE scheduled_at
     END,
     result = CASE WHEN :outcome = 'succeeded' THEN :result ELSE result END,
@@ -87,8 +117,9 @@ SET state = CASE
         ELSE :now
     END,
     lease_owner = NULL,
+    lease_token = NULL,
     lease_expires_at = NULL
-WHERE id = :id AND state = 'running' AND lease_owner = :worker_id
+WHERE id = :id AND state = 'running' AND lease_token = :token
 RETURNING id
 """
 
@@ -113,9 +144,12 @@ ON CONFLICT (worker_id) DO UPDATE SET
     draining = excluded.draining
 """
 
-EXTEND_LEASES = """
+#: One held lease, by primary key and only while the row carries the worker's token
+#: (never by worker id: a restarted process shares it with its dead predecessor).
+RENEW_LEASE = """
 UPDATE slotfleet_jobs SET lease_expires_at = :now + :lease_seconds
-WHERE state = 'running' AND lease_owner = :worker_id
+WHERE id = :id AND lease_token = :token AND state = 'running'
+RETURNING id
 """
 
 DELETE_WORKER = "DELETE FROM slotfleet_workers WHERE worker_id = :worker_id"
@@ -147,6 +181,7 @@ SET state = CASE
         'at', :now_iso
     )),
     lease_owner = NULL,
+    lease_token = NULL,
     lease_expires_at = NULL
 WHERE state = 'running' AND lease_expires_at < :now
 RETURNING id
@@ -173,12 +208,13 @@ VALUES (:queue, :window_start, :used)
 ON CONFLICT (queue) DO UPDATE SET window_start = excluded.window_start, used = excluded.used
 """
 
-#: Up to :limit finished jobs completed before :before, oldest first (the finished index).
+#: Up to :limit finished jobs completed :older_than seconds before :now, oldest first
+#: (the finished index).
 PURGE = """
 DELETE FROM slotfleet_jobs
 WHERE id IN (
     SELECT id FROM slotfleet_jobs
-    WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at < :before
+    WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at < :now - :older_than
         AND (:queue IS NULL OR queue = :queue)
     ORDER BY completed_at
     LIMIT :limit

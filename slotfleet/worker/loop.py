@@ -11,6 +11,12 @@ A fetch is never interrupted: a stop request is noticed between rounds, so a job
 store has just handed over is always pushed to the executor (and then drained) rather
 than left leased to nobody.
 
+Every fetch claims under a fresh random token. When a fetch fails, its claim may still
+have committed (the reply was lost on the way back), so the token is kept and the
+claim handed back (:meth:`Store.release_claim`) before the next fetch: the jobs did not
+run here, they go back to the queue at once with their attempt given back, instead of
+waiting out a lease.
+
 What this module is not: it runs no jobs and writes no completions. Rate-limit tokens
 granted but not used (fewer ready jobs than tokens) are not given back; the window
 simply runs a little below its limit.
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,6 +38,11 @@ log = logging.getLogger(__name__)
 
 #: Longest pause after a failing store call; the pause doubles from 0.1 s up to this.
 MAX_BACKOFF_SECONDS = 10.0
+
+
+def new_claim() -> str:
+    """A claim token: random, so no other fetch (by any worker, ever) shares it."""
+    return secrets.token_hex(8)
 
 
 class QueueLoop:
@@ -62,6 +74,8 @@ class QueueLoop:
         """True while a fetch (or rate-limit call) is in progress."""
         self.fetched = 0
         """Jobs claimed so far."""
+        self.unsettled: list[str] = []
+        """Claim tokens of failed fetches not yet handed back (see the module docstring)."""
 
     async def run(self) -> None:
         backoff = 0.0
@@ -98,7 +112,22 @@ class QueueLoop:
                     self.queue.polling_interval,
                 )
 
+    async def settle(self) -> None:
+        """Hand back the claims of failed fetches; keep those the store did not answer
+        for the next round (their leases expire meanwhile anyway)."""
+        while self.unsettled:
+            claim = self.unsettled[0]
+            released = await self.store.release_claim(self.worker_id, claim)
+            self.unsettled.pop(0)
+            if released:
+                log.warning(
+                    "handed back %d jobs of queue %s claimed by a fetch whose reply was lost",
+                    len(released),
+                    self.queue.name,
+                )
+
     async def _claim(self, limit: int) -> list[QueuedJob] | None:
+        await self.settle()
         rate = self.queue.rate_limit
         if rate is not None:
             granted = await self.store.take_rate_tokens(
@@ -109,7 +138,14 @@ class QueueLoop:
                 await self._wait(None, pause)
                 return None
             limit = granted
-        return await self.store.fetch(self.queue.name, self.worker_id, limit, self.lease_seconds)
+        claim = new_claim()
+        try:
+            return await self.store.fetch(
+                self.queue.name, self.worker_id, limit, self.lease_seconds, claim=claim
+            )
+        except BaseException:
+            self.unsettled.append(claim)  # it may have committed: hand it back
+            raise
 
     async def _wait(self, awaitable: Awaitable[Any] | None, timeout: float | None) -> None:
         """Wait for ``awaitable``, ``timeout`` or the stop request, whichever is first."""

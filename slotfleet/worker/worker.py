@@ -4,9 +4,18 @@ One :class:`Worker` serves one or more queues, each with its own executor. It cl
 jobs as slots free up (``loop.py``), writes completions in small batches
 (``batcher.py``), heartbeats its slots and extends its leases, and recovers jobs whose
 worker died (``store.recover_expired`` on every heartbeat, so an expired lease is back
-within seconds). :meth:`Worker.run` returns after a drain: stop fetching, let running
-jobs finish within ``drain_timeout``, hand the rest back (``released``), flush, forget
-the heartbeat.
+within seconds).
+
+Leases are renewed per attempt, never per worker id: each heartbeat names the
+``(job, claim token)`` pairs this process holds (attempts running or whose completion
+is not written yet), and the store renews only those still carrying that token. A
+pair the store did not renew was lost (this process was paused past its lease, or the
+job went to another attempt): the worker stops that attempt and drops its completion.
+So a container restarted under its pod's name, a fetch whose reply was lost, or a
+process that wakes from a pause can never keep a job alive that it does not run.
+
+:meth:`Worker.run` returns after a drain: stop fetching, let running jobs finish within
+``drain_timeout``, hand the rest back (``released``), flush, forget the heartbeat.
 
 A worker that cannot reach the store when it starts (a database failover, a pod started
 before its database) waits: it retries opening the store and writing its first
@@ -40,7 +49,7 @@ from slotfleet.models import (
     StoreUnavailableError,
     WorkerHeartbeat,
 )
-from slotfleet.store import DEFAULT_LEASE_SECONDS, Store
+from slotfleet.store import DEFAULT_LEASE_SECONDS, Lease, Store
 from slotfleet.worker.batcher import CompletionBatcher
 from slotfleet.worker.cancel import CancelSource, StoreCancelSource
 from slotfleet.worker.executors import Executor, executor_class
@@ -119,7 +128,7 @@ class Worker:
         self.executors: dict[str, Executor] = {}
         self.metrics = WorkerMetrics(self)
         self._loops: dict[str, QueueLoop] = {}
-        self._batcher = CompletionBatcher(store)
+        self._batcher = CompletionBatcher(store, clock=clock)
         self._stopping = asyncio.Event()
         self._slot_changed = asyncio.Event()
         self._started_at: datetime | None = None
@@ -144,6 +153,14 @@ class Worker:
     def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
         self._batcher.add(completion)
         self.metrics.job_completed(job.queue, completion.outcome.value, duration)
+
+    def lease_lost(self, job: QueuedJob) -> None:
+        log.warning(
+            "job %s (attempt %d) lost its lease: this worker stops it; another attempt owns it",
+            job.id,
+            job.attempts,
+        )
+        self.metrics.job_completed(job.queue, "lost", 0.0)
 
     def slot_freed(self, queue: str) -> None:
         self._slot_changed.set()
@@ -324,6 +341,7 @@ class Worker:
                     log.warning("drain timeout: handing %d running jobs back", self.busy_slots())
                 for executor in self.executors.values():
                     await executor.stop()
+                await self._bounded(self._settle(), ANNOUNCE_SECONDS)
                 if not await self._batcher.flush(timeout=FLUSH_SECONDS):
                     store_answers = False
                     log.warning("some completions were not written; their leases will expire")
@@ -353,7 +371,24 @@ class Worker:
         except TimeoutError:
             pass
 
+    async def _settle(self) -> None:
+        for loop in self._loops.values():
+            await loop.settle()
+
+    def held(self) -> list[Lease]:
+        """Every attempt this process holds: running, or finished with its completion not
+        written yet."""
+        held = [lease for e in self.executors.values() for lease in e.held()]
+        return held + self._batcher.held()
+
+    def _lost(self, leases: set[Lease]) -> None:
+        """Stop acting on attempts whose lease the store no longer gives this worker."""
+        for lease in leases:
+            if not any(e.lose(lease) for e in self.executors.values()):
+                self._batcher.discard(lease)
+
     async def _beat(self) -> None:
+        held = self.held()
         beat = WorkerHeartbeat(
             worker_id=self.worker_id,
             hostname=socket.gethostname(),
@@ -363,7 +398,8 @@ class Worker:
             last_seen=self.now(),
             draining=self.draining,
         )
-        await self.store.heartbeat(beat, self.lease_seconds)
+        renewed = await self.store.heartbeat(beat, self.lease_seconds, held)
+        self._lost(set(held) - renewed)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -62,6 +62,10 @@ BAD_COMMANDS: list[list[str]] = [
     ["jobs", "--state", "done", "--dsn", "{db}"],
     ["cancel", "424242", "--dsn", "{db}"],
     ["cancel", "0", "--dsn", "{db}"],
+    # ids past a signed 64-bit integer printed a raw OverflowError on SQLite (issue 9)
+    ["jobs", "9223372036854775808", "--dsn", "{db}"],
+    ["cancel", "9223372036854775808", "--dsn", "{db}"],
+    ["cancel", str(10**30), "--dsn", "{db}"],
     ["cancel", "--dsn", "{db}"],
     ["cancel", "1", "--dsn", UNREACHABLE],
     ["queues", "--dsn", "mysql://x"],

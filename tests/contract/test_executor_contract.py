@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -26,6 +26,7 @@ from slotfleet.models import (
     QueueSettings,
     Reference,
     RetryPolicy,
+    StoreUnavailableError,
 )
 from slotfleet.store import Store
 from slotfleet.worker import Worker
@@ -37,7 +38,14 @@ KINDS = [ExecutorKind.ASYNC, ExecutorKind.THREADS, ExecutorKind.PROCESSES]
 
 def fn(kind: ExecutorKind, name: str) -> str:
     """``tests.tasks`` function ``name`` in the flavour the executor runs."""
-    if kind is ExecutorKind.ASYNC and name in {"add", "fail", "sleep", "opaque", "decorated_add"}:
+    if kind is ExecutorKind.ASYNC and name in {
+        "add",
+        "fail",
+        "sleep",
+        "opaque",
+        "decorated_add",
+        "poison",
+    }:
         name = "async_" + name
     return f"tests.tasks:{name}"
 
@@ -49,6 +57,7 @@ class FakeWorker:
 
     def __init__(self) -> None:
         self.completions: list[Completion] = []
+        self.lost: list[QueuedJob] = []
         self.durations: list[float] = []
         self.freed = 0
         self._changed = asyncio.Event()
@@ -63,6 +72,10 @@ class FakeWorker:
 
     def slot_freed(self, queue: str) -> None:
         self.freed += 1
+        self._changed.set()
+
+    def lease_lost(self, job: QueuedJob) -> None:
+        self.lost.append(job)
         self._changed.set()
 
     async def until(self, check: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -82,6 +95,7 @@ _ids = iter(range(1, 1_000_000))
 def make_job(func: str, **fields: Any) -> QueuedJob:
     data: dict[str, Any] = {
         "id": JobId(next(_ids)),
+        "lease_token": f"claim-{next(_ids)}",
         "func": func,
         "state": JobState.RUNNING,
         "attempts": 1,
@@ -142,17 +156,17 @@ async def test_failure_retries_with_backoff(
     kind: ExecutorKind, executor: Executor, worker: FakeWorker
 ) -> None:
     job = make_job(fn(kind, "fail"), kwargs={"message": "nope"}, max_attempts=3)
-    before = datetime.now(UTC)
     await executor.push(job)
     done = await worker.completion(job.id)
     assert done.outcome is Outcome.RETRY
+    assert (done.token, done.attempt) == (job.lease_token, 1)
     assert done.error is not None
     assert done.error.error == "ValueError: nope"
     assert done.error.attempt == 1
     assert "ValueError" in done.error.traceback
-    assert done.retry_at is not None
-    # RetryPolicy(base=10, jitter=0): ten seconds after the first failed attempt.
-    assert 9 <= (done.retry_at - before).total_seconds() <= 12
+    # RetryPolicy(base=10, jitter=0): ten seconds after the first failed attempt, counted
+    # by the store's clock (the completion carries the delay, not a time).
+    assert done.retry_delay == 10
 
 
 async def test_failure_on_last_attempt_fails(
@@ -287,6 +301,61 @@ async def test_stop_releases_running_jobs(
     assert done.outcome is Outcome.RELEASED
 
 
+async def test_lost_lease_stops_the_attempt_and_reports_nothing(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, tmp_path: Path
+) -> None:
+    """Regression (issue 9): a worker told by the store that an attempt's lease is gone
+    (it was paused past the lease; the job went to another attempt) stops that attempt
+    and never reports it, so its slot comes back and no stale completion is written."""
+    marker = tmp_path / "started"
+    job = make_job(fn(kind, "sleep"), kwargs={"seconds": 60, "marker": str(marker)})
+    await executor.push(job)
+    await wait_started(marker)
+    assert executor.held() == [(job.id, job.lease_token)]
+    assert executor.lose((job.id, "some-other-attempt")) is False
+    assert executor.lose((job.id, str(job.lease_token))) is True
+    await worker.until(lambda: executor.free_slots == 2)
+    assert executor.held() == []
+    assert [j.id for j in worker.lost] == [job.id]
+    assert worker.completions == [], "a lost attempt must not report an outcome"
+
+
+@pytest.mark.parametrize("what", ["text", "unprintable"])
+async def test_poison_error_text_still_ends_the_attempt_readably(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, what: str
+) -> None:
+    """Regression (issue 9): an error message holding a lone surrogate and a NUL, or an
+    exception whose ``__str__`` raises, still ends the attempt with text every store
+    keeps (it once killed the supervising task, or blocked the completion batcher)."""
+    job = make_job(fn(kind, "poison"), kwargs={"kind": what}, max_attempts=2)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert done.outcome is Outcome.RETRY
+    assert done.error is not None
+    text = done.error.error + done.error.traceback
+    text.encode("utf-8")  # no lone surrogate left
+    assert "\x00" not in text
+    if what == "text":
+        assert done.error.error.startswith("OSError: cannot open b'caf")
+        assert "\\udce9" in done.error.error
+        assert "\\x00" in done.error.error
+    else:
+        assert done.error.error.startswith("Unprintable: <message unavailable")
+    await worker.until(lambda: executor.free_slots == 2)
+
+
+async def test_retry_delay_never_overflows(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker
+) -> None:
+    """Regression (issue 9): at a high attempt count ``factor ** attempt`` overflows a
+    float; the delay is the policy's cap instead of a dead supervising task."""
+    policy = RetryPolicy(base=1, factor=100, cap=60, jitter=0)
+    job = make_job(fn(kind, "fail"), attempts=900, max_attempts=1000, retry=policy)
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert (done.outcome, done.retry_delay) == (Outcome.RETRY, 60)
+
+
 # -- executor-specific behaviour ------------------------------------------------------
 
 
@@ -302,6 +371,29 @@ async def test_thread_timeout_keeps_slot_until_thread_returns(
     assert executor.free_slots == 1, "the thread still runs: its slot is still busy"
     await worker.until(lambda: executor.free_slots == 2)
     assert len(worker.completions) == 1, "the returning thread must not report again"
+
+
+@pytest.mark.parametrize("kind", [ExecutorKind.THREADS], ids=["threads"])
+async def test_thread_timeout_with_a_retry_waits_for_the_thread(
+    executor: Executor, worker: FakeWorker, tmp_path: Path
+) -> None:
+    """Regression (issue 9): a timed-out thread job with attempts left is reported (and
+    so handed back for its retry) only once its thread has returned; reported at the
+    deadline, the retry ran beside the first attempt's still-running code."""
+    returned = tmp_path / "returned"
+    job = make_job(
+        "tests.tasks:stubborn_sleep_then_mark",
+        kwargs={"seconds": 1.0, "marker": str(returned)},
+        timeout=0.2,
+        max_attempts=3,
+    )
+    await executor.push(job)
+    done = await worker.completion(job.id)
+    assert returned.exists(), "the retry was reported while the thread still ran"
+    assert done.outcome is Outcome.RETRY
+    assert done.error is not None
+    assert done.error.error == "timed out after 0.2s"
+    assert executor.held() == []
 
 
 @pytest.mark.parametrize("kind", [ExecutorKind.THREADS], ids=["threads"])
@@ -484,3 +576,46 @@ async def test_worker_drain_hands_back_unfinished_jobs(
     assert back is not None
     assert back.state is JobState.PENDING
     assert back.attempts == 0, "a released attempt is given back"
+
+
+class LosesOneFetchReply:
+    """A real store whose first fetch commits its claim, then fails as if the reply had
+    been lost on the way back (the connection dropped after the server committed)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self.lost: list[JobId] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def fetch(
+        self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
+    ) -> list[QueuedJob]:
+        got = await self._store.fetch(queue, worker_id, limit, lease_seconds, claim=claim)
+        if got and not self.lost:
+            self.lost = [j.id for j in got]
+            raise StoreUnavailableError("cannot reach the database: connection lost")
+        return got
+
+
+async def test_worker_hands_back_a_claim_whose_reply_was_lost(
+    store_factory: StoreFactory,
+) -> None:
+    """Regression (issue 9, finding 2): the jobs of a fetch whose reply was lost stayed
+    ``running`` under the worker (its heartbeat renewed them) and ended ``failed`` without
+    ever running. The worker now hands that claim back before fetching again: the jobs
+    run here, on their first attempt, without waiting out a lease."""
+    store = await store_factory()
+    queued = await store.enqueue(
+        [Job(func="tests.tasks:async_add", queue="work", kwargs={"a": i, "b": 1}) for i in range(3)]
+    )
+    lossy = LosesOneFetchReply(store)
+    worker = worker_for(cast(Store, lossy), ExecutorKind.ASYNC, lease_seconds=3600)
+    await asyncio.wait_for(worker.run(burst=True), 60)
+    assert lossy.lost, "no fetch reply was lost"
+    assert set(lossy.lost) <= {j.id for j in queued}
+    for job in queued:
+        done = await store.get(job.id)
+        assert done is not None
+        assert (done.state, done.attempts, done.errors) == (JobState.SUCCEEDED, 1, [])

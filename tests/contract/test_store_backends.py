@@ -4,10 +4,11 @@ counts, NOTIFY wake-ups and surviving a PostgreSQL restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,11 @@ import pytest
 
 from slotfleet.models import InvalidSettingsError, Job, StoreError, StoreUnavailableError
 from slotfleet.store import DEFAULT_DSN, Store, dsn_from_env, open_store, postgres_sql
+from slotfleet.store import postgres as postgres_module
 from slotfleet.store.postgres import PostgresStore
 from slotfleet.store.sqlite import SQLiteStore
 from tests.fixtures.postgres import PostgresServer
+from tests.fixtures.stores import StoreFactory
 
 FETCH_PLAN_SQL = """
 SELECT id FROM slotfleet_jobs
@@ -28,7 +31,13 @@ LIMIT 10
 """
 
 
-FETCH_PARAMS = {"queue": "default", "worker_id": "w", "limit": 10, "lease_seconds": 15.0}
+FETCH_PARAMS = {
+    "queue": "default",
+    "worker_id": "w",
+    "claim": "c",
+    "limit": 10,
+    "lease_seconds": 15.0,
+}
 
 
 def job(**changes: object) -> Job:
@@ -107,10 +116,11 @@ async def test_sqlite_fetch_walks_the_fetch_index_without_sorting(tmp_path: Path
 
 
 @pytest.fixture
-async def pg_store(postgres_dsn: str) -> Store:
+async def pg_store(postgres_dsn: str) -> AsyncIterator[Store]:
     store = open_store(postgres_dsn)
     await store.open()
-    return store
+    yield store
+    await store.close()  # a pool left open keeps its tasks on a closed loop
 
 
 @pytest.mark.postgres
@@ -143,11 +153,11 @@ async def test_postgres_fetch_is_an_index_scan_on_100k_rows_after_empty_analyze(
             await conn.execute("ANALYZE slotfleet_jobs")
         # psycopg prepares a statement after a few runs: the generic plan must agree.
         prepared = postgres_sql.FETCH
-        for n, name in enumerate(("queue", "worker_id", "lease_seconds", "limit"), 1):
+        for n, name in enumerate(("queue", "worker_id", "lease_seconds", "limit", "claim"), 1):
             prepared = prepared.replace(f"%({name})s", f"${n}")
         await conn.execute("SET plan_cache_mode = force_generic_plan")
-        await conn.execute(f"PREPARE fetch_jobs(text, text, float8, int) AS {prepared}")
-        cur = await conn.execute("EXPLAIN EXECUTE fetch_jobs('default', 'w', 15.0, 10)")
+        await conn.execute(f"PREPARE fetch_jobs(text, text, float8, int, text) AS {prepared}")
+        cur = await conn.execute("EXPLAIN EXECUTE fetch_jobs('default', 'w', 15.0, 10, 'c')")
         plan = "\n".join(str(row[0]) for row in await cur.fetchall())
         assert "Scan using slotfleet_jobs_fetch" in plan, plan
         assert "Sort" not in plan, plan
@@ -171,7 +181,7 @@ async def test_postgres_purge_walks_the_finished_index_on_100k_rows(postgres_dsn
             """
         )
         await conn.execute("ANALYZE slotfleet_jobs")
-        params = {"before": datetime.now(UTC) - timedelta(days=1), "queue": None, "limit": 1000}
+        params = {"older_than": 86400.0, "queue": None, "limit": 1000}
         cur = await conn.execute("EXPLAIN " + postgres_sql.PURGE, params)
         plan = "\n".join(str(row[0]) for row in await cur.fetchall())
         assert "slotfleet_jobs_finished" in plan, plan
@@ -289,11 +299,14 @@ async def test_postgres_completion_batch_uses_the_primary_key_on_an_analyzed_bac
     async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
         await conn.execute(
             """
-            INSERT INTO slotfleet_jobs (queue, func, state, lease_owner, started_at, completed_at)
+            INSERT INTO slotfleet_jobs (
+                queue, func, state, lease_owner, lease_token, started_at, completed_at
+            )
             SELECT 'q', 'tests.tasks:add',
                    CASE WHEN g <= 20000 THEN 'succeeded' WHEN g <= 25000 THEN 'running'
                         ELSE 'pending' END,
                    CASE WHEN g > 20000 AND g <= 25000 THEN 'w' END,
+                   CASE WHEN g > 20000 AND g <= 25000 THEN 't' || (g / 50) END,
                    CASE WHEN g <= 25000 THEN now() END,
                    CASE WHEN g <= 20000 THEN now() END
             FROM generate_series(1, 50000) AS g
@@ -303,11 +316,11 @@ async def test_postgres_completion_batch_uses_the_primary_key_on_an_analyzed_bac
         batch = [
             {
                 "id": i,
-                "worker_id": "w",
+                "token": f"t{i // 50}",
                 "outcome": "succeeded",
                 "result": None,
                 "error": None,
-                "retry_at": None,
+                "retry_delay": None,
             }
             for i in range(20001, 20077)
         ]
@@ -319,3 +332,148 @@ async def test_postgres_completion_batch_uses_the_primary_key_on_an_analyzed_bac
         await conn.execute("ROLLBACK")
     assert "slotfleet_jobs_pkey" in plan, plan
     assert "Merge Join" not in plan, plan
+    assert "rows=76 loops=1" in plan.split("Update on")[1], "not every completion applied"
+    # The heartbeat's renewal of held leases goes by primary key the same way.
+    held = [(i, f"t{i // 50}") for i in range(20001, 20101)]
+    params = {
+        "worker_id": "w",
+        "hostname": "h",
+        "pid": 1,
+        "queues": "{}",
+        "started_at": None,
+        "draining": False,
+        "lease_seconds": 15.0,
+        "ids": [i for i, _ in held],
+        "tokens": [t for _, t in held],
+    }
+    async with await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True) as conn:
+        await conn.execute("BEGIN")
+        cur = await conn.execute("EXPLAIN (ANALYZE) " + postgres_sql.HEARTBEAT, params)
+        plan = "\n".join(str(row[0]) for row in await cur.fetchall())
+        await conn.execute("ROLLBACK")
+    assert "slotfleet_jobs_pkey" in plan, plan
+    assert "Seq Scan on slotfleet_jobs" not in plan, plan
+
+
+# -- issue 9: claims that cannot be read, long write locks, deadlocks ---------------------
+
+
+async def _poison_one_row(dsn: str, job_id: int) -> None:
+    """Give job ``job_id`` a ``scheduled_at`` that is stored but cannot be read back as
+    a ``datetime`` (as an older version stored ``datetime.min`` at +05:00)."""
+    if dsn.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(dsn.removeprefix("sqlite:///"))) as conn:
+            conn.execute("UPDATE slotfleet_jobs SET scheduled_at = -1e20 WHERE id = ?", (job_id,))
+            conn.commit()
+        return
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE slotfleet_jobs SET scheduled_at = '0001-01-01 00:00:00+05' WHERE id = %s",
+            (job_id,),
+        )
+
+
+async def _stored_state(dsn: str, job_id: int) -> tuple[str, str]:
+    """State and errors of a row, read without decoding its times."""
+    if dsn.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(dsn.removeprefix("sqlite:///"))) as conn:
+            row = conn.execute(
+                "SELECT state, errors FROM slotfleet_jobs WHERE id = ?", (job_id,)
+            ).fetchone()
+        return str(row[0]), str(row[1])
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT state, errors::text FROM slotfleet_jobs WHERE id = %s", (job_id,)
+        )
+        found = await cur.fetchone()
+        assert found is not None
+        return str(found[0]), str(found[1])
+
+
+async def test_a_claimed_row_that_cannot_be_read_is_failed_not_stranded(
+    store_dsn: str, store_factory: StoreFactory
+) -> None:
+    """Regression (issue 9, finding 9): a row whose ``scheduled_at`` could not be decoded
+    made the fetch fail after its claim had committed: that job and every other job of
+    the claim stayed ``running``, leased to a worker that never got them."""
+    store = await store_factory()
+    good, bad, other = await store.enqueue([job(), job(), job()])
+    await _poison_one_row(store_dsn, bad.id)
+    got = await store.fetch("default", "w1", 10, 30, claim="c1")
+    assert sorted(j.id for j in got) == [good.id, other.id]
+    state, errors = await _stored_state(store_dsn, bad.id)
+    assert state == "failed"
+    assert "the job's row cannot be read" in errors
+    assert await store.fetch("default", "w1", 10, 30, claim="c2") == []
+
+
+async def test_sqlite_enqueue_commits_in_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 9, finding 7): 150k rows were written in one transaction that
+    held the database's write lock for 8.6 s, longer than a lease, so a live worker's
+    heartbeat waited and its job was recovered and run twice."""
+    from slotfleet.store import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "ENQUEUE_CHUNK", 10)
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'jobs.db'}")
+    await store.open()
+    try:
+        begun: list[str] = []
+        await store._call(lambda conn: conn.set_trace_callback(begun.append))
+        queued = await store.enqueue(
+            [job(unique_key=f"k{i % 30}") for i in range(35)]  # keys repeat across chunks
+        )
+        await store._call(lambda conn: conn.set_trace_callback(None))
+    finally:
+        await store.close()
+    assert sum(s == "BEGIN IMMEDIATE" for s in begun) == 4
+    assert len({j.id for j in queued}) == 30
+    assert [j.id for j in queued[30:]] == [j.id for j in queued[:5]]
+
+
+async def test_concurrent_batches_sharing_unique_keys_do_not_deadlock(
+    store_factory: StoreFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue 9, finding 8): two batches holding the same keys in opposite
+    orders deadlocked on PostgreSQL (rows were inserted in input order). Retries of
+    aborted statements are off here, so a deadlock would surface."""
+    monkeypatch.setattr(postgres_module, "ROLLBACK_TRIES", 1)
+    one, two = await store_factory(), await store_factory()
+    for round_ in range(10):
+        keys = [f"r{round_}-{i}" for i in range(200)]
+        first, second = await asyncio.gather(
+            one.enqueue([job(unique_key=k) for k in keys]),
+            two.enqueue([job(unique_key=k) for k in reversed(keys)]),
+        )
+        assert [j.id for j in first] == [j.id for j in reversed(second)]
+        assert len({j.id for j in first}) == 200
+
+
+@pytest.mark.postgres
+async def test_postgres_aborted_statements_are_retried_then_named(
+    pg_store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A deadlock or serialization failure is the server rolling a statement back, not
+    an outage: the store runs it again a few times, then says what happened."""
+    assert isinstance(pg_store, PostgresStore)
+    calls = 0
+
+    async def deadlocks_twice(conn: object) -> str:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            raise psycopg.errors.DeadlockDetected("deadlock detected")
+        return "done"
+
+    async def always_conflicts(conn: object) -> str:
+        raise psycopg.errors.SerializationFailure("could not serialize access")
+
+    caplog.set_level("INFO", logger="slotfleet.store.postgres")
+    assert await pg_store._run(deadlocks_twice) == "done"
+    assert calls == 3
+    assert "retrying a statement the database aborted" in caplog.text
+    with pytest.raises(StoreError) as info:
+        await pg_store._run(always_conflicts)
+    assert not isinstance(info.value, StoreUnavailableError)
+    assert str(info.value).startswith("the database aborted the statement 4 times")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +21,7 @@ from slotfleet.models import (
     JobId,
     JobState,
     Outcome,
+    QueuedJob,
     WorkerHeartbeat,
 )
 from slotfleet.store import Store
@@ -33,12 +35,27 @@ def job(**changes: object) -> Job:
     return Job.model_validate({"func": "tests.tasks:add", **changes})
 
 
-def done(
-    job_id: JobId, worker: str, outcome: Outcome = Outcome.SUCCEEDED, **kw: object
-) -> Completion:
+def claim() -> str:
+    """A fresh claim token, as a worker's fetch loop makes one per fetch."""
+    return secrets.token_hex(8)
+
+
+def done(claimed: QueuedJob, outcome: Outcome = Outcome.SUCCEEDED, **kw: object) -> Completion:
+    """The completion of the attempt ``claimed`` (as a fetch returned it)."""
     return Completion.model_validate(
-        {"job_id": job_id, "worker_id": worker, "outcome": outcome, **kw}
+        {
+            "job_id": claimed.id,
+            "worker_id": claimed.lease_owner or "",
+            "token": claimed.lease_token or "",
+            "attempt": claimed.attempts,
+            "outcome": outcome,
+            **kw,
+        }
     )
+
+
+def beat(worker: str, **kw: object) -> WorkerHeartbeat:
+    return WorkerHeartbeat.model_validate({"worker_id": worker, **kw})
 
 
 def error(attempt: int, text: str = "boom") -> JobError:
@@ -108,43 +125,46 @@ async def test_enqueue_ids_matches_enqueue(store: Store) -> None:
 async def test_running_by_worker_counts_claims_per_lease_owner(store: Store) -> None:
     await store.enqueue([job(queue="q")] * 5 + [job(queue="other")])
     assert await store.running_by_worker("q") == {}
-    one = await store.fetch("q", "w1", 2, LEASE)
-    two = await store.fetch("q", "w2", 1, LEASE)
-    await store.fetch("other", "w3", 1, LEASE)
+    one = await store.fetch("q", "w1", 2, LEASE, claim=claim())
+    two = await store.fetch("q", "w2", 1, LEASE, claim=claim())
+    await store.fetch("other", "w3", 1, LEASE, claim=claim())
     assert await store.running_by_worker("q") == {"w1": 2, "w2": 1}
-    await store.complete([done(one[0].id, "w1"), done(two[0].id, "w2")])
+    await store.complete([done(one[0]), done(two[0])])
     assert await store.running_by_worker("q") == {"w1": 1}
     assert await store.running_by_worker("missing") == {}
 
 
 async def test_purge_deletes_finished_jobs_before_the_cutoff_only(store: Store) -> None:
     a, b, c, d = await store.enqueue([job(queue="q1"), job(queue="q1"), job(queue="q2"), job()])
-    claimed = await store.fetch("q1", "w", 2, LEASE) + await store.fetch("q2", "w", 1, LEASE)
+    claimed = await store.fetch("q1", "w", 2, LEASE, claim=claim())
+    claimed += await store.fetch("q2", "w", 1, LEASE, claim=claim())
     assert sorted(j.id for j in claimed) == sorted([a.id, b.id, c.id])
-    await store.complete([done(a.id, "w"), done(c.id, "w", Outcome.FAILED, error=error(1))])
+    by_id = {j.id: j for j in claimed}
+    await store.complete([done(by_id[a.id]), done(by_id[c.id], Outcome.FAILED, error=error(1))])
     await store.request_cancel(d.id)  # pending -> cancelled: finished too
     [running] = [j for j in claimed if j.id == b.id]
     [pending] = await store.enqueue([job(queue="q1")])
-    cutoff = await store.now() + timedelta(seconds=5)
-    assert await store.purge(await store.now() - timedelta(hours=1)) == 0  # too recent
-    assert await store.purge(cutoff, queue="q2") == 1
+    assert await store.purge(timedelta(hours=1)) == 0  # too recent
+    await asyncio.sleep(0.05)  # finished at least this long ago by the store's clock
+    assert await store.purge(timedelta(0), queue="q2") == 1
     assert await store.get(c.id) is None
-    assert await store.purge(cutoff, limit=1) == 1
-    assert await store.purge(cutoff) == 1
+    assert await store.purge(timedelta(0), limit=1) == 1
+    assert await store.purge(timedelta(0)) == 1
     assert await store.get(a.id) is None
     assert await store.get(d.id) is None
-    assert await store.purge(cutoff) == 0
+    assert await store.purge(timedelta(0)) == 0
+    assert await store.purge(timedelta(days=10**6)) == 0  # past what an interval holds
     survivors = {j.id: j.state for j in await store.list_jobs(limit=100)}
     assert survivors == {running.id: JobState.RUNNING, pending.id: JobState.PENDING}
 
 
 async def test_unique_key_allowed_again_after_terminal(store: Store) -> None:
     [first] = await store.enqueue([job(unique_key="k")])
-    [claimed] = await store.fetch("default", "w1", 1, LEASE)
+    [claimed] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
     assert claimed.id == first.id
     [dup] = await store.enqueue([job(unique_key="k")])  # running still counts
     assert dup.id == first.id
-    assert await store.complete([done(first.id, "w1")]) == [first.id]
+    assert await store.complete([done(claimed)]) == [first.id]
     [fresh] = await store.enqueue([job(unique_key="k")])
     assert fresh.id != first.id
     cancelled = await store.request_cancel(fresh.id)
@@ -159,16 +179,16 @@ async def test_fetch_order_is_priority_then_fifo(store: Store) -> None:
     mid = await store.enqueue([job(), job()])
     high = await store.enqueue([job(priority=5)])
     await store.enqueue([job(queue="elsewhere", priority=100)])
-    got = await store.fetch("default", "w1", 10, LEASE)
+    got = await store.fetch("default", "w1", 10, LEASE, claim=claim())
     assert [j.id for j in got] == [high[0].id, mid[0].id, mid[1].id, low[0].id]
-    assert await store.fetch("default", "w1", 10, LEASE) == []
+    assert await store.fetch("default", "w1", 10, LEASE, claim=claim()) == []
 
 
 async def test_fetch_honours_limit(store: Store) -> None:
     await store.enqueue([job() for _ in range(5)])
-    assert len(await store.fetch("default", "w1", 2, LEASE)) == 2
-    assert len(await store.fetch("default", "w1", 0, LEASE)) == 0
-    assert len(await store.fetch("default", "w1", 10, LEASE)) == 3
+    assert len(await store.fetch("default", "w1", 2, LEASE, claim=claim())) == 2
+    assert len(await store.fetch("default", "w1", 0, LEASE, claim=claim())) == 0
+    assert len(await store.fetch("default", "w1", 10, LEASE, claim=claim())) == 3
 
 
 async def test_scheduled_at_is_honoured(store: Store) -> None:
@@ -177,7 +197,7 @@ async def test_scheduled_at_is_honoured(store: Store) -> None:
     [future] = await store.enqueue([job(scheduled_at=later, priority=10)])
     [past] = await store.enqueue([job(scheduled_at=earlier)])
     [now] = await store.enqueue([job()])
-    got = await store.fetch("default", "w1", 10, LEASE)
+    got = await store.fetch("default", "w1", 10, LEASE, claim=claim())
     assert [j.id for j in got] == [past.id, now.id]
     assert future.scheduled_at == later
     [stats] = await store.queue_stats("default")
@@ -188,13 +208,13 @@ async def test_concurrent_fetches_never_double_claim(store_factory: StoreFactory
     stores = [await store_factory() for _ in range(8)]
     await stores[0].enqueue([job(kwargs={"i": i}) for i in range(60)])
 
-    async def claim(i: int) -> list[JobId]:
+    async def take(i: int) -> list[JobId]:
         claimed: list[JobId] = []
-        while batch := await stores[i].fetch("default", f"w{i}", 3, LEASE):
+        while batch := await stores[i].fetch("default", f"w{i}", 3, LEASE, claim=claim()):
             claimed += [j.id for j in batch]
         return claimed
 
-    results = await asyncio.gather(*(claim(i) for i in range(8)))
+    results = await asyncio.gather(*(take(i) for i in range(8)))
     everything = [job_id for claimed in results for job_id in claimed]
     assert len(everything) == 60
     assert len(set(everything)) == 60
@@ -202,10 +222,11 @@ async def test_concurrent_fetches_never_double_claim(store_factory: StoreFactory
 
 async def test_fetch_claims_and_counts_the_attempt(store: Store) -> None:
     [queued] = await store.enqueue([job(max_attempts=3)])
-    [got] = await store.fetch("default", "w1", 1, LEASE)
+    [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
     assert got.state is JobState.RUNNING
     assert got.attempts == 1
     assert got.lease_owner == "w1"
+    assert got.lease_token is not None
     assert got.started_at is not None
     assert got.lease_expires_at is not None
     assert got.lease_expires_at > got.started_at + timedelta(seconds=LEASE - 5)
@@ -214,25 +235,24 @@ async def test_fetch_claims_and_counts_the_attempt(store: Store) -> None:
 
 async def test_complete_succeeded_stores_result(store: Store) -> None:
     [queued] = await store.enqueue([job()])
-    await store.fetch("default", "w1", 1, LEASE)
-    assert await store.complete([done(queued.id, "w1", result={"sum": 3, "l": [1]})]) == [queued.id]
+    [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    assert await store.complete([done(got, result={"sum": 3, "l": [1]})]) == [queued.id]
     after = await store.get(queued.id)
     assert after is not None
     assert after.state is JobState.SUCCEEDED
     assert after.result == {"sum": 3, "l": [1]}
     assert after.completed_at is not None
-    assert after.lease_owner is None
+    assert (after.lease_owner, after.lease_token) == (None, None)
 
 
-async def test_complete_is_guarded_by_owner_and_state(store: Store) -> None:
+async def test_complete_is_fenced_by_claim_token_and_state(store: Store) -> None:
     [queued] = await store.enqueue([job()])
-    assert await store.complete([done(queued.id, "w1")]) == []  # not running yet
-    await store.fetch("default", "w1", 1, LEASE)
-    assert await store.complete([done(queued.id, "intruder")]) == []
-    assert await store.complete([done(queued.id, "w1", Outcome.FAILED, error=error(1))]) == [
-        queued.id
-    ]
-    assert await store.complete([done(queued.id, "w1")]) == []  # already terminal
+    assert await store.complete([done(queued)]) == []  # not running yet
+    [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    intruder = got.model_copy(update={"lease_token": "not-this-attempt"})
+    assert await store.complete([done(intruder)]) == []
+    assert await store.complete([done(got, Outcome.FAILED, error=error(1))]) == [queued.id]
+    assert await store.complete([done(got)]) == []  # already terminal
     after = await store.get(queued.id)
     assert after is not None
     assert after.state is JobState.FAILED
@@ -241,28 +261,132 @@ async def test_complete_is_guarded_by_owner_and_state(store: Store) -> None:
 
 async def test_late_write_after_lease_loss_changes_nothing(store: Store) -> None:
     [queued] = await store.enqueue([job(max_attempts=3)])
-    await store.fetch("default", "w1", 1, 0.2)
+    [first] = await store.fetch("default", "w1", 1, 0.2, claim=claim())
     await asyncio.sleep(0.3)
     assert await store.recover_expired() == [queued.id]
-    [again] = await store.fetch("default", "w2", 1, LEASE)
+    [again] = await store.fetch("default", "w2", 1, LEASE, claim=claim())
     assert (again.id, again.attempts, again.lease_owner) == (queued.id, 2, "w2")
-    assert await store.complete([done(queued.id, "w1", result="late")]) == []
-    assert await store.complete([done(queued.id, "w2", result="mine")]) == [queued.id]
+    assert await store.complete([done(first, result="late")]) == []
+    assert await store.complete([done(again, result="mine")]) == [queued.id]
     after = await store.get(queued.id)
     assert after is not None
     assert after.result == "mine"
 
 
+async def test_a_stale_attempt_of_the_same_worker_cannot_complete_the_new_one(
+    store: Store,
+) -> None:
+    """Regression (issue 9, finding 3): fenced by owner alone, a worker that lost its lease
+    while alive (a pause, a long lock) and then claimed the job again had its old
+    attempt's completion applied to the new attempt, and the new result was dropped."""
+    [queued] = await store.enqueue([job(max_attempts=3)])
+    [old] = await store.fetch("default", "w1", 1, 0.2, claim=claim())
+    await asyncio.sleep(0.3)
+    assert await store.recover_expired() == [queued.id]
+    [new] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    assert (new.lease_owner, new.attempts) == ("w1", 2)
+    assert await store.complete([done(old, result="old attempt")]) == []
+    assert await store.complete([done(new, result="new attempt")]) == [queued.id]
+    after = await store.get(queued.id)
+    assert after is not None
+    assert (after.state, after.result) == (JobState.SUCCEEDED, "new attempt")
+
+
+async def test_heartbeat_renews_only_the_leases_the_worker_holds(store: Store) -> None:
+    """Regression (issue 9, findings 1 and 2): leases were renewed for every running row
+    naming the worker id, so a container restarted under its pod's name (and rows whose
+    fetch reply never arrived) stayed ``running`` for as long as the id heartbeated."""
+    [held, orphan] = await store.enqueue([job(max_attempts=3), job(max_attempts=3)])
+    [got_held] = await store.fetch("default", "pod-a", 1, 0.5, claim=claim())
+    [got_orphan] = await store.fetch("default", "pod-a", 1, 0.5, claim=claim())
+    pairs = {(got_held.id, str(got_held.lease_token))}
+    stranger = (got_orphan.id, "not-its-token")
+    for _ in range(3):  # the restarted process heartbeats the same id, holding one of them
+        renewed = await store.heartbeat(beat("pod-a"), 0.5, [*pairs, stranger])
+        assert renewed == pairs
+        await asyncio.sleep(0.25)
+    assert await store.recover_expired() == [orphan.id]
+    still = await store.get(held.id)
+    assert still is not None
+    assert still.state is JobState.RUNNING
+    assert await store.heartbeat(beat("pod-a"), LEASE, []) == set()
+
+
+async def test_heartbeat_tells_a_worker_which_leases_it_lost(store: Store) -> None:
+    [queued] = await store.enqueue([job(max_attempts=3)])
+    [mine] = await store.fetch("default", "w1", 1, 0.2, claim=claim())
+    lease = (mine.id, str(mine.lease_token))
+    assert await store.heartbeat(beat("w1"), 0.2, [lease]) == {lease}
+    await asyncio.sleep(0.3)  # paused past the lease
+    assert await store.recover_expired() == [queued.id]
+    [theirs] = await store.fetch("default", "w2", 1, LEASE, claim=claim())
+    assert await store.heartbeat(beat("w1"), LEASE, [lease]) == set()
+    after = await store.get(queued.id)
+    assert after is not None
+    assert after.lease_token == theirs.lease_token
+    assert after.lease_expires_at == theirs.lease_expires_at, "w1 renewed w2's lease"
+
+
+async def test_release_claim_hands_back_an_unreceived_fetch(store: Store) -> None:
+    """A fetch whose reply was lost: its jobs go back at once, the attempt not counted,
+    and only the jobs of that claim (not the worker's other attempts) move."""
+    await store.enqueue([job(), job(), job()])
+    token = claim()
+    lost = await store.fetch("default", "w1", 2, LEASE, claim=token)
+    [kept] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    assert sorted(await store.release_claim("w1", token)) == sorted(j.id for j in lost)
+    assert await store.release_claim("w1", token) == []
+    assert await store.release_claim("w2", str(kept.lease_token)) == []  # not w2's
+    for j in lost:
+        back = await store.get(j.id)
+        assert back is not None
+        assert (back.state, back.attempts, back.lease_token) == (JobState.PENDING, 0, None)
+    still = await store.get(kept.id)
+    assert still is not None
+    assert still.state is JobState.RUNNING
+    assert {j.id for j in await store.fetch("default", "w2", 5, LEASE, claim=claim())} == {
+        j.id for j in lost
+    }
+
+
+async def test_retry_time_is_the_stores_clock_plus_the_delay(store: Store) -> None:
+    """Regression (issue 9, finding 6): retry times came from the worker's clock, so a
+    worker one hour slow ignored a 60 s backoff. The delay now travels, the store adds it."""
+    [queued] = await store.enqueue([job(max_attempts=3)])
+    [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    before = await store.now()
+    await store.complete([done(got, Outcome.RETRY, error=error(1), retry_delay=3600)])
+    after = await store.now()
+    retried = await store.get(queued.id)
+    assert retried is not None
+    assert retried.state is JobState.RETRYING
+    assert retried.scheduled_at is not None
+    assert before + timedelta(seconds=3600) <= retried.scheduled_at
+    assert retried.scheduled_at <= after + timedelta(seconds=3600)
+
+
+async def test_error_text_no_store_keeps_as_is_is_stored_readably(store: Store) -> None:
+    """Regression (issue 9, finding 4): a lone surrogate or a NUL in an error blocked the
+    completion batch for good; the error record makes such text storable."""
+    [queued] = await store.enqueue([job()])
+    [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    text = "open(b'caf\udce9') failed\x00 badly"
+    poison = JobError(attempt=1, error=text, traceback=text, at=datetime.now(UTC))
+    assert await store.complete([done(got, Outcome.FAILED, error=poison)]) == [queued.id]
+    after = await store.get(queued.id)
+    assert after is not None
+    assert after.errors[0].error == "open(b'caf\\udce9') failed\\x00 badly"
+
+
 async def test_retry_released_cancelled_failed(store: Store) -> None:
     jobs = await store.enqueue([job(max_attempts=5) for _ in range(4)])
-    await store.fetch("default", "w1", 4, LEASE)
-    retry_at = datetime.now(UTC) + timedelta(hours=1)
+    got = {j.id: j for j in await store.fetch("default", "w1", 4, LEASE, claim=claim())}
     ids = await store.complete(
         [
-            done(jobs[0].id, "w1", Outcome.RETRY, error=error(1), retry_at=retry_at),
-            done(jobs[1].id, "w1", Outcome.RELEASED),
-            done(jobs[2].id, "w1", Outcome.CANCELLED),
-            done(jobs[3].id, "w1", Outcome.FAILED, error=error(1, "bad")),
+            done(got[jobs[0].id], Outcome.RETRY, error=error(1), retry_delay=3600),
+            done(got[jobs[1].id], Outcome.RELEASED),
+            done(got[jobs[2].id], Outcome.CANCELLED),
+            done(got[jobs[3].id], Outcome.FAILED, error=error(1, "bad")),
         ]
     )
     assert sorted(ids) == sorted(j.id for j in jobs)
@@ -271,33 +395,29 @@ async def test_retry_released_cancelled_failed(store: Store) -> None:
     assert released is not None
     assert cancelled is not None
     assert failed is not None
-    assert (retried.state, retried.attempts, retried.scheduled_at) == (
-        JobState.RETRYING,
-        1,
-        retry_at,
-    )
+    assert (retried.state, retried.attempts) == (JobState.RETRYING, 1)
+    assert retried.scheduled_at is not None
+    assert retried.scheduled_at > await store.now() + timedelta(minutes=59)
     assert retried.errors[0].error == "boom"
     assert retried.errors[0].traceback == "Traceback..."
     assert retried.completed_at is None
-    assert retried.lease_owner is None
+    assert (retried.lease_owner, retried.lease_token) == (None, None)
     assert (released.state, released.attempts, released.errors) == (JobState.PENDING, 0, [])
     assert cancelled.state is JobState.CANCELLED
     assert cancelled.completed_at is not None
     assert failed.state is JobState.FAILED
     assert failed.errors[0].error == "bad"
     # The released job is ready again; the retried one waits for retry_at.
-    assert [j.id for j in await store.fetch("default", "w2", 10, LEASE)] == [released.id]
+    again = await store.fetch("default", "w2", 10, LEASE, claim=claim())
+    assert [j.id for j in again] == [released.id]
 
 
 async def test_retry_due_now_is_fetched_and_errors_accumulate(store: Store) -> None:
     [queued] = await store.enqueue([job(max_attempts=3)])
     for attempt in (1, 2):
-        [got] = await store.fetch("default", "w1", 1, LEASE)
+        [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
         assert got.attempts == attempt
-        now = datetime.now(UTC) - timedelta(seconds=1)
-        await store.complete(
-            [done(queued.id, "w1", Outcome.RETRY, error=error(attempt), retry_at=now)]
-        )
+        await store.complete([done(got, Outcome.RETRY, error=error(attempt), retry_delay=0)])
     after = await store.get(queued.id)
     assert after is not None
     assert [e.attempt for e in after.errors] == [1, 2]
@@ -305,7 +425,7 @@ async def test_retry_due_now_is_fetched_and_errors_accumulate(store: Store) -> N
 
 async def test_request_cancel_pending_vs_running(store: Store) -> None:
     pending, running = await store.enqueue([job(queue="a"), job(queue="b")])
-    await store.fetch("b", "w1", 1, LEASE)
+    [claimed] = await store.fetch("b", "w1", 1, LEASE, claim=claim())
     got = await store.request_cancel(pending.id)
     assert got is not None
     assert got.state is JobState.CANCELLED
@@ -320,7 +440,7 @@ async def test_request_cancel_pending_vs_running(store: Store) -> None:
     assert again is not None
     assert again.state is JobState.CANCELLED
     # The worker acts on it and reports cancelled.
-    await store.complete([done(running.id, "w1", Outcome.CANCELLED)])
+    await store.complete([done(claimed, Outcome.CANCELLED)])
     final = await store.get(running.id)
     assert final is not None
     assert final.state is JobState.CANCELLED
@@ -328,9 +448,9 @@ async def test_request_cancel_pending_vs_running(store: Store) -> None:
 
 async def test_cancel_requests_filters(store: Store) -> None:
     a, b, c = await store.enqueue([job(queue="q1"), job(queue="q2"), job(queue="q1")])
-    await store.fetch("q1", "w1", 1, LEASE)  # a
-    await store.fetch("q2", "w2", 1, LEASE)  # b
-    await store.fetch("q1", "w2", 1, LEASE)  # c
+    await store.fetch("q1", "w1", 1, LEASE, claim=claim())  # a
+    await store.fetch("q2", "w2", 1, LEASE, claim=claim())  # b
+    await store.fetch("q1", "w2", 1, LEASE, claim=claim())  # c
     assert await store.cancel_requests() == []
     for j in (a, b):
         await store.request_cancel(j.id)
@@ -343,9 +463,9 @@ async def test_cancel_requests_filters(store: Store) -> None:
 
 async def test_released_after_cancel_request_ends_cancelled(store: Store) -> None:
     [queued] = await store.enqueue([job()])
-    await store.fetch("default", "w1", 1, LEASE)
+    [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
     await store.request_cancel(queued.id)
-    assert await store.complete([done(queued.id, "w1", Outcome.RELEASED)]) == [queued.id]
+    assert await store.complete([done(got, Outcome.RELEASED)]) == [queued.id]
     after = await store.get(queued.id)
     assert after is not None
     assert after.state is JobState.CANCELLED
@@ -353,9 +473,10 @@ async def test_released_after_cancel_request_ends_cancelled(store: Store) -> Non
 
 async def test_heartbeat_extends_leases_and_lists_workers(store: Store) -> None:
     [queued] = await store.enqueue([job()])
-    [got] = await store.fetch("default", "w1", 1, 0.2)
-    beat = WorkerHeartbeat(worker_id="w1", hostname="h", pid=42, queues={"default": (4, 1)})
-    await store.heartbeat(beat, LEASE)
+    [got] = await store.fetch("default", "w1", 1, 0.2, claim=claim())
+    alive = beat("w1", hostname="h", pid=42, queues={"default": (4, 1)})
+    lease = (got.id, str(got.lease_token))
+    assert await store.heartbeat(alive, LEASE, [lease]) == {lease}
     await asyncio.sleep(0.3)
     assert await store.recover_expired() == []
     after = await store.get(queued.id)
@@ -369,7 +490,7 @@ async def test_heartbeat_extends_leases_and_lists_workers(store: Store) -> None:
     assert worker.started_at is not None
     assert worker.last_seen is not None
     started = worker.started_at
-    await store.heartbeat(beat.model_copy(update={"draining": True}), LEASE)
+    await store.heartbeat(alive.model_copy(update={"draining": True}), LEASE, [lease])
     [worker] = await store.workers()
     assert worker.draining
     assert worker.started_at == started
@@ -381,7 +502,7 @@ async def test_heartbeat_extends_leases_and_lists_workers(store: Store) -> None:
 
 async def test_recover_expired_requeues_then_fails_poison_job(store: Store) -> None:
     [queued] = await store.enqueue([job(max_attempts=2)])
-    await store.fetch("default", "w1", 1, 0.2)
+    await store.fetch("default", "w1", 1, 0.2, claim=claim())
     await asyncio.sleep(0.3)
     assert await store.recover_expired() == [queued.id]
     assert await store.recover_expired() == []
@@ -391,7 +512,7 @@ async def test_recover_expired_requeues_then_fails_poison_job(store: Store) -> N
     assert after.attempts == 1
     assert after.errors[-1].error == "lease expired (worker w1 stopped heartbeating)"
     assert after.errors[-1].attempt == 1
-    [again] = await store.fetch("default", "w2", 1, 0.2)
+    [again] = await store.fetch("default", "w2", 1, 0.2, claim=claim())
     assert again.attempts == 2
     await asyncio.sleep(0.3)
     assert await store.recover_expired() == [queued.id]
@@ -410,18 +531,11 @@ async def test_queue_stats_counts_and_slots(store: Store) -> None:
     jobs = await store.enqueue(
         [job(queue="q1") for _ in range(5)] + [job(queue="q1", scheduled_at=later)]
     )
-    await store.fetch("q1", "w1", 3, LEASE)
-    await store.complete(
-        [
-            done(jobs[0].id, "w1"),
-            done(jobs[1].id, "w1", Outcome.FAILED),
-        ]
-    )
+    got = {j.id: j for j in await store.fetch("q1", "w1", 3, LEASE, claim=claim())}
+    await store.complete([done(got[jobs[0].id]), done(got[jobs[1].id], Outcome.FAILED)])
     await store.request_cancel(jobs[3].id)
-    await store.heartbeat(
-        WorkerHeartbeat(worker_id="w1", queues={"q1": (4, 1), "q2": (2, 0)}), LEASE
-    )
-    await store.heartbeat(WorkerHeartbeat(worker_id="w2", queues={"q1": (8, 2)}), LEASE)
+    await store.heartbeat(beat("w1", queues={"q1": (4, 1), "q2": (2, 0)}), LEASE, [])
+    await store.heartbeat(beat("w2", queues={"q1": (8, 2)}), LEASE, [])
     stats = {s.queue: s for s in await store.queue_stats()}
     assert set(stats) == {"q1", "q2"}  # q2 has workers but no jobs
     q1 = stats["q1"]
@@ -469,7 +583,7 @@ async def test_an_enqueue_elsewhere_wakes_a_waiting_worker(
     waiter = asyncio.create_task(waiting.wait_for_jobs("q", 120))
     await asyncio.sleep(0.5)
     await other.enqueue([job(queue="elsewhere")])
-    await other.heartbeat(WorkerHeartbeat(worker_id="w", queues={"q": (1, 0)}), 10)
+    await other.heartbeat(beat("w", queues={"q": (1, 0)}), 10, [])
     await asyncio.sleep(0.5)
     assert not waiter.done(), "woken by writes that made nothing ready in its queue"
     for _ in range(20):  # again if the first NOTIFY beat the LISTEN (not a delivery guarantee)

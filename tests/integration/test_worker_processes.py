@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -171,6 +171,136 @@ async def test_sigkilled_worker_job_is_recovered_by_another(
     assert any("lease" in e.error for e in done.errors)
     second.send_signal(signal.SIGTERM)
     assert await workers.wait(second) == 0
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        await asyncio.sleep(0.05)
+
+
+LEASE = 2.0
+"""Seconds of the leases in the lease tests; the bounds below derive from it."""
+
+
+async def test_a_worker_restarted_under_the_same_id_does_not_keep_its_predecessors_jobs(
+    store_factory: StoreFactory, workers: Workers, tmp_path: Path
+) -> None:
+    """Regression (issue 9, finding 1): a container restarted in its pod keeps its pod
+    name as worker id; its heartbeat renewed every lease naming that id, so the job its
+    predecessor died holding stayed ``running`` for as long as the new process lived."""
+    store = await store_factory()
+    (job,) = await store.enqueue(
+        [
+            Job(
+                func="tests.tasks:async_sleep_logged",
+                queue="work",
+                kwargs={"seconds": 60, "log_dir": str(tmp_path)},
+                max_attempts=3,
+                retry=QUICK,
+            )
+        ]
+    )
+    options = ("--worker-id", "pod-a", "--queue", "work", "--lease-seconds", str(LEASE))
+    first = workers.start(*options, "--polling-interval", "0.1")
+    await wait_until(lambda: asyncio.to_thread(lambda: any(tmp_path.glob("*.start"))), "start", 30)
+    os.killpg(first.pid, signal.SIGKILL)  # the container dies; the pod (and its name) stays
+    first.wait()
+    killed_at = time.monotonic()
+    workers.start(*options, "--polling-interval", "0.1")
+
+    async def run_again() -> bool:
+        current = await store.get(job.id)
+        return current is not None and current.attempts == 2
+
+    # Lease, plus a heartbeat (a third of it) for someone to notice, plus start-up.
+    await wait_until(run_again, "the dead process's job never came back", 3 * LEASE + 10)
+    again = await store.get(job.id)
+    assert again is not None
+    assert again.errors[0].error == "lease expired (worker pod-a stopped heartbeating)"
+    assert time.monotonic() - killed_at >= LEASE * 0.9, "recovered before its lease ran out"
+
+
+JOB_SECONDS = 15.0
+"""Long enough that a zombie left to run would outlast the bound on its stopping."""
+
+
+async def test_a_paused_worker_stops_its_stale_attempt_when_it_wakes(
+    store_factory: StoreFactory, workers: Workers, tmp_path: Path
+) -> None:
+    """Regression (issue 9): a worker paused past its lease (SIGSTOP; a long GC; a VM
+    migration) woke up believing it still held its job and ran it to the end beside the
+    attempt that had taken it over. Its next heartbeat now tells it the lease is gone,
+    and it stops its copy at once."""
+    store = await store_factory()
+    (job,) = await store.enqueue(
+        [
+            Job(
+                func="tests.tasks:async_sleep_logged",
+                queue="work",
+                kwargs={"seconds": JOB_SECONDS, "log_dir": str(tmp_path)},
+                max_attempts=3,
+                retry=QUICK,
+            )
+        ]
+    )
+    options = ("--queue", "work", "--lease-seconds", str(LEASE), "--polling-interval", "0.1")
+    zombie = workers.start(*options)
+    zombie_start = tmp_path / f"{zombie.pid}.start"
+    await wait_until(lambda: asyncio.to_thread(zombie_start.exists), "zombie start", 30)
+    zombie.send_signal(signal.SIGSTOP)
+    try:
+        other = workers.start(*options)
+        other_start = tmp_path / f"{other.pid}.start"
+        await wait_until(lambda: asyncio.to_thread(other_start.exists), "takeover", 3 * LEASE + 10)
+    finally:
+        zombie.send_signal(signal.SIGCONT)
+    zombie_end = tmp_path / f"{zombie.pid}.end"
+    # One heartbeat interval (a third of the lease) and a store round trip, with margin;
+    # left alone, the zombie's copy would run on for most of JOB_SECONDS after waking.
+    await wait_until(lambda: asyncio.to_thread(zombie_end.exists), "zombie kept running", 5)
+    assert not (tmp_path / f"{other.pid}.end").exists(), "the new attempt must run on"
+    done = await wait_state(store, job.id, {JobState.SUCCEEDED, JobState.FAILED}, timeout=60)
+    assert done.state is JobState.SUCCEEDED
+    assert done.result == other.pid, "the result must be the new attempt's"
+    assert "lost its lease" in workers.log(zombie)
+
+
+async def test_process_children_die_with_their_worker(
+    store_factory: StoreFactory, workers: Workers, tmp_path: Path
+) -> None:
+    """Regression (issue 9): a worker killed on its own (the OOM killer picks one process)
+    left its process-executor child running the job, which then ran a second time on
+    another worker once the lease expired. Children now die with their worker."""
+    store = await store_factory()
+    pid_file = tmp_path / "child.pid"
+    await store.enqueue(
+        [
+            Job(
+                func="tests.tasks:sleep_in_child",
+                queue="work",
+                kwargs={"seconds": 60, "pid_file": str(pid_file)},
+            )
+        ]
+    )
+    proc = workers.start("--queue", "work:processes:1", "--polling-interval", "0.1")
+    await wait_file(pid_file)
+    child = int(pid_file.read_text())
+    os.kill(proc.pid, signal.SIGKILL)  # the worker alone, not its process group
+    proc.wait()
+
+    def gone() -> bool:  # exited (a zombie waiting for init to reap it counts as gone)
+        try:
+            stat = Path(f"/proc/{child}/stat").read_text()
+        except FileNotFoundError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+    async def child_gone() -> bool:
+        return await asyncio.to_thread(gone)
+
+    await wait_until(child_gone, f"child {child} outlived its worker", 10)
 
 
 async def test_poison_job_in_process_executor_fails_after_max_attempts(

@@ -448,10 +448,15 @@ def test_retention_seconds_has_the_operator_delete_finished_jobs(
             jobs = await store.enqueue(
                 [Job(func="examples.tasks:send_email", queue="kept", kwargs={"to": "x"})] * 4
             )
-            claimed = await store.fetch("kept", "w", 3, 60)
+            claimed = await store.fetch("kept", "w", 3, 60, claim="retention-test")
             succeeded = Outcome.SUCCEEDED
             await store.complete(
-                [Completion(job_id=j.id, worker_id="w", outcome=succeeded) for j in claimed[:2]]
+                [
+                    Completion(
+                        job_id=j.id, worker_id="w", token="retention-test", outcome=succeeded
+                    )
+                    for j in claimed[:2]
+                ]
             )
             return [j.id for j in jobs]
         finally:

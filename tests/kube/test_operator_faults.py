@@ -29,6 +29,7 @@ from slotfleet.store import open_store
 from tests.fixtures.tcp_forwarder import TcpForwarder
 
 from ..fixtures.postgres import PostgresServer
+from .diagnose import namespace_report
 from .fixtures import KubeAdmin
 from .operator_helpers import (
     GROUP,
@@ -357,7 +358,13 @@ def test_store_unreachable_for_a_while_sets_condition_and_recovers(
         recovered_after = time.monotonic() - restored_at
         after = enqueue(postgres_dsn, [email(name, f"after{i}", 0.05) for i in range(3)])
         ids = [*before, across, *during, *after]
-        done = wait_for("every job", lambda: all_succeeded(postgres_dsn, ids), 60)
+        try:
+            done = wait_for("every job", lambda: all_succeeded(postgres_dsn, ids), 60)
+        except AssertionError as exc:
+            jobs = jobs_by_id(postgres_dsn, ids)
+            report = namespace_report(kube_admin.api_client, namespace, test_node)
+            stuck = [(*summary([j])[0], [e.error for e in j.errors]) for j in jobs]
+            raise AssertionError(f"{exc}\njobs: {stuck}\n{report}") from None
         assert all(j.attempts == 1 for j in done), summary(done)
 
         restarts = pod_restarts(kube_admin, namespace, name)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from slotfleet.models import JobId, QueuedJob, QueueStats, WorkerHeartbeat
-from slotfleet.models.resource import QueueSpec
+from slotfleet.models.resource import MAX_CANCELLATIONS, QueueSpec
 from slotfleet.operator import builders as b
 from slotfleet.operator import status as st
 from slotfleet.scaling import busy_by_worker
@@ -206,11 +206,15 @@ def test_set_condition_keeps_transition_time_while_status_is_unchanged() -> None
     }
 
 
-def test_cancellations_are_bounded_and_oldest_first() -> None:
-    jobs = [job(i, minute=59 - (i % 60)) for i in range(1, 151)]
-    entries = st.cancellation_entries(jobs)
-    assert len(entries) == st.MAX_CANCELLATIONS
-    assert entries[0]["requestedAt"] == "2024-01-01T00:00:00Z"
+def test_cancellations_are_bounded_and_newest_first() -> None:
+    """Regression (issue 9, finding 11): oldest first, 100 jobs that ignore their cancel
+    held every entry and starved each newer request on Kubernetes."""
+    stuck = [job(i, minute=0) for i in range(1, MAX_CANCELLATIONS + 1)]
+    newer = job(1000, minute=30)
+    entries = st.cancellation_entries([*stuck, newer])
+    assert len(entries) == MAX_CANCELLATIONS
+    assert entries[0] == {"job": 1000, "requestedAt": "2024-01-01T00:30:00Z"}
+    assert int(entries[-1]["job"]) == 2  # the oldest stuck one left
 
 
 def test_build_status_from_observation() -> None:

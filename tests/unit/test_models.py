@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from pydantic import ValidationError
 
-from slotfleet.models import Job, QueueSettings, RetryPolicy, describe_validation_error
-from slotfleet.models.jobs import MAX_PAYLOAD_BYTES, MAX_PAYLOAD_DEPTH
+from slotfleet.models import Job, JobError, QueueSettings, RetryPolicy, describe_validation_error
+from slotfleet.models.jobs import (
+    MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_DEPTH,
+    MAX_TRACEBACK_CHARS,
+    storable_text,
+)
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_job_defaults_and_copy() -> None:
@@ -90,3 +97,44 @@ def test_rows_read_back_skip_the_payload_check_but_new_jobs_do_not() -> None:
     assert QueuedJob.model_validate(row, context={TRUSTED_ROW: True}).id == 1
     with pytest.raises(ValidationError, match="JSON-serializable"):
         QueuedJob.model_validate(row)
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        datetime.min.replace(tzinfo=timezone(timedelta(hours=5))),
+        datetime.max.replace(tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1, 1, 1, 12, tzinfo=UTC),
+    ],
+)
+def test_scheduled_at_outside_what_any_store_can_read_back_is_refused(when: datetime) -> None:
+    """Regression (issue 9, finding 9): ``datetime.min`` at +05:00 was stored, then could
+    not be read back, stranding its job and every job fetched with it."""
+    with pytest.raises(ValidationError, match=r"scheduled_at .* is out of range"):
+        Job(func="m:f", scheduled_at=when)
+
+
+def test_scheduled_at_is_kept_in_utc() -> None:
+    local = datetime(2030, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))
+    job = Job(func="m:f", scheduled_at=local)
+    assert job.scheduled_at == local
+    assert job.scheduled_at is not None
+    assert job.scheduled_at.utcoffset() == timedelta(0)
+
+
+def test_retry_delay_at_huge_attempt_counts_is_the_cap() -> None:
+    """Regression (issue 9, finding 5): ``100.0 ** 999`` raised OverflowError and killed
+    the job's supervising task."""
+    policy = RetryPolicy(base=1, factor=100, cap=60, jitter=0)
+    assert policy.delay(1000, 0.5) == 60
+    assert policy.delay(10**9, 0.5) == 60
+
+
+def test_error_text_is_made_storable() -> None:
+    error = JobError(
+        attempt=1, error="caf\udce9 \x00 end", traceback="t" * (MAX_TRACEBACK_CHARS + 10), at=NOW
+    )
+    assert error.error == "caf\\udce9 \\x00 end"
+    assert len(error.traceback) < MAX_TRACEBACK_CHARS + 60
+    assert "[... 10 characters cut ...]" in error.traceback
+    assert storable_text("plain", 10) == "plain"

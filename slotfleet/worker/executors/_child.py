@@ -7,6 +7,11 @@ while a job runs sets the job's cancel token and raises :class:`JobCancelled` in
 job's code; between jobs it is ignored (the parent decides what happens next). SIGINT is
 ignored: a Ctrl-C in a terminal reaches the whole process group, and the parent drains.
 
+A child never outlives its worker: on Linux it asks the kernel for SIGKILL when its
+parent dies (``PR_SET_PDEATHSIG``). A worker killed on its own (the OOM killer picks one
+process) would otherwise leave the child running its job while the store hands the job
+to another worker once the lease expires: two executions at once.
+
 What this module is not: it keeps no state between jobs except imported modules, and it
 never talks to the store. It imports little, so a fresh child starts quickly.
 """
@@ -16,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import os
 import signal
+import sys
 import traceback
 from multiprocessing.connection import Connection
 from types import FrameType
@@ -49,15 +56,48 @@ def _run(path: str, kwargs_json: str) -> tuple[Any, ...]:
             _running.clear()
         return ("ok", encode_result(result))
     except BaseException as exc:  # the job's SystemExit too: report it, keep serving
-        return ("err", type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)))
+        return ("err", type(exc).__name__, *_describe(exc))
+
+
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """The message and traceback of a job's exception, even when its ``__str__`` raises
+    (the child must answer whatever the job did, or it would die and take no more jobs)."""
+    try:
+        message = str(exc)
+    except Exception as inner:
+        message = f"<message unavailable: its __str__ raised {type(inner).__name__}>"
+    try:
+        tb = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = "".join(traceback.format_tb(exc.__traceback__))
+    return message, tb
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
-def main(conn: Connection) -> None:
-    """Serve jobs from ``conn`` until it closes."""
+#: ``prctl`` option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere
+    nothing). If the parent is already gone, exit now."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # died before the request took effect
+        os._exit(1)
+
+
+def main(conn: Connection, parent_pid: int | None = None) -> None:
+    """Serve jobs from ``conn`` until it closes; die with ``parent_pid``."""
+    if parent_pid is not None:
+        die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     while True:

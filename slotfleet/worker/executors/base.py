@@ -31,7 +31,16 @@ Outcomes, in one place:
   turn them into :class:`JobExitError` before they reach the event loop. A real Ctrl-C
   never lands there: the CLI handles SIGINT (and ``asyncio.run`` does too);
 - a timeout fails the attempt with "timed out after Ns" (retry rules apply); a cancel
-  ends it ``cancelled``; a drain hands it back (``released``, attempt not counted).
+  ends it ``cancelled``; a drain hands it back (``released``, attempt not counted);
+- an attempt whose lease the store says is gone (:meth:`Executor.lose`: the worker was
+  paused past its lease and the job was taken back) is interrupted and reports nothing:
+  its completion would be refused anyway, and the job belongs to another attempt now;
+- anything that goes wrong while deciding the outcome (an exception whose ``__str__``
+  raises, a result that cannot be checked) still ends the attempt, as a failure that
+  says so: a supervising task never dies leaving its job ``running``.
+
+Every completion carries the attempt's claim token (``job.lease_token``); the store
+applies it only while the row still carries that token.
 
 What this module is not: it does not fetch jobs, talk to the store or decide how many
 jobs to push; that is the worker's loop.
@@ -47,7 +56,7 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 from slotfleet.models import (
@@ -61,6 +70,7 @@ from slotfleet.models import (
 )
 from slotfleet.models.errors import SlotfleetError
 from slotfleet.models.jobs import check_json_payload
+from slotfleet.store import Lease
 from slotfleet.worker.context import CancelToken, JobCancelled
 from slotfleet.worker.executors.functions import encode_result, resolve_function
 
@@ -125,18 +135,37 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+def safe_str(exc: BaseException) -> str:
+    """``str(exc)``, or a note saying it could not be had: a job's exception is user code,
+    and its ``__str__`` may raise."""
+    try:
+        return str(exc)
+    except Exception as inner:
+        return f"<message unavailable: its __str__ raised {type(inner).__name__}>"
+
+
 def describe_error(exc: BaseException) -> tuple[str, str]:
-    """``("ExcType: message", traceback)`` for a failed attempt."""
+    """``("ExcType: message", traceback)`` for a failed attempt; never raises."""
     if isinstance(exc, RemoteJobError):
         return str(exc), exc.remote_traceback
     if isinstance(exc, JobExitError):
         return str(exc), exc.job_traceback
     if isinstance(exc, AttemptError):
         return str(exc), ""
-    message = str(exc)
+    message = safe_str(exc)
     error = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ is not None else ""
+    tb = ""
+    if exc.__traceback__ is not None:
+        try:
+            tb = "".join(traceback.format_exception(exc))
+        except Exception:  # the message again: keep the frames, which are what matter
+            tb = "".join(traceback.format_tb(exc.__traceback__)) + error
     return error, tb
+
+
+def lease_of(job: QueuedJob) -> Lease:
+    """The ``(job id, claim token)`` pair naming one attempt of ``job``."""
+    return (job.id, job.lease_token or "")
 
 
 class ExecutorHost(Protocol):
@@ -159,6 +188,10 @@ class ExecutorHost(Protocol):
         """A slot of ``queue`` became free: the fetch loop may take another job."""
         ...
 
+    def lease_lost(self, job: QueuedJob) -> None:
+        """An attempt's lease was lost (see :meth:`Executor.lose`): count it."""
+        ...
+
 
 @dataclass(eq=False)
 class Run:
@@ -177,9 +210,11 @@ class Executor(ABC):
     """Runs the jobs of one queue. Subclasses implement ``push``, ``cancel``, ``stop``
     and ``get_default_concurrency``; completion handling is shared."""
 
-    #: Whether a timeout is reported when the deadline passes (the job's code may still
-    #: be running, holding its slot) rather than when the code has stopped.
-    reports_timeout_at_deadline = False
+    #: Whether a timeout that ends the job (no attempts left) is reported when the
+    #: deadline passes, although the job's code may still be running (holding its slot),
+    #: rather than when the code has stopped. A timeout that leads to a retry is always
+    #: reported once the code has stopped: the job must not run again while it runs here.
+    reports_final_timeout_at_deadline = False
 
     #: Seconds :meth:`stop` waits for interrupted jobs to end before giving up on them.
     stop_grace_seconds = 5.0
@@ -189,8 +224,9 @@ class Executor(ABC):
         self.queue = queue
         self._concurrency = queue.concurrency or self.get_default_concurrency()
         self._busy = 0
-        self._runs: dict[tuple[JobId, int], Run] = {}
-        self._open: dict[tuple[JobId, int], float] = {}
+        self._runs: dict[Lease, Run] = {}
+        self._open: dict[Lease, float] = {}
+        """Attempts not reported yet (by lease), with when they started."""
         self._background: set[asyncio.Task[Any]] = set()
         self._stopping = False
 
@@ -229,18 +265,22 @@ class Executor(ABC):
 
     async def on_job_starting(self, job: QueuedJob) -> QueuedJob:
         """Called before a job runs; marks the attempt open so it is reported once."""
-        self._open[(job.id, job.attempts)] = time.monotonic()
+        self._open[lease_of(job)] = time.monotonic()
         return job
 
     async def on_job_completed(
         self, *, job: QueuedJob, exc: Exception | None = None, result: Any = None
     ) -> None:
         """Decide the attempt's outcome and hand it to the worker. Reported once:
-        later calls for the same attempt (a timed-out thread returning) do nothing."""
-        started = self._open.pop((job.id, job.attempts), None)
+        later calls for the same attempt (a timed-out thread returning, an attempt
+        whose lease was lost) do nothing."""
+        started = self._open.pop(lease_of(job), None)
         if started is None:
             return
-        completion = self.decide(job, exc, result)
+        try:
+            completion = self.decide(job, exc, result)
+        except Exception as bad:  # never leave the job running for want of a verdict
+            completion = self.undecided(job, bad)
         self.worker.job_completed(job, completion, time.monotonic() - started)
 
     # -- extras used by the worker ------------------------------------------------
@@ -258,11 +298,28 @@ class Executor(ABC):
         """Whether an unreported attempt of ``job_id`` runs here."""
         return any(k[0] == job_id for k in self._open)
 
+    def held(self) -> list[Lease]:
+        """The leases of the attempts not reported yet: what the heartbeat renews."""
+        return list(self._open)
+
+    def lose(self, lease: Lease) -> bool:
+        """The store no longer gives this attempt its lease (the worker was paused past
+        it and the job was taken back, or it was claimed again): stop its code and
+        never report it. Returns whether the attempt was held here."""
+        if self._open.pop(lease, None) is None:
+            return False
+        run = self._runs.get(lease)
+        if run is not None:
+            self.interrupt(run, "lost")
+            self.worker.lease_lost(run.job)
+        return True
+
     # -- shared machinery ---------------------------------------------------------
 
     def decide(self, job: QueuedJob, exc: Exception | None, result: Any) -> Completion:
         """The completion for an attempt that ended with ``exc`` or ``result``."""
         worker_id = self.worker.worker_id
+        token = job.lease_token or ""
         if exc is None:
             try:
                 normalized = json.loads(encode_result(result))
@@ -273,30 +330,45 @@ class Executor(ABC):
                 # Every value is known-good: the id comes from a validated job, the result
                 # was just round-tripped through strict JSON and checked, so skip validation.
                 return Completion.model_construct(
-                    job_id=job.id, worker_id=worker_id, outcome=Outcome.SUCCEEDED, result=normalized
+                    job_id=job.id,
+                    worker_id=worker_id,
+                    token=token,
+                    attempt=job.attempts,
+                    outcome=Outcome.SUCCEEDED,
+                    result=normalized,
                 )
+        ids = {"job_id": job.id, "worker_id": worker_id, "token": token, "attempt": job.attempts}
         if isinstance(exc, JobCancelled):
-            return Completion(job_id=job.id, worker_id=worker_id, outcome=Outcome.CANCELLED)
+            return Completion(**ids, outcome=Outcome.CANCELLED)
         if isinstance(exc, JobReleased):
-            return Completion(job_id=job.id, worker_id=worker_id, outcome=Outcome.RELEASED)
-        now = self.worker.now()
+            return Completion(**ids, outcome=Outcome.RELEASED)
         text, tb = describe_error(exc)
-        error = JobError(attempt=job.attempts, error=text, traceback=tb, at=now)
+        error = JobError(attempt=job.attempts, error=text, traceback=tb, at=self.worker.now())
         if job.attempts < job.max_attempts:
             delay = job.retry.delay(job.attempts, random.random())
-            return Completion(
-                job_id=job.id,
-                worker_id=worker_id,
-                outcome=Outcome.RETRY,
-                error=error,
-                retry_at=now + timedelta(seconds=delay),
-            )
-        return Completion(job_id=job.id, worker_id=worker_id, outcome=Outcome.FAILED, error=error)
+            return Completion(**ids, outcome=Outcome.RETRY, error=error, retry_delay=delay)
+        return Completion(**ids, outcome=Outcome.FAILED, error=error)
+
+    def undecided(self, job: QueuedJob, bad: Exception) -> Completion:
+        """The completion of an attempt whose outcome could not be decided (``bad`` was
+        raised while deciding): a failure saying so, retried after the policy's cap
+        while attempts remain. Built from values known to be valid, so it cannot fail."""
+        text = f"the attempt's outcome could not be recorded: {type(bad).__name__}: {safe_str(bad)}"
+        error = JobError(attempt=job.attempts, error=text, at=self.worker.now())
+        ids = {
+            "job_id": job.id,
+            "worker_id": self.worker.worker_id,
+            "token": job.lease_token or "",
+            "attempt": job.attempts,
+        }
+        if job.attempts < job.max_attempts:
+            return Completion(**ids, outcome=Outcome.RETRY, error=error, retry_delay=job.retry.cap)
+        return Completion(**ids, outcome=Outcome.FAILED, error=error)
 
     def begin(self, job: QueuedJob) -> Run:
         """Occupy a slot for ``job`` and arm its timeout."""
         run = Run(job=job)
-        self._runs[(job.id, job.attempts)] = run
+        self._runs[lease_of(job)] = run
         self._busy += 1
         if job.timeout is not None:
             loop = asyncio.get_running_loop()
@@ -318,7 +390,7 @@ class Executor(ABC):
         try:
             await self.on_job_completed(job=run.job, exc=exc, result=result)
         finally:
-            self._runs.pop((run.job.id, run.job.attempts), None)
+            self._runs.pop(lease_of(run.job), None)
             self._busy -= 1
             self.worker.slot_freed(self.queue.name)
 
@@ -344,7 +416,8 @@ class Executor(ABC):
         if run.token.cancelled:
             return
         self.interrupt(run, "timeout")
-        if self.reports_timeout_at_deadline:
+        final = run.job.attempts >= run.job.max_attempts
+        if final and self.reports_final_timeout_at_deadline:
             self.spawn(self.on_job_completed(job=run.job, exc=self.timeout_error(run.job)))
 
     def spawn(self, coro: Any) -> None:

@@ -14,6 +14,8 @@ is simply replaced by the next job that needs one.
   job ends ``failed`` after ``max_attempts``.
 - Kwargs go to the child and results come back as JSON text, so nothing but JSON ever
   crosses the pipe.
+- A worker that dies takes its children with it (``_child.die_with_parent``), so a
+  job never keeps running in an orphan while the store gives it to another worker.
 
 What this module is not: it does not share memory or state between jobs beyond what
 the child's imported modules keep.
@@ -63,7 +65,7 @@ class _Child:
     def __init__(self, context: Any, loop: asyncio.AbstractEventLoop, name: str) -> None:
         parent_end, child_end = context.Pipe(duplex=True)
         self.process: BaseProcess = context.Process(
-            target=_child.main, args=(child_end,), name=name, daemon=False
+            target=_child.main, args=(child_end, os.getpid()), name=name, daemon=False
         )
         self.process.start()
         child_end.close()

@@ -6,10 +6,12 @@ stopped from outside, so cancellation is cooperative: the job's
 when its code returns, whatever it returns. A job that never looks at its token runs
 to its end.
 
-Timeouts are reported at the deadline: the token is set and the attempt is recorded as
-failed ("timed out after Ns") at once, so the retry policy applies without waiting for
-the code. The slot, however, stays busy until the thread really returns: ``free_slots``
-never counts a thread that is still running as free.
+At the deadline the token is set. A timeout that ends the job (no attempts left) is
+recorded as failed ("timed out after Ns") at once; one that leads to a retry is
+recorded when the thread returns, because a job must not run again (here or on another
+worker) while its first attempt's code still runs. Either way the slot stays busy until
+the thread really returns: ``free_slots`` never counts a thread that is still running as
+free, and the lease is renewed while the attempt is unreported.
 
 On :meth:`stop` (drain timeout passed) running jobs are handed back at once and their
 threads are left to finish on their own; a stopping worker process that still has such
@@ -53,7 +55,7 @@ def _call(job: QueuedJob, token: CancelToken) -> Any:
 class ThreadedExecutor(ConcurrentExecutor):
     """Runs jobs on a :class:`~concurrent.futures.ThreadPoolExecutor`."""
 
-    reports_timeout_at_deadline = True
+    reports_final_timeout_at_deadline = True
 
     def __init__(self, worker: ExecutorHost, queue: QueueSettings) -> None:
         super().__init__(worker, queue)

@@ -13,18 +13,13 @@ problems become :class:`StoreUnavailableError`, the rest :class:`StoreError`.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from slotfleet.models import (
     Completion,
@@ -34,7 +29,6 @@ from slotfleet.models import (
     QueuedJob,
     QueueStats,
     StoreError,
-    StoreUnavailableError,
     WorkerHeartbeat,
 )
 from slotfleet.store import postgres_sql as sql
@@ -42,17 +36,15 @@ from slotfleet.store import rows
 from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS, Lease
 from slotfleet.store.postgres_db import (
     Conn,
-    check_idle,
     completion_document,
-    configure,
     enqueue_document,
     job_row,
-    migrate,
-    parse_address,
+    place_enqueued,
     utc,
     worker_row,
 )
 from slotfleet.store.postgres_listen import Listener
+from slotfleet.store.postgres_pool import PostgresConnections
 from slotfleet.store.rows import (
     build_stats,
     cancel_requests_query,
@@ -64,151 +56,15 @@ from slotfleet.store.rows import (
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 #: Longest wait of a fetch for a pooled connection (see :meth:`PostgresStore.fetch`).
 FETCH_POOL_WAIT_SECONDS = 2.0
 
 #: What reading a claimed row may raise when a value in it cannot be represented.
 UNDECODABLE: tuple[type[Exception], ...] = (*rows.UNDECODABLE, psycopg.DataError)
 
-#: Tries of a statement the server aborted to break a deadlock or a serialization
-#: conflict (the transaction was rolled back, so running it again is always safe).
-ROLLBACK_TRIES = 4
 
-
-def rolled_back(exc: psycopg.Error) -> bool:
-    """Whether the server rolled the statement back to resolve a conflict (SQLSTATE class
-    40: deadlock detected, serialization failure), so running it again is safe."""
-    return (exc.sqlstate or "").startswith("40")
-
-
-class PostgresStore:
+class PostgresStore(PostgresConnections):
     """:class:`~slotfleet.store.Store` on PostgreSQL (``postgresql://...``)."""
-
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        min_size: int = 1,
-        max_size: int = 4,
-        connect_timeout: float = 10.0,
-    ) -> None:
-        """``min_size``/``max_size`` bound the pool (one worker needs few connections:
-        fetch, complete and heartbeat are short single statements); ``connect_timeout``
-        bounds both a new connection and waiting for a pooled one."""
-        self.dsn = dsn
-        self.address, params = parse_address(dsn)
-        self.min_size = min_size
-        self.max_size = max_size
-        self.connect_timeout = connect_timeout
-        self._connect_kwargs: dict[str, Any] = {"autocommit": True, "row_factory": dict_row}
-        if "connect_timeout" not in params:
-            self._connect_kwargs["connect_timeout"] = max(1, round(connect_timeout))
-        self._pool: AsyncConnectionPool[Conn] | None = None
-        self._listener: Listener | None = None
-
-    # -- plumbing ---------------------------------------------------------------------
-
-    def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
-        return StoreUnavailableError(
-            f"cannot reach the database at {self.address}: {one_line(exc)}"
-        )
-
-    async def _connect(self) -> Conn:
-        try:
-            return await psycopg.AsyncConnection.connect(self.dsn, **self._connect_kwargs)
-        except psycopg.Error as exc:
-            raise self._unavailable(exc) from exc
-
-    async def _run(
-        self,
-        body: Callable[[Conn], Awaitable[T]],
-        *,
-        idempotent: bool = False,
-        wait: float | None = None,
-    ) -> T:
-        """Run ``body`` on a pooled connection, translating driver errors. An idempotent
-        body is tried once more after a connection failure (a server restart leaves
-        dead connections in the pool; the retry gets a fresh one). ``wait`` bounds the
-        wait for a pooled connection (default ``connect_timeout``)."""
-        pool = self._pool
-        if pool is None:
-            raise StoreError("the store is not open: await store.open() first")
-        wait = self.connect_timeout if wait is None else min(wait, self.connect_timeout)
-        attempt, aborted = 0, 0
-        while True:
-            try:
-                async with pool.connection(timeout=wait) as conn:
-                    return await body(conn)
-            except PoolTimeout as exc:
-                raise StoreUnavailableError(
-                    f"cannot reach the database at {self.address}: no connection within {wait:g}s"
-                ) from exc
-            except psycopg.Error as exc:
-                if rolled_back(exc):
-                    # A deadlock or serialization failure: the server rolled the statement
-                    # back, so nothing happened and it can run again; it is no outage.
-                    aborted += 1
-                    if aborted >= ROLLBACK_TRIES:
-                        times = "once" if aborted == 1 else f"{aborted} times"
-                        raise StoreError(
-                            f"the database aborted the statement {times} "
-                            f"({one_line(exc)}); try again"
-                        ) from exc
-                    log.info("retrying a statement the database aborted: %s", one_line(exc))
-                    await asyncio.sleep(random.uniform(0.01, 0.05) * aborted)
-                    continue
-                if not isinstance(exc, psycopg.OperationalError):
-                    raise StoreError(f"database error: {one_line(exc)}") from exc
-                with contextlib.suppress(Exception):
-                    await pool.check()
-                attempt += 1
-                if not idempotent or attempt >= 2:
-                    raise self._unavailable(exc) from exc
-                log.info("retrying after a connection failure: %s", one_line(exc))
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._pool is not None:
-            return
-        conn = await self._connect()
-        try:
-            async with conn:
-                await migrate(conn)
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc) from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot migrate the database: {one_line(exc)}") from exc
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
-            self.dsn,
-            min_size=self.min_size,
-            max_size=self.max_size,
-            kwargs=self._connect_kwargs,
-            open=False,
-            timeout=self.connect_timeout,
-            configure=configure,
-            check=check_idle,
-            name="slotfleet",
-        )
-        try:
-            await pool.open(wait=True, timeout=self.connect_timeout)
-        except PoolTimeout as exc:
-            await pool.close()
-            raise StoreUnavailableError(
-                f"cannot reach the database at {self.address}: pool not ready within "
-                f"{self.connect_timeout:g}s"
-            ) from exc
-        self._pool = pool
-
-    async def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            await listener.stop()
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            await pool.close()
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -229,29 +85,7 @@ class PostgresStore:
 
         async def body(conn: Conn) -> list[QueuedJob]:
             cur = await conn.execute(sql.ENQUEUE, params)
-            inserted: list[DictRow] = []
-            stored: list[DictRow] = []
-            for row in await cur.fetchall():
-                (inserted if row["new"] else stored).append(row)
-            by_key = {row["unique_key"]: job_row(row) for row in stored}
-            unkeyed: list[QueuedJob] = []
-            # Ids follow input order; a key inserted here wins over a stored row of the
-            # statement's snapshot that has since stopped holding it.
-            for row in sorted(inserted, key=lambda row: row["id"]):
-                queued = job_row(row)
-                if queued.unique_key is None:
-                    unkeyed.append(queued)
-                else:
-                    by_key[queued.unique_key] = queued
-            if len(unkeyed) != sum(job.unique_key is None for job in jobs):
-                raise StoreError(f"enqueue stored {len(unkeyed)} jobs without a unique_key")
-            next_unkeyed = iter(unkeyed)
-            placed: dict[int, QueuedJob] = {}
-            for i, job in enumerate(jobs):
-                if job.unique_key is None:
-                    placed[i] = next(next_unkeyed)
-                elif job.unique_key in by_key:
-                    placed[i] = by_key[job.unique_key]
+            placed = place_enqueued(jobs, await cur.fetchall())
             missing = [i for i in range(len(jobs)) if i not in placed]
             if missing:
                 # A concurrent enqueue committed one of our keys after this statement's
@@ -269,27 +103,6 @@ class PostgresStore:
             return [placed[i] for i in range(len(jobs))]
 
         return await self._run(body)
-
-    async def _one(self, query: str, params: dict[str, Any], *, idempotent: bool) -> DictRow | None:
-        async def body(conn: Conn) -> DictRow | None:
-            cur = await conn.execute(query, params)
-            return await cur.fetchone()
-
-        return await self._run(body, idempotent=idempotent)
-
-    async def _all(
-        self,
-        query: str,
-        params: dict[str, Any],
-        *,
-        idempotent: bool,
-        wait: float | None = None,
-    ) -> list[DictRow]:
-        async def body(conn: Conn) -> list[DictRow]:
-            cur = await conn.execute(query, params)
-            return await cur.fetchall()
-
-        return await self._run(body, idempotent=idempotent, wait=wait)
 
     async def get(self, job_id: JobId) -> QueuedJob | None:
         row = await self._one(sql.GET_JOB, {"id": job_id}, idempotent=True)

@@ -16,7 +16,14 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import DictRow
 from psycopg.types.json import set_json_loads
 
-from slotfleet.models import Completion, InvalidSettingsError, Job, QueuedJob, WorkerHeartbeat
+from slotfleet.models import (
+    Completion,
+    InvalidSettingsError,
+    Job,
+    QueuedJob,
+    StoreError,
+    WorkerHeartbeat,
+)
 from slotfleet.store import postgres_sql as sql
 from slotfleet.store.rows import error_json, job_from_record, migration_scripts, one_line
 
@@ -132,6 +139,33 @@ def enqueue_document(jobs: Sequence[Job]) -> str:
         ],
         separators=(",", ":"),
     )
+
+
+def place_enqueued(jobs: Sequence[Job], rows: Sequence[DictRow]) -> dict[int, QueuedJob]:
+    """Input position -> job, from the rows ``ENQUEUE`` returned: the inserted ones
+    (``new``) and the stored non-terminal jobs holding one of the batch's keys. Ids follow
+    input order among jobs without a key; a key inserted here wins over a stored row of
+    the statement's snapshot that has since stopped holding it. Positions of keys found
+    in neither are left out (a concurrent enqueue committed them after the snapshot)."""
+    inserted = [row for row in rows if row["new"]]
+    by_key = {row["unique_key"]: job_row(row) for row in rows if not row["new"]}
+    unkeyed: list[QueuedJob] = []
+    for row in sorted(inserted, key=lambda row: row["id"]):
+        queued = job_row(row)
+        if queued.unique_key is None:
+            unkeyed.append(queued)
+        else:
+            by_key[queued.unique_key] = queued
+    if len(unkeyed) != sum(job.unique_key is None for job in jobs):
+        raise StoreError(f"enqueue stored {len(unkeyed)} jobs without a unique_key")
+    next_unkeyed = iter(unkeyed)
+    placed: dict[int, QueuedJob] = {}
+    for i, job in enumerate(jobs):
+        if job.unique_key is None:
+            placed[i] = next(next_unkeyed)
+        elif job.unique_key in by_key:
+            placed[i] = by_key[job.unique_key]
+    return placed
 
 
 def completion_document(batch: Sequence[Completion]) -> str:

@@ -56,9 +56,12 @@ from slotfleet.store.rows import (
 )
 from slotfleet.store.sqlite_db import (
     connect,
+    data_version,
     epoch,
+    insert_jobs,
     job_row,
     migrate,
+    ready_exists,
     sqlite_path,
     worker_row,
     write,
@@ -154,37 +157,8 @@ class SQLiteStore:
         rows = [job_values(job) for job in jobs]
         by_key: dict[str, QueuedJob] = {}  # across chunks: a key may repeat later on
 
-        def insert(conn: sqlite3.Connection, chunk: list[dict[str, Any]]) -> list[QueuedJob]:
-            now = time.time()
-            out = []
-            for values in chunk:
-                key = values["unique_key"]
-                if key is not None:
-                    if key not in by_key:
-                        found = conn.execute(sql.FIND_ACTIVE_BY_KEY, {"unique_key": key}).fetchone()
-                        if found is not None:
-                            by_key[key] = job_row(found)
-                    if key in by_key:
-                        out.append(by_key[key])
-                        continue
-                params = {
-                    **values,
-                    "kwargs": dump_json(values["kwargs"]),
-                    "retry": dump_json(values["retry"]),
-                    "meta": dump_json(values["meta"]),
-                    "scheduled_at": now
-                    if values["scheduled_at"] is None
-                    else epoch(values["scheduled_at"]),
-                    "now": now,
-                }
-                job = job_row(conn.execute(sql.INSERT_JOB, params).fetchone())
-                if key is not None:
-                    by_key[key] = job
-                out.append(job)
-            return out
-
         def transaction(chunk: list[dict[str, Any]]) -> Callable[[sqlite3.Connection], Any]:
-            return lambda conn: write(conn, lambda c: insert(c, chunk))
+            return lambda conn: write(conn, lambda c: insert_jobs(c, chunk, by_key))
 
         queued: list[QueuedJob] = []
         for start in range(0, len(rows), ENQUEUE_CHUNK):
@@ -419,26 +393,16 @@ class SQLiteStore:
         event = self._wakeups.setdefault(queue, asyncio.Event())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, min(timeout, MAX_WAIT_SECONDS))
-        version = await self._call(_data_version)
+        version = await self._call(data_version)
         while (remaining := deadline - loop.time()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), min(remaining, WATCH_INTERVAL_SECONDS))
                 return
-            seen = await self._call(_data_version)
+            seen = await self._call(data_version)
             if seen != version:
                 version = seen
-                if await self._call(lambda conn: _ready_exists(conn, queue)):
+                if await self._call(lambda conn: ready_exists(conn, queue)):
                     return
 
     async def now(self) -> datetime:
         return datetime.now(UTC)
-
-
-def _data_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA data_version").fetchone()[0])
-
-
-def _ready_exists(conn: sqlite3.Connection, queue: str) -> bool:
-    return (
-        conn.execute(sql.READY_EXISTS, {"queue": queue, "now": time.time()}).fetchone() is not None
-    )

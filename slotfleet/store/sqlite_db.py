@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from slotfleet.models import InvalidSettingsError, QueuedJob, WorkerHeartbeat
 from slotfleet.store import sqlite_sql as sql
-from slotfleet.store.rows import job_from_record, migration_scripts
+from slotfleet.store.rows import dump_json, job_from_record, migration_scripts
 
 T = TypeVar("T")
 
@@ -68,6 +68,42 @@ def worker_row(row: sqlite3.Row) -> WorkerHeartbeat:
         last_seen=datetime.fromtimestamp(row["last_seen"], UTC),
         draining=bool(row["draining"]),
     )
+
+
+def insert_jobs(
+    conn: sqlite3.Connection, rows: list[dict[str, Any]], by_key: dict[str, QueuedJob]
+) -> list[QueuedJob]:
+    """Insert job ``rows`` (from ``rows.job_values``) in input order and return them as
+    stored. A row whose ``unique_key`` a non-terminal job holds (stored already, or in
+    ``by_key``: earlier in the same batch) is not inserted; that job takes its place.
+    ``by_key`` is updated, so a batch written in several transactions keeps deduplicating."""
+    now = time.time()
+    out = []
+    for values in rows:
+        key = values["unique_key"]
+        if key is not None:
+            if key not in by_key:
+                found = conn.execute(sql.FIND_ACTIVE_BY_KEY, {"unique_key": key}).fetchone()
+                if found is not None:
+                    by_key[key] = job_row(found)
+            if key in by_key:
+                out.append(by_key[key])
+                continue
+        params = {
+            **values,
+            "kwargs": dump_json(values["kwargs"]),
+            "retry": dump_json(values["retry"]),
+            "meta": dump_json(values["meta"]),
+            "scheduled_at": now
+            if values["scheduled_at"] is None
+            else epoch(values["scheduled_at"]),
+            "now": now,
+        }
+        job = job_row(conn.execute(sql.INSERT_JOB, params).fetchone())
+        if key is not None:
+            by_key[key] = job
+        out.append(job)
+    return out
 
 
 def write(conn: sqlite3.Connection, body: _Transaction[T]) -> T:
@@ -133,3 +169,15 @@ def migrate(conn: sqlite3.Connection) -> None:
             )
 
     write(conn, body)
+
+
+def data_version(conn: sqlite3.Connection) -> int:
+    """The file's data version: it changes when another connection commits."""
+    return int(conn.execute("PRAGMA data_version").fetchone()[0])
+
+
+def ready_exists(conn: sqlite3.Connection, queue: str) -> bool:
+    """Whether ``queue`` has a job ready now (a read: never waits for the write lock)."""
+    return (
+        conn.execute(sql.READY_EXISTS, {"queue": queue, "now": time.time()}).fetchone() is not None
+    )

@@ -6,13 +6,8 @@ jobs as slots free up (``loop.py``), writes completions in small batches
 worker died (``store.recover_expired`` on every heartbeat, so an expired lease is back
 within seconds).
 
-Leases are renewed per attempt, never per worker id: each heartbeat names the
-``(job, claim token)`` pairs this process holds (attempts running or whose completion
-is not written yet), and the store renews only those still carrying that token. A
-pair the store did not renew was lost (this process was paused past its lease, or the
-job went to another attempt): the worker stops that attempt and drops its completion.
-So a container restarted under its pod's name, a fetch whose reply was lost, or a
-process that wakes from a pause can never keep a job alive that it does not run.
+Leases are renewed per attempt (held claim tokens), never per worker id: see
+``leases.py``.
 
 :meth:`Worker.run` returns after a drain: stop fetching, let running jobs finish within
 ``drain_timeout``, hand the rest back (``released``), flush, forget the heartbeat.
@@ -46,21 +41,20 @@ from slotfleet.models import (
     QueuedJob,
     QueueSettings,
     Reference,
-    StoreUnavailableError,
     WorkerHeartbeat,
 )
-from slotfleet.store import DEFAULT_LEASE_SECONDS, Lease, Store
+from slotfleet.store import DEFAULT_LEASE_SECONDS, Store
 from slotfleet.worker.batcher import CompletionBatcher
 from slotfleet.worker.cancel import CancelSource, StoreCancelSource
 from slotfleet.worker.executors import Executor, executor_class
+from slotfleet.worker.leases import LeaseKeeper
 from slotfleet.worker.loop import QueueLoop
 from slotfleet.worker.metrics import SlotUsage, WorkerMetrics
 from slotfleet.worker.server import HealthServer, MetricsServerConfig
+from slotfleet.worker.startup import connect_patiently
 
 log = logging.getLogger(__name__)
 
-#: First and longest pause between attempts to reach the store at startup.
-STARTUP_BACKOFF_SECONDS = (0.2, 5.0)
 #: Longest gap between heartbeats, whatever the lease: the operator and ``queue_stats``
 #: count a worker as gone when it has not been seen for DEFAULT_WORKER_TTL_SECONDS (30).
 MAX_HEARTBEAT_SECONDS = 10.0
@@ -129,6 +123,9 @@ class Worker:
         self.metrics = WorkerMetrics(self)
         self._loops: dict[str, QueueLoop] = {}
         self._batcher = CompletionBatcher(store, clock=clock)
+        self.leases = LeaseKeeper(
+            store, lease_seconds, lambda: self.executors.values(), self._batcher
+        )
         self._stopping = asyncio.Event()
         self._slot_changed = asyncio.Event()
         self._started_at: datetime | None = None
@@ -282,44 +279,18 @@ class Worker:
         return None if self.ready else "starting"
 
     async def _connect(self) -> bool:
-        """Open the store and write the first heartbeat, waiting out an unreachable store
-        with a capped exponential backoff; return ``False`` if stopped meanwhile."""
-        delay, longest = STARTUP_BACKOFF_SECONDS
-        while True:
-            try:
-                if not await self._unless_stopped(self._open_and_register()):
-                    return False
-            except StoreUnavailableError as exc:
-                self.waiting_for_store = True
-                log.warning("store unreachable, retrying in %gs: %s", delay, exc)
-                if not await self._unless_stopped(asyncio.sleep(delay)):
-                    return False
-                delay = min(longest, delay * 2)
-                continue
-            self.waiting_for_store = False
-            return True
+        """Open the store and write the first heartbeat, waiting out an unreachable store;
+        return ``False`` if stopped meanwhile."""
+
+        def waiting(now: bool) -> None:
+            self.waiting_for_store = now
+
+        return await connect_patiently(self._open_and_register, self._stopping, waiting)
 
     async def _open_and_register(self) -> None:
         await self.store.open()
         await self._beat()
         self._registered = True
-
-    async def _unless_stopped(self, awaitable: Awaitable[None]) -> bool:
-        """Await ``awaitable`` unless a stop is requested first (it is then cancelled);
-        return whether it completed. Its exception, if any, propagates."""
-        work = asyncio.ensure_future(awaitable)
-        stop = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait([work, stop], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for future in (work, stop):
-                if not future.done():
-                    future.cancel()
-            await asyncio.gather(work, stop, return_exceptions=True)
-        if work.cancelled():
-            return False
-        work.result()
-        return True
 
     async def _drain(self, tasks: list[asyncio.Task[None]]) -> None:
         """Let running jobs finish (up to ``drain_timeout``), then write what is left.
@@ -375,20 +346,7 @@ class Worker:
         for loop in self._loops.values():
             await loop.settle()
 
-    def held(self) -> list[Lease]:
-        """Every attempt this process holds: running, or finished with its completion not
-        written yet."""
-        held = [lease for e in self.executors.values() for lease in e.held()]
-        return held + self._batcher.held()
-
-    def _lost(self, leases: set[Lease]) -> None:
-        """Stop acting on attempts whose lease the store no longer gives this worker."""
-        for lease in leases:
-            if not any(e.lose(lease) for e in self.executors.values()):
-                self._batcher.discard(lease)
-
     async def _beat(self) -> None:
-        held = self.held()
         beat = WorkerHeartbeat(
             worker_id=self.worker_id,
             hostname=socket.gethostname(),
@@ -398,8 +356,7 @@ class Worker:
             last_seen=self.now(),
             draining=self.draining,
         )
-        renewed = await self.store.heartbeat(beat, self.lease_seconds, held)
-        self._lost(set(held) - renewed)
+        await self.leases.beat(beat)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -16,8 +16,14 @@ import psycopg
 import pytest
 
 from slotfleet.models import InvalidSettingsError, Job, StoreError, StoreUnavailableError
-from slotfleet.store import DEFAULT_DSN, Store, dsn_from_env, open_store, postgres_sql
-from slotfleet.store import postgres as postgres_module
+from slotfleet.store import (
+    DEFAULT_DSN,
+    Store,
+    dsn_from_env,
+    open_store,
+    postgres_pool,
+    postgres_sql,
+)
 from slotfleet.store.postgres import PostgresStore
 from slotfleet.store.sqlite import SQLiteStore
 from tests.fixtures.postgres import PostgresServer
@@ -438,7 +444,7 @@ async def test_concurrent_batches_sharing_unique_keys_do_not_deadlock(
     """Regression (issue 9, finding 8): two batches holding the same keys in opposite
     orders deadlocked on PostgreSQL (rows were inserted in input order). Retries of
     aborted statements are off here, so a deadlock would surface."""
-    monkeypatch.setattr(postgres_module, "ROLLBACK_TRIES", 1)
+    monkeypatch.setattr(postgres_pool, "ROLLBACK_TRIES", 1)
     one, two = await store_factory(), await store_factory()
     for round_ in range(10):
         keys = [f"r{round_}-{i}" for i in range(200)]
@@ -469,7 +475,7 @@ async def test_postgres_aborted_statements_are_retried_then_named(
     async def always_conflicts(conn: object) -> str:
         raise psycopg.errors.SerializationFailure("could not serialize access")
 
-    caplog.set_level("INFO", logger="slotfleet.store.postgres")
+    caplog.set_level("INFO", logger="slotfleet.store.postgres_pool")
     assert await pg_store._run(deadlocks_twice) == "done"
     assert calls == 3
     assert "retrying a statement the database aborted" in caplog.text

@@ -16,13 +16,8 @@ from slotfleet.models import ExecutorKind
 
 if TYPE_CHECKING:
     from slotfleet.worker.executors.async_ import AsyncExecutor
-    from slotfleet.worker.executors.base import (
-        ConcurrentExecutor,
-        Executor,
-        ExecutorHost,
-        JobReleased,
-        JobTimeout,
-    )
+    from slotfleet.worker.executors.base import ConcurrentExecutor, Executor, ExecutorHost
+    from slotfleet.worker.executors.outcomes import JobReleased, JobTimeout
     from slotfleet.worker.executors.processes import ProcessExecutor
     from slotfleet.worker.executors.threads import ThreadedExecutor
 
@@ -31,8 +26,8 @@ _EXPORTS = {
     "ConcurrentExecutor": "slotfleet.worker.executors.base",
     "Executor": "slotfleet.worker.executors.base",
     "ExecutorHost": "slotfleet.worker.executors.base",
-    "JobReleased": "slotfleet.worker.executors.base",
-    "JobTimeout": "slotfleet.worker.executors.base",
+    "JobReleased": "slotfleet.worker.executors.outcomes",
+    "JobTimeout": "slotfleet.worker.executors.outcomes",
     "ProcessExecutor": "slotfleet.worker.executors.processes",
     "ThreadedExecutor": "slotfleet.worker.executors.threads",
 }

@@ -22,7 +22,8 @@ from typing import Any
 from slotfleet.models import QueuedJob, Reference
 from slotfleet.models.errors import SlotfleetError
 from slotfleet.worker.context import JobCancelled, context_with_token
-from slotfleet.worker.executors.base import Executor, Run, await_job
+from slotfleet.worker.executors.base import Executor, Run
+from slotfleet.worker.executors.outcomes import await_job
 
 
 class NotACoroutineError(SlotfleetError, TypeError):

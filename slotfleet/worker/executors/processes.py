@@ -36,13 +36,8 @@ from typing import Any
 
 from slotfleet.models import QueuedJob, QueueSettings
 from slotfleet.worker.executors import _child
-from slotfleet.worker.executors.base import (
-    AttemptError,
-    ConcurrentExecutor,
-    ExecutorHost,
-    RemoteJobError,
-    Run,
-)
+from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Run
+from slotfleet.worker.executors.outcomes import AttemptError, RemoteJobError
 
 
 class ChildExitedError(AttemptError):

@@ -32,14 +32,8 @@ from typing import Any
 
 from slotfleet.models import QueuedJob, QueueSettings
 from slotfleet.worker.context import CancelToken, use_token
-from slotfleet.worker.executors.base import (
-    ConcurrentExecutor,
-    ExecutorHost,
-    JobReleased,
-    Run,
-    await_job,
-    call_job,
-)
+from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Run
+from slotfleet.worker.executors.outcomes import JobReleased, await_job, call_job
 
 
 def _call(job: QueuedJob, token: CancelToken) -> Any:

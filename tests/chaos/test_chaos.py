@@ -1,18 +1,22 @@
 """Chaos: thousands of jobs through four PostgreSQL workers while workers are killed
-(SIGKILL) or drained (SIGTERM) every few seconds and PostgreSQL restarts once.
+(SIGKILL of the worker process) or drained (SIGTERM) every few seconds and PostgreSQL
+restarts once, judged on the fault suite's side-effect ledger.
 
-Each job body (``tests.chaos_tasks:record``) writes a row to an ``executions`` side
-table in the store's own database, so the end checks see every real execution, not
-only what the store says. Jobs are fed to the queue as it drains (at most
+Each job body (``tests.fault_tasks:work_async``) appends its start and end to the
+ledger, so the end checks see every real execution, not only what the store says, and
+every kill, drain and restart is in the run's fault log with its time. The analysis is
+the fault suite's (``tests/faults/analysis.py``): a duplicate is excused only when the
+first execution's worker was killed before the second started, never because it was
+signalled at some later point. Jobs are fed to the queue as it drains (at most
 ``BACKLOG`` ready at a time), so a job taken back from a dead worker is re-run
-promptly instead of queueing behind the whole batch; the re-run delay then measures
-recovery, not backlog. See ``tests/chaos/analysis.py`` for the exact definitions.
+promptly instead of queueing behind the whole batch, and the recovery bound measures
+recovery, not backlog.
 
 Sizes come from the environment so CI and a laptop can pick their own:
 ``SLOTFLEET_CHAOS_JOBS`` (default 10000), ``SLOTFLEET_CHAOS_DEADLINE`` (seconds the
 run may take before the test fails, default 170), ``SLOTFLEET_CHAOS_MARGIN`` (slack on
-the recovery bounds for a loaded machine, default 2). Run with ``-rP`` (or ``-s``) to
-see the printed figures.
+the bounds for a loaded machine, default 2). Run with ``-rP`` (or ``-s``) to see the
+printed figures.
 """
 
 from __future__ import annotations
@@ -21,22 +25,23 @@ import asyncio
 import contextlib
 import os
 import random
-import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from slotfleet.models import TERMINAL_STATES, Job, JobState, QueuedJob, SlotfleetError
+from slotfleet.models import JobState, QueuedJob, SlotfleetError
+from slotfleet.models.jobs import Job
 from slotfleet.store import Store, open_store
-from tests.chaos.analysis import Bounds, ChaosReport, Execution, analyse
-from tests.chaos.fleet import ChaosFleet
-from tests.chaos_tasks import EXECUTIONS_TABLE
+from tests.faults.analysis import Bounds, Expect, Report, analyse
+from tests.faults.driver import REPORTS, outcome
+from tests.faults.faultlog import Fault, FaultKind, FaultLog
+from tests.faults.fleet import Fleet, WorkerProc
+from tests.faults.ledger import executions, read_events
 from tests.fixtures.postgres import PostgresServer
 
 JOBS = int(os.environ.get("SLOTFLEET_CHAOS_JOBS", "10000"))
@@ -67,9 +72,10 @@ pytestmark = [
 
 @dataclass
 class Chaos:
-    dsn: str
     store: Store
-    fleet: ChaosFleet
+    fleet: Fleet
+    faults: FaultLog
+    ledger: Path
     server: PostgresServer
 
 
@@ -79,22 +85,19 @@ async def chaos(postgres_server: PostgresServer, tmp_path: Path) -> AsyncIterato
     dsn = postgres_server.create_database(name)
     store = open_store(dsn)
     await store.open()
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(EXECUTIONS_TABLE)
-    fleet = ChaosFleet(
-        dsn,
-        tmp_path,
-        [
-            "--queue", f"{QUEUE}:async:{CONCURRENCY}",
-            "--lease-seconds", str(LEASE_SECONDS),
-            "--drain-timeout", str(DRAIN_SECONDS),
-            "--polling-interval", "0.2",
-            "--import", "tests.chaos_tasks",
-            "--log-level", "WARNING",
-        ],
-    )  # fmt: skip
+    ledger = tmp_path / "ledger.jsonl"
+    ledger.touch()
+    faults = FaultLog()
+    args = [
+        "--queue", f"{QUEUE}:async:{CONCURRENCY}",
+        "--lease-seconds", str(LEASE_SECONDS),
+        "--drain-timeout", str(DRAIN_SECONDS),
+        "--polling-interval", "0.2",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    fleet = Fleet(lambda _: dsn, tmp_path, args, ledger, faults)
     try:
-        yield Chaos(dsn, store, fleet, postgres_server)
+        yield Chaos(store, fleet, faults, ledger, postgres_server)
     finally:
         fleet.cleanup()
         await store.close()
@@ -102,43 +105,38 @@ async def chaos(postgres_server: PostgresServer, tmp_path: Path) -> AsyncIterato
             postgres_server.drop_database(name)
 
 
+def key(token: int) -> str:
+    return f"c-{token}"
+
+
 def make_job(token: int) -> Job:
-    seconds = (
-        LONG_JOB_SECONDS if token % LONG_JOB_EVERY == LONG_JOB_EVERY - 1 else SHORT_JOB_SECONDS
-    )
+    long = token % LONG_JOB_EVERY == LONG_JOB_EVERY - 1
+    seconds = LONG_JOB_SECONDS if long else SHORT_JOB_SECONDS
     return Job(
-        func="tests.chaos_tasks:record",
+        func="tests.fault_tasks:work_async",
         queue=QUEUE,
-        kwargs={"token": token, "seconds": seconds},
+        kwargs={"key": key(token), "behaviour": "succeed", "seconds": seconds, "kind": "async"},
         max_attempts=20,
         unique_key=f"chaos-{token}",
     )
 
 
-def crash_report(chaos: Chaos) -> str:
-    crashed = chaos.fleet.crashed()
-    return "\n".join(
-        f"--- worker {p.worker_id} exited {p.popen.returncode} unasked:\n{p.tail()}"
-        for p in crashed
-    )
-
-
-async def drive(chaos: Chaos, mode: signal.Signals) -> tuple[datetime, datetime] | None:
-    """Feed jobs, signal a worker every few seconds (starting a replacement at once),
+async def drive(chaos: Chaos, hit: Callable[[WorkerProc], Fault]) -> None:
+    """Feed jobs, ``hit`` a worker every few seconds (starting a replacement at once),
     restart PostgreSQL once half the jobs are done; return when all are terminal."""
     rng = random.Random(7)
     for _ in range(WORKERS):
         chaos.fleet.start()
     enqueued, terminal = 0, 0
-    restart: tuple[datetime, datetime] | None = None
-    crashes: set[str] = set()
-    ready: set[str] = set()
+    restarted = False
+    crashes: set[int] = set()
+    ready: set[tuple[str, int]] = set()
     started = time.monotonic()
     next_signal = started + SIGNAL_EVERY_SECONDS
     while enqueued < JOBS or terminal < JOBS:
         for proc in chaos.fleet.crashed():
-            if proc.worker_id not in crashes:  # keep going, report it at the end
-                crashes.add(proc.worker_id)
+            if proc.pid not in crashes:  # keep going, report it at the end
+                crashes.add(proc.pid)
                 print(f"worker {proc.worker_id} exited {proc.popen.returncode} unasked")
                 chaos.fleet.start()
         assert time.monotonic() - started < DEADLINE_SECONDS, (
@@ -151,29 +149,29 @@ async def drive(chaos: Chaos, mode: signal.Signals) -> tuple[datetime, datetime]
             if stats is not None:
                 terminal = stats.succeeded + stats.failed + stats.cancelled
             ready_jobs = stats.ready if stats is not None else 0
-            ready = {w.worker_id for w in await chaos.store.workers()}
+            ready = {(w.worker_id, w.pid) for w in await chaos.store.workers()}
             if enqueued < JOBS and ready_jobs < BACKLOG:
                 batch = range(enqueued, min(JOBS, enqueued + BACKLOG - ready_jobs))
                 await chaos.store.enqueue([make_job(t) for t in batch])
                 enqueued = batch.stop
         except SlotfleetError as exc:  # the test's own client rides out the restart too
             print(f"client: store call failed: {exc}")
-        if restart is None and terminal >= JOBS // 2:
-            began = datetime.now(UTC)
+        if not restarted and terminal >= JOBS // 2:
+            began = time.time()
             await asyncio.to_thread(chaos.server.restart)
-            restart = (began, datetime.now(UTC))
+            chaos.faults.add(Fault(FaultKind.DB_RESTART, began, time.time()))
+            restarted = True
             print(f"restarted PostgreSQL at {terminal} terminal jobs")
         elif time.monotonic() >= next_signal and terminal < JOBS:
             # Only workers that have heartbeated: a process still importing has not
             # installed its signal handlers and holds nothing worth testing.
-            live = [p for p in chaos.fleet.live() if p.worker_id in ready]
+            live = [p for p in chaos.fleet.live() if (p.worker_id, p.pid) in ready]
             if live:
-                chaos.fleet.send(rng.choice(live), mode)
+                hit(rng.choice(live))
                 chaos.fleet.start()
             next_signal = time.monotonic() + SIGNAL_EVERY_SECONDS
         await asyncio.sleep(0.1)
     print(f"all {JOBS} jobs terminal after {time.monotonic() - started:.1f}s")
-    return restart
 
 
 async def all_jobs(store: Store) -> list[QueuedJob]:
@@ -187,79 +185,66 @@ async def all_jobs(store: Store) -> list[QueuedJob]:
         after = page[-1].id
 
 
-async def all_executions(dsn: str) -> list[Execution]:
-    async with await psycopg.AsyncConnection.connect(dsn) as conn:
-        cur = await conn.execute("SELECT token, worker, at FROM executions")
-        return [Execution(int(t), str(w), a) for t, w, a in await cur.fetchall()]
-
-
-async def finish(
-    chaos: Chaos, mode: signal.Signals, restart: tuple[datetime, datetime] | None
-) -> ChaosReport:
+async def finish(chaos: Chaos, name: str) -> Report:
     """Drain the survivors, check exit codes, gather the data and analyse it."""
-    signalled = {
-        p.worker_id: p.signalled_at
-        for p in chaos.fleet.procs
-        if p.signal is mode and p.signalled_at is not None
-    }
-    crashed = crash_report(chaos)
     # A replacement started moments ago may still be importing, before its signal
     # handlers exist (SIGTERM would end it with -15, holding nothing): let every live
     # worker check in first, as the signals during the run do.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        beating = {w.worker_id for w in await chaos.store.workers()}
-        if all(p.worker_id in beating for p in chaos.fleet.live()):
+        beating = {(w.worker_id, w.pid) for w in await chaos.store.workers()}
+        if all((p.worker_id, p.pid) in beating for p in chaos.fleet.live()):
             break
         await asyncio.sleep(0.2)
     await asyncio.to_thread(chaos.fleet.stop_all, DRAIN_SECONDS + 15)
+    expected = {p.pid: -9 if p.killed else 0 for p in chaos.fleet.procs}
     bad_exits = [
-        f"{p.worker_id} ({p.signal.name}) -> {p.popen.returncode}:\n{p.tail()}"
+        f"{p.worker_id} (pid {p.pid}) -> {p.popen.returncode}:\n{p.tail()}"
         for p in chaos.fleet.procs
-        if p.signal is not None
-        and p.popen.returncode != (-signal.SIGKILL if p.signal is signal.SIGKILL else 0)
+        if p.popen.returncode != expected[p.pid]
     ]
-    jobs = await all_jobs(chaos.store)
-    states = {s: sum(j.state is s for j in jobs) for s in JobState}
-    assert all(j.state in TERMINAL_STATES for j in jobs), states
+    events = read_events(chaos.ledger)
     report = analyse(
-        mode=mode,
-        expected=JOBS,
-        jobs=jobs,
-        executions=await all_executions(chaos.dsn),
-        signalled=signalled,
-        restart=restart,
+        name,
+        events=events,
+        executions=executions(events),
+        outcomes=[outcome(job) for job in await all_jobs(chaos.store)],
+        expects=[Expect(key(t), "succeed", JobState.SUCCEEDED) for t in range(JOBS)],
+        faults=chaos.faults,
+        workers=chaos.fleet.pids,
         bounds=Bounds(
             lease=LEASE_SECONDS,
             heartbeat=HEARTBEAT_SECONDS,
-            drain=DRAIN_SECONDS,
-            longest_job=LONG_JOB_SECONDS,
+            grace=DRAIN_SECONDS,
+            cancel_poll=1.0,
             margin=MARGIN_SECONDS,
         ),
     )
+    report.timeline = []  # dozens of signals: the counts say enough
     if bad_exits:
-        report.problems.insert(0, "signalled workers ended badly:\n" + "\n".join(bad_exits))
-    if crashed:
-        report.problems.insert(0, f"workers the test did not signal exited:\n{crashed}")
+        print("workers ended badly:\n" + "\n".join(bad_exits))
+    REPORTS.append(report)
     print(report.summary())
-    for problem in report.problems[:30]:
-        print("  PROBLEM:", problem)
+    assert not bad_exits, "\n".join(bad_exits)
     return report
 
 
 async def test_sigkilled_workers_lose_no_job_and_run_none_twice(chaos: Chaos) -> None:
-    restart = await drive(chaos, signal.SIGKILL)
-    report = await finish(chaos, signal.SIGKILL, restart)
-    assert report.signalled_workers >= 3, report.summary()
-    assert report.recovered_jobs > 0, report.summary()
-    assert not report.problems, report.summary() + "\n" + "\n".join(report.problems[:30])
+    await drive(chaos, chaos.fleet.sigkill)
+    report = await finish(chaos, "chaos-sigkill")
+    assert report.faults.get("sigkill", 0) >= 3, report.summary()
+    assert report.excused, "no kill cut a running job: " + report.summary()
+    assert not report.problems, report.summary()
 
 
 async def test_sigterm_drained_workers_hand_back_without_loss_and_exit_zero(
     chaos: Chaos,
 ) -> None:
-    restart = await drive(chaos, signal.SIGTERM)
-    report = await finish(chaos, signal.SIGTERM, restart)
-    assert report.signalled_workers >= 3, report.summary()
-    assert report.recovered_jobs > 0, report.summary()
-    assert not report.problems, report.summary() + "\n" + "\n".join(report.problems[:30])
+    await drive(chaos, chaos.fleet.terminate)
+    report = await finish(chaos, "chaos-sigterm")
+    assert report.faults.get("sigterm", 0) >= 3, report.summary()
+    handed_back = [
+        e for e in executions(read_events(chaos.ledger)) if e.how == "interrupted:released"
+    ]
+    assert handed_back, "no drain handed a running job back: " + report.summary()
+    assert not report.problems, report.summary()

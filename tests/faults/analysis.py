@@ -1,6 +1,7 @@
 """What a fault run proved: pure rules over the ledger, the final job rows and the fault
-log. Each rule returns problems (strings a reader can act on); the overlap rule also
-returns the overlaps it excused, each with its reason, so a run can print them.
+log. Each rule returns problems (a job key and a sentence a reader can act on); the
+overlap rule also returns the overlaps it excused, each with its reason, so a run can
+print them.
 
 The rules, exactly (``Bounds`` holds the numbers; a *holder* is the worker process an
 execution ran in: its own pid, or its parent's for a process-executor child):
@@ -29,8 +30,12 @@ execution ran in: its own pid, or its parent's for a process-executor child):
 7. **Completion on the right attempt.** A succeeded job's result names an execution
    that ended ``ok`` and is the last execution of that job to start.
 
+The bounds of rules 2 (after SIGCONT), 4 and 5 grow by the length of any database
+restart overlapping their window: nothing is recovered or acknowledged while the
+database is down. Nothing else widens them.
+
 What this module is not: it reads no files and starts nothing; the tests gather the
-data (``tests.faults.scenario``) and ``tests/unit/test_fault_analysis.py`` shows each
+data (``tests.faults.driver``) and ``tests/unit/test_fault_analysis.py`` shows each
 rule flag a violation and accept its legitimately excused case.
 """
 

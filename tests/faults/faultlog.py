@@ -5,6 +5,8 @@ wall-clock start and end, in the same clock as the ledger (``time.time()``).
   left alone, as the OOM killer leaves them) was killed at ``start`` (= ``end``);
 - ``restart``: ``pid`` was SIGKILLed at ``start`` and a new process with the same worker
   id started at ``end`` (its pid in ``note``);
+- ``sigterm``: the worker was asked to drain at ``start`` (not a fault that excuses
+  anything: a drained job is handed back only once its execution has stopped);
 - ``pause``: the worker's process group was stopped at ``start`` and continued at
   ``end`` (SIGSTOP/SIGCONT, a frozen container or VM);
 - ``drop_reply``: the reply to a claim by ``worker`` that claimed ``jobs`` was swallowed
@@ -29,6 +31,7 @@ from pathlib import Path
 class FaultKind(StrEnum):
     SIGKILL = "sigkill"
     RESTART = "restart"
+    SIGTERM = "sigterm"
     PAUSE = "pause"
     DROP_REPLY = "drop_reply"
     DB_RESTART = "db_restart"

@@ -10,6 +10,7 @@ ledger path in ``$SLOTFLEET_LEDGER``. Faults are recorded in the run's
   killer picks one process: its children are left to show whether they die with it;
 - :meth:`Fleet.restart` is a SIGKILL followed by a new process under the same id (a
   container restarted in its pod keeps its name);
+- :meth:`Fleet.terminate` asks the worker to drain (SIGTERM);
 - :meth:`Fleet.pause` stops the whole process group and :meth:`Fleet.resume`
   continues it (a frozen container or VM: the zombie worker).
 
@@ -154,6 +155,13 @@ class Fleet:
         proc.popen.wait()
         return at
 
+    def terminate(self, proc: WorkerProc) -> Fault:
+        """SIGTERM ``proc`` (a drain, as on a scale-down) and record it."""
+        proc.terminated = True
+        at = time.time()
+        proc.popen.send_signal(signal.SIGTERM)
+        return self.faults.add(Fault(FaultKind.SIGTERM, at, at, proc.worker_id, proc.pid))
+
     def pause(self, proc: WorkerProc) -> float:
         """SIGSTOP the worker's process group; return the time (see :meth:`resume`)."""
         at = time.time()
@@ -172,17 +180,17 @@ class Fleet:
     # ------------------------------------------------------------------ the end
 
     def stop_all(self, timeout: float) -> list[WorkerProc]:
-        """SIGTERM every live worker, wait up to ``timeout`` seconds; return those that
-        did not exit 0."""
-        stopping = self.live()
-        for proc in stopping:
+        """SIGTERM every live worker and wait up to ``timeout`` seconds for them and for
+        those drained earlier; return the drained workers that did not exit 0."""
+        for proc in self.live():
             proc.terminated = True
             proc.popen.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for proc in stopping:
+        drained = [p for p in self.procs if p.terminated]
+        for proc in drained:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(max(0.0, deadline - time.monotonic()))
-        return [p for p in stopping if p.popen.returncode != 0]
+        return [p for p in drained if p.popen.returncode != 0]
 
     def cleanup(self) -> None:
         """SIGKILL every process group started (a dead leader's children included)."""

@@ -110,7 +110,9 @@ class Report:
             ),
         ]
         lines += [f"    {line}" for line in self.timeline]
-        lines += [f"    excused [{e.reason}] {e.detail}" for e in self.excused]
+        lines += [f"    excused [{e.reason}] {e.detail}" for e in self.excused[:30]]
+        if len(self.excused) > 30:
+            lines.append(f"    ... and {len(self.excused) - 30} more excused")
         groups = Counter(p.group for p in self.problems)
         lines.append(
             f"  problems: {len(self.problems)}"

@@ -47,10 +47,19 @@ class Holders:
         self.pauses: dict[int, list[Fault]] = defaultdict(list)
         for fault in faults.of(FaultKind.PAUSE):
             self.pauses[fault.pid].append(fault)
+        self.outages = faults.of(FaultKind.DB_RESTART)
         self.children: dict[int, set[int]] = defaultdict(set)
         for event in events:
             if event.pid not in workers and event.ppid in workers:
                 self.children[event.ppid].add(event.pid)
+
+    def slack(self, at: float, bound: float) -> float:
+        """``bound`` plus the length of every database outage overlapping
+        ``[at, at + bound]``: nothing can be recovered or acknowledged while the
+        database is down."""
+        return bound + sum(
+            o.end - o.start for o in self.outages if o.start <= at + bound and o.end >= at
+        )
 
     def of(self, e: Execution) -> int | None:
         if e.pid in self.workers:
@@ -146,7 +155,7 @@ def check_overlaps(
                     continue
                 pause = _zombie_pause(holders, pid, a, b, bounds)
                 if pause is not None:
-                    limit = pause.end + bounds.zombie
+                    limit = pause.end + holders.slack(pause.end, bounds.zombie)
                     ran = "never ended" if a.end is None else f"ended at {_at(a.end)}"
                     if a.end is not None and a.end <= limit:
                         excused.append(
@@ -167,7 +176,7 @@ def check_overlaps(
                                 f"job {key}: the zombie {holders.name(pid)} (paused "
                                 f"{_at(pause.start)}-{_at(pause.end)}) kept running execution "
                                 f"{a.execution[:8]}, which {ran}, past SIGCONT + "
-                                f"{bounds.zombie:.2f}s = {_at(limit)}, while {second}",
+                                f"{limit - pause.end:.2f}s = {_at(limit)}, while {second}",
                             )
                         )
                     continue
@@ -255,12 +264,12 @@ def check_recovery(
                 return
             state = outcome.state.value if outcome is not None else "missing"
             problems.append(Problem(key, f"job {key} ({why}) never ran again; it ended {state}"))
-        elif later[0].start - at > bounds.recover:
+        elif later[0].start - at > (bound := holders.slack(at, bounds.recover)):
             problems.append(
                 Problem(
                     key,
                     f"job {key} ({why}) ran again {later[0].start - at:.2f}s after the fault "
-                    f"(bound: lease + heartbeat + margin = {bounds.recover:.2f}s)",
+                    f"(bound: lease + heartbeat + margin = {bound:.2f}s)",
                 )
             )
 
@@ -314,15 +323,16 @@ def check_cancels(
             if e.end is not None and e.end <= asked:
                 continue
             pid = holders.of(e)
-            if holders.faulted_between(pid, asked, asked + bounds.cancel):
+            bound = holders.slack(asked, bounds.cancel)
+            if holders.faulted_between(pid, asked, asked + bound):
                 continue
-            if e.end is None or e.end - asked > bounds.cancel:
+            if e.end is None or e.end - asked > bound:
                 took = "never stopped" if e.end is None else f"stopped {e.end - asked:.2f}s later"
                 problems.append(
                     Problem(
                         key,
                         f"job {key} was asked to cancel at {_at(asked)} while running on "
-                        f"{holders.name(pid)} and {took} (bound {bounds.cancel:.2f}s)",
+                        f"{holders.name(pid)} and {took} (bound {bound:.2f}s)",
                     )
                 )
     return problems

@@ -325,3 +325,12 @@ def test_executions_pair_starts_and_ends_by_execution_id() -> None:
     assert isinstance(found[0], Execution)
     assert found[0].end is None
     assert found[1].end == 6
+
+
+def test_a_database_restart_in_the_window_widens_the_recovery_bound_by_its_length() -> None:
+    events = ran("a", W1, 0) + ran("b", W2, 20, 21)
+    outage = Fault(FaultKind.DB_RESTART, 12, 17)
+    assert recovery(events, faults(kill(W1, 10)), JobState.SUCCEEDED) != []
+    assert recovery(events, faults(kill(W1, 10), outage), JobState.SUCCEEDED) == []
+    later = Fault(FaultKind.DB_RESTART, 30, 35)
+    assert recovery(events, faults(kill(W1, 10), later), JobState.SUCCEEDED) != []

@@ -39,7 +39,7 @@ LEDGER_ENV = "SLOTFLEET_LEDGER"
 TICK_SECONDS = 0.5
 
 #: What a body can do. ``seconds`` is how long the work takes (``hold``: on its first
-#: start only), ``k`` the number of planned failures of ``flaky``.
+#: start only, ``again`` on later ones), ``k`` the number of planned failures of ``flaky``.
 BEHAVIOURS = (
     "succeed",  # work ``seconds``, return
     "fail",  # raise on every attempt
@@ -47,12 +47,12 @@ BEHAVIOURS = (
     "overrun",  # work ``seconds`` (far past the job's timeout), interruptibly
     "stubborn",  # ignore every interrupt for ``seconds`` (a blocking call), then check
     "linger",  # work ``seconds`` (long): the test cancels it
-    "hold",  # work ``seconds`` on the first start, briefly afterwards: a fault's victim
+    "hold",  # work ``seconds`` on the first start, ``again`` afterwards: a fault's victim
     "poison_text",  # raise with a lone surrogate and a NUL in the message
     "poison_str",  # raise an exception whose ``__str__`` raises
 )
 
-#: Seconds ``hold`` works on starts after its first.
+#: Seconds ``hold`` works on starts after its first, unless told otherwise.
 HOLD_AGAIN_SECONDS = 0.1
 
 #: The text of a poison error: a file name that is not UTF-8 (decoded with
@@ -131,9 +131,9 @@ def _raise_planned(behaviour: str, key: str, execution: str, k: int) -> None:
         raise UnprintableError()
 
 
-def _work_seconds(behaviour: str, key: str, execution: str, seconds: float) -> float:
+def _work_seconds(behaviour: str, key: str, execution: str, seconds: float, again: float) -> float:
     if behaviour == "hold" and prior_starts(key, execution) > 0:
-        return HOLD_AGAIN_SECONDS
+        return again
     return seconds
 
 
@@ -151,7 +151,12 @@ def _end(key: str, execution: str, behaviour: str, how: str, started: float) -> 
 
 
 async def work_async(
-    key: str, behaviour: str, seconds: float = 0.0, k: int = 0, kind: str = "async"
+    key: str,
+    behaviour: str,
+    seconds: float = 0.0,
+    k: int = 0,
+    kind: str = "async",
+    again: float = HOLD_AGAIN_SECONDS,
 ) -> dict[str, Any]:
     """The body of async queues (see the module docstring)."""
     execution = uuid.uuid4().hex
@@ -159,7 +164,7 @@ async def work_async(
     record("start", key, execution, behaviour, kind=kind)
     try:
         _raise_planned(behaviour, key, execution, k)
-        remaining = _work_seconds(behaviour, key, execution, seconds)
+        remaining = _work_seconds(behaviour, key, execution, seconds, again)
         while remaining > 0:
             step = min(remaining, TICK_SECONDS)
             await asyncio.sleep(step)
@@ -177,7 +182,12 @@ async def work_async(
 
 
 def work(
-    key: str, behaviour: str, seconds: float = 0.0, k: int = 0, kind: str = "threads"
+    key: str,
+    behaviour: str,
+    seconds: float = 0.0,
+    k: int = 0,
+    kind: str = "threads",
+    again: float = HOLD_AGAIN_SECONDS,
 ) -> dict[str, Any]:
     """The body of thread and process queues (see the module docstring)."""
     from slotfleet.worker import JobCancelled, current_token
@@ -188,7 +198,7 @@ def work(
     token = current_token()
     try:
         _raise_planned(behaviour, key, execution, k)
-        remaining = _work_seconds(behaviour, key, execution, seconds)
+        remaining = _work_seconds(behaviour, key, execution, seconds, again)
         if behaviour == "stubborn":
             time.sleep(remaining)  # a blocking call that nothing interrupts (in a thread)
             remaining = 0.0

@@ -15,7 +15,8 @@ execution ran in: its own pid, or its parent's for a process-executor child):
    **paused** from ``p`` to ``c`` with ``c - p > lease``, ``a.start < p <= b.start``, and
    ``a`` ended by ``c + heartbeat + grace + margin`` (the zombie noticed its lost lease).
    Excuse windows come from the fault log's times, never from "was signalled at some
-   point".
+   point". The same bound holds for a paused holder's run whose job started again
+   after the pause began, even without an overlap (the new execution waited for it).
 3. **Nothing after a kill.** No ledger line from a killed holder, or from a child it
    had, later than the kill plus ``in_flight`` seconds (orphaned children must die).
 4. **Recovery.** A job whose execution a kill cut, and a job claimed by a dropped
@@ -42,10 +43,10 @@ rule flag a violation and accept its legitimately excused case.
 from __future__ import annotations
 
 from tests.faults.faultlog import FaultLog
+from tests.faults.holders import Holders, describe
 from tests.faults.ledger import Event, Execution, by_key
 from tests.faults.model import Bounds, Excuse, Expect, Outcome, Problem, Report
 from tests.faults.rules import (
-    Holders,
     check_after_kill,
     check_cancels,
     check_outcomes,
@@ -53,7 +54,7 @@ from tests.faults.rules import (
     check_recovery,
     check_results,
     check_run_lengths,
-    describe,
+    check_zombies,
 )
 
 __all__ = ["Bounds", "Excuse", "Expect", "Outcome", "Problem", "Report", "analyse"]
@@ -84,6 +85,7 @@ def analyse(
     overlap_problems, report.excused = check_overlaps(runs, holders, bounds)
     report.problems += check_outcomes(outcomes, expects)
     report.problems += overlap_problems
+    report.problems += check_zombies(runs, holders, bounds)
     report.problems += check_after_kill(events, holders, bounds)
     report.problems += check_recovery(runs, outcomes, faults, holders, bounds)
     report.problems += check_cancels(runs, outcomes, faults, holders, bounds)

@@ -140,9 +140,11 @@ class Run:
             await self.store.request_cancel(self.ids[key])
             self.faults.add(Fault(FaultKind.CANCEL, asked, time.time(), jobs=(self.ids[key],)))
 
-    async def pause_past_lease(self, proc: WorkerProc, victims: list[Execution]) -> Fault:
-        """Stop ``proc``'s process group until its lease has passed and another worker
-        started each victim again (or the recovery bound is over), then continue it.
+    async def pause_past_lease(
+        self, proc: WorkerProc, taken: Callable[[], Awaitable[bool]]
+    ) -> Fault:
+        """Stop ``proc``'s process group until its lease has passed and ``taken`` says its
+        jobs were taken from it (or the recovery bound is over), then continue it.
 
         On SQLite a stopped process inside a write transaction would stall every worker
         (another fault, not this one): such a pause is undone at once and tried again."""
@@ -152,17 +154,34 @@ class Run:
                 break
             self.fleet.resume(proc, stopped)
             await asyncio.sleep(0.05)
-        keys = {e.key: e.execution for e in victims}
         bound = self.settings.bounds().recover + self.settings.margin
-        while True:
-            taken = {
-                e.key for e in self.executions() if e.key in keys and e.execution != keys[e.key]
-            }
-            long_enough = time.time() - stopped > self.settings.lease + 1.0
-            if (long_enough and taken == set(keys)) or time.time() - stopped > bound:
+        while time.time() - stopped <= bound:
+            if time.time() - stopped > self.settings.lease + 1.0 and await taken():
                 break
             await asyncio.sleep(0.1)
         return self.fleet.resume(proc, stopped)
+
+    def started_again(self, victims: list[Execution]) -> Callable[[], Awaitable[bool]]:
+        """Whether every victim has a later execution (another worker took it)."""
+        first = {e.key: e.execution for e in victims}
+
+        async def check() -> bool:
+            again = {
+                e.key for e in self.executions() if first.get(e.key, e.execution) != e.execution
+            }
+            return again == set(first)
+
+        return check
+
+    def recovered(self, victims: list[Execution]) -> Callable[[], Awaitable[bool]]:
+        """Whether the store put every victim back in the queue (nobody runs it yet)."""
+        ids = [self.ids[e.key] for e in victims]
+
+        async def check() -> bool:
+            rows = [await self.store.get(i) for i in ids]
+            return all(r is not None and r.state is JobState.RETRYING for r in rows)
+
+        return check
 
     def _store_writable(self) -> bool:
         if self.sqlite_path is None:

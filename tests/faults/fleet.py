@@ -77,8 +77,9 @@ class Fleet:
         self.procs: list[WorkerProc] = []
         self._named = 0
 
-    def start(self, worker_id: str | None = None) -> WorkerProc:
-        """Start a worker; with ``worker_id`` of an earlier one, a restart of it."""
+    def start(self, worker_id: str | None = None, args: list[str] | None = None) -> WorkerProc:
+        """Start a worker; with ``worker_id`` of an earlier one, a restart of it; with
+        ``args``, serving those instead of the fleet's worker arguments."""
         if worker_id is None:
             worker_id = f"w{self._named:02d}"
             self._named += 1
@@ -99,7 +100,7 @@ class Fleet:
                     "--worker-id", worker_id,
                     "--metrics-port", "0",
                     "--import", "tests.fault_tasks",
-                    *self.worker_args,
+                    *(self.worker_args if args is None else args),
                 ],
                 cwd=REPO,
                 env=env,

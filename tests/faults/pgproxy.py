@@ -10,7 +10,8 @@ It reads just enough of the wire protocol (version 3) to do that:
   ``ReadyForQuery``.
 
 When an armed proxy sees a claim (:data:`CLAIM`: ``UPDATE slotfleet_jobs ... SET
-state = 'running'``) go to the server, it holds back the server's reply until the
+state = 'running'``) go to the server, for the queue it was armed for (a ``Bind``
+parameter equal to the queue's name), it holds back the server's reply until the
 ``ReadyForQuery`` that ends it (the claim has committed by then). If the reply claimed
 at least one job, the proxy drops the connection without forwarding it and records a
 :class:`Drop` with the claimed ids; otherwise it forwards the reply and waits for the
@@ -44,6 +45,8 @@ class Drop:
     """One swallowed claim reply."""
 
     application: str
+    queue: str | None
+    """The queue the proxy was armed for (``None``: any)."""
     sent: float
     """Wall-clock time the claim went to the server."""
     dropped: float
@@ -93,6 +96,23 @@ def bind_statement(body: bytes) -> str:
     return statement
 
 
+def bind_parameters(body: bytes) -> list[bytes | None]:
+    """The parameter values of a ``Bind`` message (``None`` for SQL NULL)."""
+    _portal, offset = _cstring(body, 0)
+    _statement, offset = _cstring(body, offset)
+    (formats,) = struct.unpack_from("!h", body, offset)
+    offset += 2 + 2 * formats
+    (count,) = struct.unpack_from("!h", body, offset)
+    offset += 2
+    values: list[bytes | None] = []
+    for _ in range(count):
+        (length,) = struct.unpack_from("!i", body, offset)
+        offset += 4
+        values.append(None if length < 0 else body[offset : offset + length])
+        offset += max(length, 0)
+    return values
+
+
 def id_column(body: bytes) -> tuple[int, int] | None:
     """``(index, format)`` of the column named ``id`` in a ``RowDescription``."""
     (count,) = struct.unpack_from("!h", body, 0)
@@ -132,18 +152,20 @@ class _Conn:
     claims: dict[str, bool] = field(default_factory=dict)
     holding: bool = False
     sent: float = 0.0
+    parameters: list[bytes | None] = field(default_factory=list)
+    """Of the claim being held."""
 
 
 class ClaimReplyDropper:
     """Forwards ``127.0.0.1:port`` to ``127.0.0.1:upstream_port``; :meth:`arm` makes it
-    drop the next ``count`` claim replies that claimed jobs (see the module docstring)."""
+    drop the next claim reply that claimed jobs (see the module docstring)."""
 
     def __init__(self, upstream_port: int, host: str = "127.0.0.1") -> None:
         self.host = host
         self.upstream_port = upstream_port
         self.port = 0
         self.drops: list[Drop] = []
-        self._armed = 0
+        self._armed: list[str | None] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
         self._sockets: set[socket.socket] = set()
@@ -165,14 +187,18 @@ class ClaimReplyDropper:
             if sock is not None:
                 _close(sock)
 
-    def arm(self, count: int = 1) -> None:
+    def arm(self, queue: str | None = None) -> None:
+        """Drop the next claim reply with jobs of ``queue`` (of any queue: ``None``)."""
         with self._lock:
-            self._armed += count
+            self._armed.append(queue)
 
-    @property
-    def armed(self) -> int:
-        with self._lock:
-            return self._armed
+    def _match(self, parameters: list[bytes | None]) -> int | None:
+        """Index of the first armed queue a claim with ``parameters`` is for (hold the
+        lock)."""
+        for index, queue in enumerate(self._armed):
+            if queue is None or queue.encode() in parameters:
+                return index
+        return None
 
     # ------------------------------------------------------------------ threads
 
@@ -236,17 +262,22 @@ class ClaimReplyDropper:
         return False
 
     def _watch(self, conn: _Conn, kind: bytes, body: bytes) -> None:
-        claim = False
+        claim, parameters = False, []
         if kind == b"P":
             name, query = parse_message(body)
             conn.claims[name] = bool(CLAIM.search(query))
         elif kind == b"B":
             claim = conn.claims.get(bind_statement(body), False)
+            parameters = bind_parameters(body) if claim else []
         elif kind == b"Q":
             query, _ = _cstring(body, 0)
             claim = bool(CLAIM.search(query))
-        if claim and self.armed > 0 and not conn.holding:
-            conn.holding, conn.sent = True, time.time()
+        if not claim or conn.holding:
+            return
+        with self._lock:
+            wanted = self._match(parameters) is not None
+        if wanted:
+            conn.holding, conn.sent, conn.parameters = True, time.time(), parameters
 
     def _backend(self, conn: _Conn) -> None:
         buffer, held = bytearray(), bytearray()
@@ -287,14 +318,16 @@ class ClaimReplyDropper:
             _close(conn.server)
 
     def _take(self, conn: _Conn, ids: list[int]) -> bool:
-        """Drop this connection if the proxy is still armed; return whether it did."""
+        """Drop this connection if the proxy is still armed for its claim; return whether
+        it did."""
         with self._lock:
-            if self._armed <= 0:
+            index = self._match(conn.parameters)
+            if index is None:
                 return False
-            self._armed -= 1
-        _close(conn.client)
+            queue = self._armed.pop(index)
+        self.drops.append(Drop(conn.application, queue, conn.sent, time.time(), tuple(ids)))
+        _close(conn.client)  # after recording it: the client sees the drop at once
         _close(conn.server)
-        self.drops.append(Drop(conn.application, conn.sent, time.time(), tuple(ids)))
         return True
 
 

@@ -72,6 +72,8 @@ class Settings:
     lease: float = 4.0
     hold: float = 2.0
     """Seconds a ``hold`` job works on its first start (a fault's victim)."""
+    hold_again: float = 0.1
+    """Seconds a ``hold`` job works on its later starts."""
     drain: float = 2.0
     polling: float = 0.2
     margin: float = MARGIN
@@ -88,10 +90,12 @@ class Settings:
         """Seconds without progress after which a run stops waiting for its jobs."""
         return 2 * (self.lease + self.heartbeat) + self.margin
 
-    def worker_args(self) -> list[str]:
-        queues = [a for k in KINDS for a in ("--queue", f"{QUEUES[k]}:{k}:{SLOTS[k]}")]
+    def worker_args(self, queues: tuple[str, ...] = ()) -> list[str]:
+        """A worker's arguments, serving ``queues`` (``NAME:KIND:SLOTS``; default the
+        three queues of a run)."""
+        specs = queues or tuple(f"{QUEUES[k]}:{k}:{SLOTS[k]}" for k in KINDS)
         return [
-            *queues,
+            *(a for spec in specs for a in ("--queue", spec)),
             "--lease-seconds", str(self.lease),
             "--drain-timeout", str(self.drain),
             "--polling-interval", str(self.polling),
@@ -139,7 +143,14 @@ def planned_job(settings: Settings, kind: str, behaviour: str, index: int) -> Pl
     job = Job(
         func="tests.fault_tasks:work_async" if kind == "async" else "tests.fault_tasks:work",
         queue=QUEUES[kind],
-        kwargs={"key": key, "behaviour": behaviour, "kind": kind, "seconds": seconds, "k": spec.k},
+        kwargs={
+            "key": key,
+            "behaviour": behaviour,
+            "kind": kind,
+            "seconds": seconds,
+            "k": spec.k,
+            "again": settings.hold_again,
+        },
         max_attempts=spec.max_attempts,
         timeout=spec.timeout,
         priority=spec.priority,

@@ -8,79 +8,12 @@ What this module is not: it reads no files and starts nothing.
 from __future__ import annotations
 
 import math
-import time
-from collections import defaultdict
-from collections.abc import Iterable
 
 from slotfleet.models import JobState
 from tests.faults.faultlog import KILLS, Fault, FaultKind, FaultLog
+from tests.faults.holders import Holders, at
 from tests.faults.ledger import Event, Execution
 from tests.faults.model import Bounds, Excuse, Expect, Outcome, Problem, unreadable
-
-
-def _at(t: float) -> str:
-    """Wall-clock time of day, to the hundredth (as the worker logs show it)."""
-    seconds, hundredths = divmod(round(t * 100), 100)
-    return time.strftime("%H:%M:%S", time.localtime(seconds)) + f".{hundredths:02d}"
-
-
-def describe(fault: Fault) -> str:
-    """One line for the fault log's entry."""
-    who = f" {fault.worker}" if fault.worker else ""
-    who += f" (pid {fault.pid})" if fault.pid else ""
-    span = _at(fault.start)
-    if fault.end - fault.start >= 0.005:
-        span += f"-{_at(fault.end)} ({fault.end - fault.start:.2f}s)"
-    jobs = f" jobs {list(fault.jobs)}" if fault.jobs else ""
-    note = f" {fault.note}" if fault.note else ""
-    return f"{fault.kind.value}{who} at {span}{jobs}{note}"
-
-
-class Holders:
-    """Which worker process held an execution, and what the fault log did to it."""
-
-    def __init__(self, workers: dict[int, str], faults: FaultLog, events: Iterable[Event]):
-        self.workers = workers
-        self.kills: dict[int, float] = {}
-        for fault in faults.of(*KILLS):
-            self.kills[fault.pid] = min(fault.start, self.kills.get(fault.pid, math.inf))
-        self.pauses: dict[int, list[Fault]] = defaultdict(list)
-        for fault in faults.of(FaultKind.PAUSE):
-            self.pauses[fault.pid].append(fault)
-        self.outages = faults.of(FaultKind.DB_RESTART)
-        self.children: dict[int, set[int]] = defaultdict(set)
-        for event in events:
-            if event.pid not in workers and event.ppid in workers:
-                self.children[event.ppid].add(event.pid)
-
-    def slack(self, at: float, bound: float) -> float:
-        """``bound`` plus the length of every database outage overlapping
-        ``[at, at + bound]``: nothing can be recovered or acknowledged while the
-        database is down."""
-        return bound + sum(
-            o.end - o.start for o in self.outages if o.start <= at + bound and o.end >= at
-        )
-
-    def of(self, e: Execution) -> int | None:
-        if e.pid in self.workers:
-            return e.pid
-        if e.ppid in self.workers:
-            return e.ppid
-        return None
-
-    def name(self, pid: int | None) -> str:
-        return "an unknown process" if pid is None else f"{self.workers[pid]} (pid {pid})"
-
-    def killed(self, pid: int | None) -> float | None:
-        return None if pid is None else self.kills.get(pid)
-
-    def faulted_between(self, pid: int | None, start: float, end: float) -> bool:
-        """Whether ``pid`` was killed, or paused, at some time in [start, end]."""
-        killed = self.killed(pid)
-        if killed is not None and killed <= end:
-            return True
-        windows = self.pauses.get(pid, []) if pid is not None else []
-        return any(p.start <= end and p.end >= start for p in windows)
 
 
 def check_outcomes(outcomes: list[Outcome], expects: list[Expect]) -> list[Problem]:
@@ -141,14 +74,14 @@ def check_overlaps(
                 if a_end <= b.start:
                     continue
                 pid = holders.of(a)
-                second = f"execution {b.execution[:8]} on {b.worker} started at {_at(b.start)}"
+                second = f"execution {b.execution[:8]} on {b.worker} started at {at(b.start)}"
                 killed = holders.killed(pid)
                 if killed is not None and killed <= b.start:
                     excused.append(
                         Excuse(
                             key,
                             "sigkill",
-                            f"{key}: {holders.name(pid)} was SIGKILLed at {_at(killed)}, "
+                            f"{key}: {holders.name(pid)} was SIGKILLed at {at(killed)}, "
                             f"{b.start - killed:.2f}s before {second}",
                         )
                     )
@@ -156,14 +89,14 @@ def check_overlaps(
                 pause = _zombie_pause(holders, pid, a, b, bounds)
                 if pause is not None:
                     limit = pause.end + holders.slack(pause.end, bounds.zombie)
-                    ran = "never ended" if a.end is None else f"ended at {_at(a.end)}"
+                    ran = "never ended" if a.end is None else f"ended at {at(a.end)}"
                     if a.end is not None and a.end <= limit:
                         excused.append(
                             Excuse(
                                 key,
                                 "pause",
                                 f"{key}: {holders.name(pid)} was paused "
-                                f"{_at(pause.start)}-{_at(pause.end)} "
+                                f"{at(pause.start)}-{at(pause.end)} "
                                 f"({pause.end - pause.start:.1f}s > lease {bounds.lease:g}s) "
                                 f"when {second}; its execution {ran}, "
                                 f"{a.end - pause.end:.2f}s after SIGCONT",
@@ -174,18 +107,18 @@ def check_overlaps(
                             Problem(
                                 key,
                                 f"job {key}: the zombie {holders.name(pid)} (paused "
-                                f"{_at(pause.start)}-{_at(pause.end)}) kept running execution "
+                                f"{at(pause.start)}-{at(pause.end)}) kept running execution "
                                 f"{a.execution[:8]}, which {ran}, past SIGCONT + "
-                                f"{limit - pause.end:.2f}s = {_at(limit)}, while {second}",
+                                f"{limit - pause.end:.2f}s = {at(limit)}, while {second}",
                             )
                         )
                     continue
-                end = "never ended" if a.end is None else f"ended at {_at(a.end)}"
+                end = "never ended" if a.end is None else f"ended at {at(a.end)}"
                 problems.append(
                     Problem(
                         key,
                         f"job {key} ran twice at once on live workers: execution "
-                        f"{a.execution[:8]} on {holders.name(pid)} started at {_at(a.start)} and "
+                        f"{a.execution[:8]} on {holders.name(pid)} started at {at(a.start)} and "
                         f"{end}, and {second} ({_fate(holders, pid)})",
                     )
                 )
@@ -210,9 +143,43 @@ def _zombie_pause(
 def _fate(holders: Holders, pid: int | None) -> str:
     killed = holders.killed(pid)
     pauses = holders.pauses.get(pid, []) if pid is not None else []
-    parts = [f"killed at {_at(killed)}"] if killed is not None else []
-    parts += [f"paused {_at(p.start)}-{_at(p.end)}" for p in pauses]
+    parts = [f"killed at {at(killed)}"] if killed is not None else []
+    parts += [f"paused {at(p.start)}-{at(p.end)}" for p in pauses]
     return "its holder was " + ", ".join(parts) if parts else "its holder was never faulted"
+
+
+def check_zombies(
+    runs: dict[str, list[Execution]], holders: Holders, bounds: Bounds
+) -> list[Problem]:
+    """Rule 2, second half: a run of a holder paused longer than the lease whose job
+    started again after the pause began ends by SIGCONT plus the zombie bound, even when
+    the new execution only started after it ended (an overlap is rule 2 proper)."""
+    problems: list[Problem] = []
+    for key, found in runs.items():
+        for a in found:
+            pid = holders.of(a)
+            windows = holders.pauses.get(pid, []) if pid is not None else []
+            for pause in windows:
+                limit = pause.end + holders.slack(pause.end, bounds.zombie)
+                if pause.end - pause.start <= bounds.lease or not a.start < pause.start:
+                    continue
+                if a.end is not None and a.end <= limit:
+                    continue
+                later = [b for b in found if b is not a and b.start >= pause.start]
+                a_end = a.end if a.end is not None else math.inf
+                if later and all(b.start >= a_end for b in later):
+                    ran = "never ended" if a.end is None else f"ended at {at(a.end)}"
+                    problems.append(
+                        Problem(
+                            key,
+                            f"job {key}: the zombie {holders.name(pid)} (paused "
+                            f"{at(pause.start)}-{at(pause.end)}) kept running its stale "
+                            f"execution {a.execution[:8]}, which {ran}, past SIGCONT + "
+                            f"{limit - pause.end:.2f}s, although the job was started again "
+                            f"at {at(later[0].start)}",
+                        )
+                    )
+    return problems
 
 
 def check_after_kill(events: list[Event], holders: Holders, bounds: Bounds) -> list[Problem]:
@@ -234,7 +201,7 @@ def check_after_kill(events: list[Event], holders: Holders, bounds: Bounds) -> l
             problems.append(
                 Problem(
                     last.key,
-                    f"{holders.name(pid)} was SIGKILLed at {_at(killed)} but {role} kept "
+                    f"{holders.name(pid)} was SIGKILLed at {at(killed)} but {role} kept "
                     f"running job {last.key}: {len(lines)} ledger lines after the kill, the "
                     f"last ({last.ev}{' ' + last.how if last.how else ''}) "
                     f"{last.t - killed:.2f}s after it (allowed {bounds.in_flight:g}s)",
@@ -284,7 +251,7 @@ def check_recovery(
         }
         for key, e in sorted(held.items()):
             what = "SIGKILLed" if fault.kind is FaultKind.SIGKILL else "SIGKILLed and restarted"
-            why = f"held by {holders.name(fault.pid)}, {what} at {_at(fault.start)}"
+            why = f"held by {holders.name(fault.pid)}, {what} at {at(fault.start)}"
             expect_restart(key, e.start, fault.start, why)
     for fault in faults.of(FaultKind.DROP_REPLY):
         for job_id in fault.jobs:
@@ -294,9 +261,7 @@ def check_recovery(
                     Problem(str(job_id), f"job id {job_id}, claimed by a dropped reply, is unknown")
                 )
                 continue
-            why = (
-                f"claimed by {fault.worker} in a fetch whose reply was dropped at {_at(fault.end)}"
-            )
+            why = f"claimed by {fault.worker} in a fetch whose reply was dropped at {at(fault.end)}"
             expect_restart(outcome.key, fault.start, fault.end, why)
     return problems
 
@@ -317,7 +282,7 @@ def check_cancels(
         for e in runs.get(key, []):
             if e.start >= asked:
                 problems.append(
-                    Problem(key, f"job {key} started at {_at(e.start)}, after its cancel request")
+                    Problem(key, f"job {key} started at {at(e.start)}, after its cancel request")
                 )
                 continue
             if e.end is not None and e.end <= asked:
@@ -331,7 +296,7 @@ def check_cancels(
                 problems.append(
                     Problem(
                         key,
-                        f"job {key} was asked to cancel at {_at(asked)} while running on "
+                        f"job {key} was asked to cancel at {at(asked)} while running on "
                         f"{holders.name(pid)} and {took} (bound {bound:.2f}s)",
                     )
                 )
@@ -364,7 +329,7 @@ def check_run_lengths(
                     Problem(
                         key,
                         f"job {key}: execution {e.execution[:8]} on {holders.name(pid)} started at "
-                        f"{_at(e.start)} and never ended (last seen {_at(e.last_seen)}), yet its "
+                        f"{at(e.start)} and never ended (last seen {at(e.last_seen)}), yet its "
                         "holder was never killed",
                     )
                 )
@@ -410,9 +375,9 @@ def check_results(runs: dict[str, list[Execution]], outcomes: list[Outcome]) -> 
                 Problem(
                     o.key,
                     f"job {o.key}: the completion of execution {named[0].execution[:8]} "
-                    f"(on {named[0].worker}, started {_at(named[0].start)}) landed although "
+                    f"(on {named[0].worker}, started {at(named[0].start)}) landed although "
                     f"execution {last.execution[:8]} (on {last.worker}, started "
-                    f"{_at(last.start)}) was the job's latest attempt",
+                    f"{at(last.start)}) was the job's latest attempt",
                 )
             )
     return problems

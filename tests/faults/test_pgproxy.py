@@ -1,7 +1,7 @@
 """The claim-dropping proxy against a real PostgreSQL and the real store: it forwards
 everything, drops exactly the armed number of claim replies that claimed jobs (also
 once psycopg has prepared the claim statement and only binds it by name), and the
-claim it swallowed has committed."""
+claim it swallowed has committed; a claim on a queue it was not armed for passes."""
 
 from __future__ import annotations
 
@@ -48,13 +48,16 @@ async def test_drops_one_armed_claim_reply_after_the_claim_committed(
     # from then on only a Bind names it.
     for _ in range(8):
         assert await proxied.fetch("q", "w-proxied", 5, 30) == []
-    dropper.arm(1)
+    dropper.arm("q")
     assert await proxied.fetch("q", "w-proxied", 5, 30) == []  # nothing claimed: forwarded
+    (other,) = await direct.enqueue([Job(func="tests.fault_tasks:work", queue="other")])
+    assert [j.id for j in await proxied.fetch("other", "w-proxied", 5, 30)] == [other.id]
     queued = await direct.enqueue([Job(func="tests.fault_tasks:work", queue="q") for _ in range(3)])
     with pytest.raises(SlotfleetError):
         await proxied.fetch("q", "w-proxied", 2, 30)
     (drop,) = dropper.drops
     assert drop.application == "w-proxied"
+    assert drop.queue == "q"
     assert sorted(drop.job_ids) == [queued[0].id, queued[1].id]
     for job_id in drop.job_ids:
         row = await direct.get(JobId(job_id))

@@ -16,7 +16,7 @@ import pytest
 from tests.faults.conftest import RunFactory
 from tests.faults.faultlog import Fault, FaultKind
 from tests.faults.pgproxy import ClaimReplyDropper, Drop
-from tests.faults.plans import Settings
+from tests.faults.plans import KINDS, QUEUES, Settings
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres, pytest.mark.timeout(300)]
@@ -33,28 +33,37 @@ def dropper(postgres_server: PostgresServer) -> Iterator[ClaimReplyDropper]:
 async def test_lost_claim_reply_strands_no_job(
     make_run: RunFactory, dropper: ClaimReplyDropper, postgres_server: PostgresServer
 ) -> None:
-    """The claim commits, its reply never reaches the worker: the jobs it claimed must
-    come back (within the lease) and run, instead of being renewed by a worker that
-    never received them."""
+    """The claim commits, its reply never reaches the worker (once per queue, so every
+    executor loses one): the jobs it claimed must come back (within the lease) and
+    run, instead of being renewed by a worker that never received them."""
 
     def through_proxy(dsn: str, worker_id: str) -> str:
         proxied = dsn.replace(f":{postgres_server.port}/", f":{dropper.port}/")
         return f"{proxied}?application_name={worker_id}&sslmode=disable&gssencmode=disable"
 
     run = await make_run("postgres", Settings(), route=through_proxy)
-    dropper.arm(1)
+    for kind in KINDS:
+        dropper.arm(QUEUES[kind])
     await run.start(run.settings.workers)
 
-    async def dropped() -> Drop | None:
-        return dropper.drops[0] if dropper.drops else None
+    async def dropped() -> list[Drop] | None:
+        return list(dropper.drops) if len(dropper.drops) == len(KINDS) else None
 
-    drop = await run.until("a claim reply to be dropped", dropped, 30)
-    run.faults.add(
-        Fault(FaultKind.DROP_REPLY, drop.sent, drop.dropped, drop.application, jobs=drop.job_ids)
-    )
+    drops = await run.until("a claim reply of every queue to be dropped", dropped, 30)
+    for drop in drops:
+        run.faults.add(
+            Fault(
+                FaultKind.DROP_REPLY,
+                drop.sent,
+                drop.dropped,
+                drop.application,
+                jobs=drop.job_ids,
+                note=f"queue {drop.queue}",
+            )
+        )
     await run.cancel_lingerers()
     report = await run.finish()
-    assert drop.job_ids, "the proxy dropped a reply that claimed nothing"
+    assert all(drop.job_ids for drop in drops), "the proxy dropped a reply that claimed nothing"
     assert not report.problems, report.summary()
 
 

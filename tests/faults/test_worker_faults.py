@@ -77,6 +77,28 @@ async def test_worker_paused_past_its_lease_stops_its_stale_runs(
     its completions may land on the new attempts."""
     run = await make_run(backend, SETTINGS)
     target, victims = await victims_held(run)
-    await run.pause_past_lease(target, victims)
+    await run.pause_past_lease(target, run.started_again(victims))
+    report = await run.finish()
+    verdict(report)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_lone_worker_paused_past_its_lease_lands_no_stale_completion(
+    make_run: RunFactory, backend: str
+) -> None:
+    """The only worker of the queues is frozen past its lease; a worker of another queue
+    recovers its jobs, and once continued it claims them again itself. Its stale runs
+    must stop promptly, and a stale run's completion must not land on the new attempt
+    (a completion fenced by owner alone does). A ``hold`` job works 14 s on every
+    start here, so a stale run outlives the pause and the new attempt outlives the
+    stale run."""
+    run = await make_run(backend, Settings(hold=14.0, hold_again=14.0, workers=1))
+    # Serves only an idle queue; its heartbeats recover expired leases of every queue.
+    janitor = run.fleet.start(args=run.settings.worker_args(("fz:async:1",)))
+    await run.ready(janitor)
+    target = (await run.start(1))[0]
+    victims = await run.holding(target)
+    await run.cancel_lingerers()
+    await run.pause_past_lease(target, run.recovered(victims))
     report = await run.finish()
     verdict(report)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from slotfleet.models import JobState
 from tests.faults.analysis import Bounds, Expect, Outcome, analyse
 from tests.faults.faultlog import Fault, FaultKind, FaultLog
+from tests.faults.holders import Holders
 from tests.faults.ledger import Event, Execution, by_key, executions
 from tests.faults.rules import (
-    Holders,
     check_after_kill,
     check_cancels,
     check_outcomes,
@@ -17,6 +17,7 @@ from tests.faults.rules import (
     check_recovery,
     check_results,
     check_run_lengths,
+    check_zombies,
 )
 
 W1, W2 = 100, 200
@@ -175,6 +176,21 @@ def test_a_pause_that_began_after_the_second_start_excuses_nothing() -> None:
     problems, excused = overlaps(ran("a", W1, 0, 12) + ran("b", W2, 1, 2), faults(pause(W1, 2, 9)))
     assert excused == []
     assert len(problems) == 1
+
+
+def zombies(events: list[Event], log: FaultLog) -> list[str]:
+    found = by_key(executions(events))
+    return [p.text for p in check_zombies(found, Holders(WORKERS, log, events), BOUNDS)]
+
+
+def test_a_zombie_run_must_stop_after_sigcont_even_when_the_new_run_waited_for_it() -> None:
+    log = faults(pause(W1, 2, 9))
+    (problem,) = zombies(ran("a", W1, 0, 20) + ran("b", W1, 21, 22), log)
+    assert "kept running its stale execution a" in problem
+    assert zombies(ran("a", W1, 0, 12) + ran("b", W1, 12, 13), log) == []
+    assert zombies(ran("a", W1, 0, 20), log) == []  # nobody took its job: its lease held
+    # An overlap is rule 2's to report, once.
+    assert zombies(ran("a", W1, 0, 20) + ran("b", W2, 7, 8), log) == []
 
 
 # -- rule 3: nothing after a kill ---------------------------------------------------

@@ -7,6 +7,7 @@ import struct
 
 from tests.faults.pgproxy import (
     CLAIM,
+    bind_parameters,
     bind_statement,
     data_row_value,
     decode_id,
@@ -34,6 +35,13 @@ def test_split_messages_keeps_a_partial_message_for_later() -> None:
 def test_parse_and_bind_name_their_statement() -> None:
     assert parse_message(b"_pg3_0\x00UPDATE x\x00\x00\x00") == ("_pg3_0", "UPDATE x")
     assert bind_statement(b"\x00_pg3_0\x00\x00\x00\x00\x00\x00\x00") == "_pg3_0"
+
+
+def test_bind_parameters_in_text_and_null() -> None:
+    body = b"\x00_pg3_1\x00" + struct.pack("!hh", 1, 0) + struct.pack("!h", 3)
+    body += struct.pack("!i", 2) + b"fa" + struct.pack("!i", -1) + struct.pack("!i", 3) + b"w01"
+    body += struct.pack("!hh", 1, 0)  # result formats
+    assert bind_parameters(body) == [b"fa", None, b"w01"]
 
 
 def test_startup_parameters() -> None:

@@ -98,7 +98,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fault suite figures")
     write(
         f"runs {len(REPORTS)}, jobs {sum(r.jobs for r in REPORTS)}, executions "
-        f"{sum(r.executions for r in REPORTS)}, jobs run more than once "
+        f"{sum(r.executions for r in REPORTS)}, jobs with more than one execution "
         f"{sum(r.reruns for r in REPORTS)}"
     )
     write(

@@ -101,7 +101,7 @@ class Report:
         reasons = Counter(e.reason for e in self.excused)
         lines = [
             f"fault run {self.name}: {self.jobs} jobs, {self.executions} executions, "
-            f"{self.reruns} jobs run more than once",
+            f"{self.reruns} jobs with more than one execution (retries included)",
             "  faults injected: "
             + (", ".join(f"{k} {v}" for k, v in self.faults.items()) or "none"),
             f"  overlapping executions excused: {len(self.excused)}"

@@ -9,8 +9,8 @@ It reads just enough of the wire protocol (version 3) to do that:
 - backend: ``RowDescription`` (which column is ``id``), ``DataRow`` and
   ``ReadyForQuery``.
 
-When an armed proxy sees a claim (:data:`CLAIM`: ``UPDATE slotfleet_jobs ... SET
-state = 'running'``) go to the server, for the queue it was armed for (a ``Bind``
+When an armed proxy sees a claim (:func:`is_claim`: ``UPDATE slotfleet_jobs ... SET
+... state = 'running'``) go to the server, for the queue it was armed for (a ``Bind``
 parameter equal to the queue's name), it holds back the server's reply until the
 ``ReadyForQuery`` that ends it (the claim has committed by then). If the reply claimed
 at least one job, the proxy drops the connection without forwarding it and records a
@@ -32,8 +32,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-#: The statement that claims jobs, whatever else the store adds to it.
-CLAIM = re.compile(r"UPDATE\s+slotfleet_jobs\b.*?\bSET\s+state\s*=\s*'running'", re.S | re.I)
+#: An UPDATE of the jobs table and its SET clause (up to WHERE, FROM or RETURNING).
+_UPDATE_SET = re.compile(
+    r"\bUPDATE\s+slotfleet_jobs\b[^;]*?\bSET\b(?P<set>(?:(?!\b(?:WHERE|FROM|RETURNING)\b).)*)",
+    re.S | re.I,
+)
+_SETS_RUNNING = re.compile(r"(?<![\w.])state\s*=\s*'running'", re.I)
+
+
+def is_claim(query: str) -> bool:
+    """Whether ``query`` claims jobs: an UPDATE of ``slotfleet_jobs`` whose SET clause
+    makes them ``running`` (a heartbeat that only *filters* on running jobs is not)."""
+    return any(_SETS_RUNNING.search(m["set"]) for m in _UPDATE_SET.finditer(query))
+
 
 _SSL_REQUEST = 80877103
 _GSS_REQUEST = 80877104
@@ -265,13 +276,13 @@ class ClaimReplyDropper:
         claim, parameters = False, []
         if kind == b"P":
             name, query = parse_message(body)
-            conn.claims[name] = bool(CLAIM.search(query))
+            conn.claims[name] = is_claim(query)
         elif kind == b"B":
             claim = conn.claims.get(bind_statement(body), False)
             parameters = bind_parameters(body) if claim else []
         elif kind == b"Q":
             query, _ = _cstring(body, 0)
-            claim = bool(CLAIM.search(query))
+            claim = is_claim(query)
         if not claim or conn.holding:
             return
         with self._lock:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import struct
 
 from tests.faults.pgproxy import (
-    CLAIM,
     bind_parameters,
     bind_statement,
     data_row_value,
     decode_id,
     id_column,
+    is_claim,
     parse_message,
     split_messages,
     startup_parameters,
@@ -49,11 +49,21 @@ def test_startup_parameters() -> None:
     assert startup_parameters(body) == {"user": "postgres", "application_name": "w01"}
 
 
-def test_claim_pattern_matches_the_fetch_but_not_other_updates() -> None:
+def test_a_claim_is_an_update_that_sets_jobs_running() -> None:
     fetch = "UPDATE slotfleet_jobs AS j\nSET state = 'running',\n    attempts = j.attempts + 1"
-    assert CLAIM.search(fetch)
-    assert not CLAIM.search("UPDATE slotfleet_jobs SET state = 'cancelled' WHERE id = $1")
-    assert not CLAIM.search("UPDATE slotfleet_workers SET state = 'running'")
+    assert is_claim(fetch)
+    assert is_claim(
+        "WITH c AS (SELECT 1) UPDATE slotfleet_jobs j SET attempts = 1, state = 'running'"
+    )
+    assert not is_claim("UPDATE slotfleet_jobs SET state = 'cancelled' WHERE id = $1")
+    assert not is_claim("UPDATE slotfleet_workers SET state = 'running'")
+    heartbeat = (
+        "UPDATE slotfleet_jobs SET lease_expires_at = now() + $1 "
+        "WHERE state = 'running' AND lease_owner = $2"
+    )
+    assert not is_claim(heartbeat)
+    recover = "UPDATE slotfleet_jobs AS j SET state = CASE WHEN x THEN 'failed' END FROM t"
+    assert not is_claim(recover)
 
 
 def row_description(*columns: tuple[str, int]) -> bytes:
@@ -78,3 +88,14 @@ def test_the_id_column_is_found_and_decoded_in_text_and_binary() -> None:
     assert data_row_value(row, 2) is None
     assert decode_id(b"42", 0) == 42
     assert decode_id((42).to_bytes(8, "big"), 1) == 42
+
+
+def test_exactly_one_statement_of_the_postgresql_store_is_a_claim() -> None:
+    """The proxy must recognise the store's real claim, and nothing else it runs."""
+    from slotfleet.store import postgres_sql
+
+    statements = {
+        name: value for name, value in vars(postgres_sql).items() if isinstance(value, str)
+    }
+    claims = [name for name, text in statements.items() if is_claim(text)]
+    assert len(claims) == 1, claims

@@ -171,12 +171,12 @@ class Fleet:
         return at
 
     def resume(self, proc: WorkerProc, stopped_at: float) -> Fault:
-        """SIGCONT the group and record the pause."""
+        """SIGCONT the group and record the pause (its end is taken before the signal:
+        the group may run, and write to the ledger, before ``killpg`` even returns)."""
+        at = time.time()
         os.killpg(proc.pid, signal.SIGCONT)
         proc.stopped = False
-        return self.faults.add(
-            Fault(FaultKind.PAUSE, stopped_at, time.time(), proc.worker_id, proc.pid)
-        )
+        return self.faults.add(Fault(FaultKind.PAUSE, stopped_at, at, proc.worker_id, proc.pid))
 
     # ------------------------------------------------------------------ the end
 

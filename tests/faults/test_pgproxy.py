@@ -5,6 +5,7 @@ claim it swallowed has committed; a claim on a queue it was not armed for passes
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
@@ -15,6 +16,10 @@ from tests.faults.pgproxy import ClaimReplyDropper
 from tests.fixtures.postgres import PostgresServer
 
 pytestmark = [pytest.mark.faults, pytest.mark.postgres]
+
+
+def token() -> str:
+    return secrets.token_hex(8)
 
 
 @pytest.fixture
@@ -47,14 +52,16 @@ async def test_drops_one_armed_claim_reply_after_the_claim_committed(
     # Empty claims until psycopg prepares the statement (prepare_threshold is 5):
     # from then on only a Bind names it.
     for _ in range(8):
-        assert await proxied.fetch("q", "w-proxied", 5, 30) == []
+        assert await proxied.fetch("q", "w-proxied", 5, 30, claim=token()) == []
     dropper.arm("q")
-    assert await proxied.fetch("q", "w-proxied", 5, 30) == []  # nothing claimed: forwarded
+    assert await proxied.fetch("q", "w-proxied", 5, 30, claim=token()) == []  # forwarded
     (other,) = await direct.enqueue([Job(func="tests.fault_tasks:work", queue="other")])
-    assert [j.id for j in await proxied.fetch("other", "w-proxied", 5, 30)] == [other.id]
+    claimed = await proxied.fetch("other", "w-proxied", 5, 30, claim=token())
+    assert [j.id for j in claimed] == [other.id]
     queued = await direct.enqueue([Job(func="tests.fault_tasks:work", queue="q") for _ in range(3)])
+    lost = token()
     with pytest.raises(SlotfleetError):
-        await proxied.fetch("q", "w-proxied", 2, 30)
+        await proxied.fetch("q", "w-proxied", 2, 30, claim=lost)
     (drop,) = dropper.drops
     assert drop.application == "w-proxied"
     assert drop.queue == "q"
@@ -64,6 +71,7 @@ async def test_drops_one_armed_claim_reply_after_the_claim_committed(
         assert row is not None
         assert row.state is JobState.RUNNING
         assert row.lease_owner == "w-proxied"
-    (again,) = await proxied.fetch("q", "w-proxied", 5, 30)  # disarmed: forwarded
+        assert row.lease_token == lost
+    (again,) = await proxied.fetch("q", "w-proxied", 5, 30, claim=token())  # disarmed
     assert again.id == queued[2].id
     assert len(dropper.drops) == 1

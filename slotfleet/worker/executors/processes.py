@@ -194,6 +194,10 @@ class ProcessExecutor(ConcurrentExecutor):
                 live = {c for c in self._children if not c.dead}
                 self._children = live
                 if len(live) < self.concurrency:
+                    # Spawned from the event loop's thread, which lives as long as the
+                    # worker: PR_SET_PDEATHSIG fires when the *thread* that spawned the
+                    # child ends, so spawning from a short-lived helper thread would kill
+                    # children early (see _child.die_with_parent).
                     name = f"slotfleet-{self.queue.name}-{len(live)}"
                     child = _Child(self._context, asyncio.get_running_loop(), name)
                     self._children.add(child)

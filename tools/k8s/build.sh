@@ -34,6 +34,8 @@ WORK="${OUT}/work"
 STAMP="${BIN}/.stamp"
 STAMP_TEXT="kubernetes=${K8S_VERSION} etcd=${ETCD_VERSION} helm=${HELM_VERSION} helm-kube-default=stamped"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=tools/k8s/kube-ldflags.sh
+source "$HERE/kube-ldflags.sh"
 PARALLEL="${SLOTFLEET_K8S_BUILD_PARALLEL:-2}"
 
 FORCE=0
@@ -74,7 +76,7 @@ BUILD_DATE="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 
 # ---------------------------------------------------------------- kubernetes
 build_kube() {
-  local t0 dir gomod minor ver_y
+  local t0 dir gomod ver_y
   t0=$(date +%s)
   dir="$WORK/kube"
   mkdir -p "$dir"
@@ -82,23 +84,13 @@ build_kube() {
   gomod="$(go mod download -json "k8s.io/kubernetes@${K8S_VERSION}" \
     | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
   [[ -n "$gomod" && -f "$gomod" ]] || die "module proxy did not serve k8s.io/kubernetes@${K8S_VERSION}"
-  minor="$(echo "$K8S_VERSION" | sed -E 's/^v1\.([0-9]+)\..*/\1/')"
   ver_y="v0.${K8S_VERSION#v1.}"   # v1.37.2 -> v0.37.2
   log "kubernetes: generating wrapper go.mod in $dir (staging modules -> ${ver_y})"
   "$HERE/gen-kube-gomod.sh" "$gomod" "$K8S_VERSION" > "$dir/go.mod"
   log "kubernetes: $(grep -c ' => ' "$dir/go.mod") staging modules replaced"
   printf 'package tools\n' > "$dir/doc.go"
-  local ldflags="-s -w"
-  ldflags+=" -X k8s.io/component-base/version.gitVersion=${K8S_VERSION}"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=1"
-  ldflags+=" -X k8s.io/component-base/version.gitMinor=${minor}"
-  ldflags+=" -X k8s.io/component-base/version.gitCommit=0000000000000000000000000000000000000000"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/component-base/version.buildDate=${BUILD_DATE}"
-  # client-go has its own copy of the version variables (used in the user agent)
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=${K8S_VERSION}"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=1"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=${minor}"
+  local ldflags
+  ldflags="$(kube_ldflags "$K8S_VERSION" "$BUILD_DATE")"
   local c
   for c in kube-apiserver kube-controller-manager; do
     log "kubernetes: go build k8s.io/kubernetes/cmd/$c"

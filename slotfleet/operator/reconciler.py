@@ -9,7 +9,8 @@ call :class:`QueueReconciler`. Two entry points:
   spec no longer wants (the HPA when the mode changes, the Service, the PodMonitor);
 * :meth:`QueueReconciler.observe` every few seconds (:meth:`observe_forever`): read the
   DSN from the Secret, the store's figures, running jobs and cancel requests, the
-  Deployment; keep pods' deletion cost at their busy slots (running jobs by lease owner,
+  Deployment and its pods (a container the kubelet cannot start is ``Degraded``); keep
+  pods' deletion cost at their busy slots (running jobs by lease owner,
   or the heartbeat if higher) and size the fleet (``mode: operator``), never below the
   pods that run a job and only once their costs are in place (both in
   ``slotfleet.operator.sizing``); write ``status`` when it
@@ -235,9 +236,12 @@ class QueueReconciler:
         now = st.rfc3339(datetime.now(UTC))
 
         deployment = await self.kube.get("apps/v1", "Deployment", ref.namespace, ref.worker_name)
+        pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
         dsn, degraded = await self._read_dsn(ref, spec)
         if degraded is None and memory.apply_error:
             degraded = st.ConditionUpdate(st.DEGRADED, True, "ApplyFailed", memory.apply_error)
+        if degraded is None:
+            degraded = st.worker_problem(pods)
         view = (
             await read_view(self.stores, dsn, queue, self.store_timeout)
             if dsn
@@ -268,7 +272,7 @@ class QueueReconciler:
 
         # Deletion costs first: a scale-down written this tick must find every busy pod
         # already marked, or the ReplicaSet controller may pick a busy one.
-        busy_pods, costs_settled = await update_deletion_costs(self.kube, ref, queue, view)
+        busy_pods, costs_settled = await update_deletion_costs(self.kube, ref, queue, view, pods)
 
         desired: int | None = None
         last_scale: str | None = None

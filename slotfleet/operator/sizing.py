@@ -17,7 +17,7 @@ owns no status; it is the only place the operator resizes a fleet.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -28,7 +28,6 @@ from slotfleet.operator.builders import (
     API_VERSION,
     QueueRef,
     deletion_cost_patch,
-    selector_string,
 )
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.stores import StoreView
@@ -109,7 +108,11 @@ async def autoscale(
 
 
 async def update_deletion_costs(
-    kube: KubeClient, ref: QueueRef, queue: str, view: StoreView
+    kube: KubeClient,
+    ref: QueueRef,
+    queue: str,
+    view: StoreView,
+    pods: Sequence[Mapping[str, Any]],
 ) -> tuple[int, bool]:
     """Keep each pod's deletion cost at its busy slots; return how many live pods run
     jobs and whether every cost was already right (nothing patched).
@@ -119,7 +122,6 @@ async def update_deletion_costs(
     """
     if view.stats is None:
         return 0, False
-    pods = await kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
     busy = busy_by_worker(view.leased, view.workers, queue)
     live = [
         str(p["metadata"].get("name", ""))

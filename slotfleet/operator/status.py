@@ -1,5 +1,10 @@
 """Pure builders of a Queue's ``status``: conditions, slots, backlog, cancellations.
 
+A worker container the kubelet cannot start (an image it cannot pull or may not pull, a
+container that cannot be created or keeps crashing) becomes ``Degraded`` with the
+kubelet's own reason and message (:func:`worker_problem`), so ``kubectl get queue`` says
+why no worker runs instead of ``WorkersStarting`` for ever.
+
 The operator's timer gathers what it observed (the worker Deployment, the store's
 figures, cancel requests, errors) and :func:`build_status` turns it into the status
 document; the handler writes it only when it differs from what is there, so a quiet
@@ -180,6 +185,85 @@ def build_status(previous: Mapping[str, Any], seen: Observed, *, now: str) -> Js
         conditions = set_condition(conditions, update, generation=seen.generation, now=now)
     status["conditions"] = conditions
     return status
+
+
+#: Container waiting reasons (the kubelet's words) that mean the image cannot be used.
+IMAGE_REASONS = frozenset(
+    {
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "ImageInspectError",
+        "RegistryUnavailable",
+        "SignatureValidationFailed",
+    }
+)
+#: Waiting reasons that mean a container cannot be created or keeps failing.
+START_REASONS = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "CrashLoopBackOff",
+        "PreStartHookError",
+        "PostStartHookError",
+    }
+)
+#: Longest kubelet message quoted in a condition.
+MAX_MESSAGE = 300
+
+
+def _one_line(text: str) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= MAX_MESSAGE else flat[: MAX_MESSAGE - 3] + "..."
+
+
+def worker_problem(pods: Sequence[Mapping[str, Any]]) -> ConditionUpdate | None:
+    """``Degraded`` when a live worker pod has a container the kubelet cannot start:
+    ``ImageUnusable`` for an image it cannot pull or may not pull, ``WorkersFailing`` for
+    one it cannot create or that keeps crashing; the message names how many pods, the
+    first of them (by name), the image and the kubelet's reason and message. ``None``
+    when every container is running or on its way."""
+    found: list[tuple[str, str, Mapping[str, Any], Mapping[str, Any]]] = []
+    for pod in sorted(pods, key=lambda p: str((p.get("metadata") or {}).get("name", ""))):
+        metadata = pod.get("metadata") or {}
+        if metadata.get("deletionTimestamp"):
+            continue
+        status = pod.get("status") or {}
+        containers = [
+            *(status.get("initContainerStatuses") or []),
+            *(status.get("containerStatuses") or []),
+        ]
+        for container in containers:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in IMAGE_REASONS | START_REASONS:
+                found.append((str(metadata.get("name", "")), waiting["reason"], container, waiting))
+                break
+    if not found:
+        return None
+    pod_name, reason, container, waiting = found[0]
+    where = (
+        f"worker pod {pod_name}"
+        if len(found) == 1
+        else (f"{len(found)} worker pods (first: {pod_name})")
+    )
+    detail = _one_line(waiting.get("message") or "")
+    if reason in IMAGE_REASONS:
+        return ConditionUpdate(
+            DEGRADED,
+            True,
+            "ImageUnusable",
+            f"{where}: image {container.get('image', '')!r} cannot be used ({reason})"
+            + (f": {detail}" if detail else ""),
+        )
+    return ConditionUpdate(
+        DEGRADED,
+        True,
+        "WorkersFailing",
+        f"{where}: container {container.get('name', '')!r} cannot run ({reason})"
+        + (f": {detail}" if detail else ""),
+    )
 
 
 def ready_condition(

@@ -10,6 +10,12 @@ Identities (static token file, so no client certificates are needed):
 * ``admin`` in group ``system:masters`` - used by the tests, the controller-manager and the
   test node;
 * ``alice`` with no groups - an ordinary user for RBAC tests.
+
+``ControlPlane(address=...)`` binds the API server to another local address instead (the
+real node's bridge gateway, ``tests/node/``): pods then reach it through the
+``kubernetes`` Service, whose endpoint the API server keeps itself; ``extra_controllers``
+and ``extra_apiserver_args`` add what a real node needs (node lifecycle, reaching the
+kubelet by its address).
 """
 
 from __future__ import annotations
@@ -118,8 +124,9 @@ def run_openssl(args: Sequence[str], cwd: Path) -> None:
         raise ControlPlaneError(f"openssl {' '.join(args)} failed: {proc.stderr}")
 
 
-def make_pki(directory: Path) -> None:
-    """Create a CA, an API server serving cert for 127.0.0.1, and a service-account key."""
+def make_pki(directory: Path, extra_ips: Sequence[str] = ()) -> None:
+    """Create a CA, an API server serving cert for 127.0.0.1 (and ``extra_ips``), and a
+    service-account key."""
     directory.mkdir(parents=True, exist_ok=True)
     if shutil.which("openssl") is None:
         raise ControlPlaneError("the openssl command is required to start the control plane")
@@ -142,7 +149,8 @@ def make_pki(directory: Path) -> None:
         directory,
     )
     (directory / "san.ext").write_text(
-        "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,"
+        f"subjectAltName=IP:127.0.0.1,IP:10.0.0.1,{''.join(f'IP:{ip},' for ip in extra_ips)}"
+        "DNS:localhost,DNS:kubernetes,"
         "DNS:kubernetes.default,DNS:kubernetes.default.svc,"
         "DNS:kubernetes.default.svc.cluster.local\n"
         "extendedKeyUsage=serverAuth\n"
@@ -274,6 +282,11 @@ class ControlPlane:
     alice_token: str = field(default_factory=lambda: secrets.token_hex(16))
     processes: dict[str, ManagedProcess] = field(default_factory=dict)
     apiserver_port: int = 0
+    address: str = "127.0.0.1"
+    """Where the API server listens and what it advertises (a loopback address, or a
+    local address pods can reach)."""
+    extra_controllers: tuple[str, ...] = ()
+    extra_apiserver_args: tuple[str, ...] = ()
 
     @property
     def pki_dir(self) -> Path:
@@ -285,7 +298,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -299,6 +312,10 @@ class ControlPlane:
     def log_dir(self) -> Path:
         return self.work_dir / "logs"
 
+    @property
+    def loopback(self) -> bool:
+        return self.address.startswith("127.")
+
     def binary(self, name: str) -> str:
         return str(self.bin_dir / name)
 
@@ -306,13 +323,13 @@ class ControlPlane:
     def start(self, timeout: float = 90.0) -> None:
         started = time.monotonic()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        make_pki(self.pki_dir)
+        make_pki(self.pki_dir, extra_ips=() if self.loopback else (self.address,))
         (self.work_dir / "tokens.csv").write_text(
             f'{self.admin_token},admin,admin-uid,"system:masters"\n'
             f"{self.alice_token},alice,alice-uid\n"
         )
         etcd_client, etcd_peer = free_port(), free_port()
-        self.apiserver_port = free_port()
+        self.apiserver_port = free_port(self.address)
         env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
         env.pop("ETCDCTL_API", None)
         try:
@@ -375,13 +392,15 @@ class ControlPlane:
 
     def _start_apiserver(self, etcd_client: int, env: dict[str, str]) -> None:
         pki = self.pki_dir
+        # a loopback address cannot be an endpoint of the kubernetes Service
+        reconciler = ["--endpoint-reconciler-type=none"] if self.loopback else []
         self._spawn(
             "kube-apiserver",
             [
                 self.binary("kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.apiserver_port}",
                 f"--cert-dir={self.work_dir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -392,8 +411,8 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
-                # loopback endpoints are not allowed for the kubernetes Service
-                "--endpoint-reconciler-type=none",
+                *reconciler,
+                *self.extra_apiserver_args,
                 "--profiling=false",
                 "--v=1",
             ],
@@ -407,7 +426,7 @@ class ControlPlane:
             [
                 self.binary("kube-controller-manager"),
                 f"--kubeconfig={self.admin_kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(CONTROLLERS + self.extra_controllers)}",
                 "--leader-elect=false",
                 "--use-service-account-credentials=false",
                 f"--service-account-private-key-file={pki / 'sa.key'}",

@@ -1,0 +1,509 @@
+"""A real Kubernetes node on this machine: containerd + runc + CNI, kubelet, kube-proxy,
+kube-scheduler and a cluster DNS, beside a control plane bound to the node's bridge.
+
+What runs, each started so that its own PID is recorded and stopped by that PID:
+
+* a Linux bridge :data:`BRIDGE` with the gateway :data:`GATEWAY` (made here first, so the
+  API server can bind to it and the CNI bridge plugin adopts it);
+* ``containerd`` (Debian's) with a config, root, state and socket of its own; its CRI
+  plugin runs pods with runc, Debian's CNI plugins (``bridge`` + ``host-local``) on
+  :data:`POD_CIDR`, and the pause image built from Kubernetes' source
+  (``tools/image/build.sh``); the images are imported with ``ctr images import``;
+* ``dnsmasq`` on the gateway as the cluster DNS: it answers for
+  ``kubernetes.default.svc.cluster.local`` (kopf connects to that name) and says
+  NXDOMAIN for the rest of ``cluster.local``;
+* the kubelet, kube-proxy (iptables mode) and kube-scheduler from
+  ``tools/k8s/build-node.sh`` (the same pinned Kubernetes as the control plane).
+
+IP forwarding stays off: pods reach the host's own addresses (the API server through the
+``kubernetes`` Service, PostgreSQL on the gateway) and each other on the bridge, and
+nothing else; no packet from a pod is routed off the machine.
+
+Host changes are recorded first and reverted at :meth:`RealNode.stop` by
+``tests.node.host.HostLedger``. One real node runs per machine at a time: a file lock
+(:data:`LOCK_FILE`) makes a second session wait for the first.
+
+What this module is not: it decides nothing about the tests; ``tests/node/conftest.py``
+turns it into fixtures and reports why the tier cannot run where it cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from tests.kube.controlplane import SERVICE_CLUSTER_IP_RANGE, ControlPlane, ManagedProcess
+
+from .host import HostLedger
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_BUILD = REPO / "tools" / "k8s" / "build-node.sh"
+IMAGE_BUILD = REPO / "tools" / "image" / "build.sh"
+
+NODE_NAME = "slotfleet-real-node"
+BRIDGE = "sfnode0"
+POD_CIDR = "10.244.0.0/24"
+GATEWAY = "10.244.0.1"
+#: The ``kubernetes`` Service's ClusterIP: the first address of the service range.
+KUBERNETES_SERVICE_IP = SERVICE_CLUSTER_IP_RANGE.rsplit(".", 1)[0] + ".1"
+CLUSTER_DOMAIN = "cluster.local"
+CGROUP_ROOT = "slotfleet-node"
+KUBELET_PORT = 10250
+LOCK_FILE = Path("/run/lock/slotfleet-real-node.lock")
+#: Host paths the daemons create when absent, whatever their configuration says:
+#: containerd's shim sockets and runc state, the kubelet's legacy log symlinks, libcni's
+#: result cache.
+HOST_PATHS = ("/run/containerd", "/var/log/containers", "/var/lib/cni")
+CNI_BIN_DIR = Path("/usr/lib/cni")
+DAEMONS = ("containerd", "runc", "ctr", "dnsmasq", "iptables", "ip6tables", "ip", "nfacct")
+
+
+class NodeError(RuntimeError):
+    """The real node could not be built, started or torn down."""
+
+
+@dataclass(frozen=True)
+class NodeImages:
+    """Images built by ``tools/image/build.sh``: name and docker-archive of each."""
+
+    names: dict[str, str]
+    archives: dict[str, Path]
+
+    @property
+    def slotfleet(self) -> str:
+        return self.names["slotfleet"]
+
+    @property
+    def examples(self) -> str:
+        return self.names["examples"]
+
+    @property
+    def pause(self) -> str:
+        return self.names["pause"]
+
+
+def why_not() -> str | None:
+    """Why a real node cannot run on this machine, or ``None`` when it can."""
+    if os.geteuid() != 0:
+        return "not root: a kubelet, containerd and CNI need root"
+    hierarchies = (
+        {p.name for p in Path("/sys/fs/cgroup").iterdir()}
+        if Path("/sys/fs/cgroup").is_dir()
+        else set()
+    )
+    if (
+        not {"cpu", "memory", "pids"} <= hierarchies
+        and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    ):
+        return "no cgroups: /sys/fs/cgroup has neither cgroup v1 cpu/memory/pids nor v2"
+    if not Path("/proc/self/ns/net").exists():
+        return "no network namespaces (/proc/self/ns/net)"
+    missing = [d for d in DAEMONS if shutil.which(d) is None]
+    missing += [p for p in ("bridge", "host-local", "loopback") if not (CNI_BIN_DIR / p).exists()]
+    if missing:
+        return (
+            f"missing {', '.join(missing)}: apt-get install containerd runc "
+            "containernetworking-plugins iptables dnsmasq-base iproute2 nfacct (scripts/test "
+            "does)"
+        )
+    return None
+
+
+def _run_build(script: Path, *args: str, log: Path) -> str:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as out:
+        proc = subprocess.run(
+            ["bash", str(script), *args], stdout=subprocess.PIPE, stderr=out, text=True
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+        raise NodeError(f"{script.relative_to(REPO)} failed; log {log}:\n{tail}")
+    return proc.stdout
+
+
+def build_node_binaries(log_dir: Path) -> Path:
+    """kubelet, kube-scheduler, kube-proxy and pause (cached; built when missing)."""
+    _run_build(NODE_BUILD, log=log_dir / "build-node.log")
+    return Path(_run_build(NODE_BUILD, "--print-bin-dir", log=log_dir / "print.log").strip())
+
+
+def build_images(log_dir: Path) -> NodeImages:
+    """The slotfleet, examples and pause images (cached by content hash)."""
+    out = log_dir / "images.json"
+    _run_build(IMAGE_BUILD, "--json", str(out), log=log_dir / "build-images.log")
+    data = json.loads(out.read_text())
+    return NodeImages(
+        names={k: v["name"] for k, v in data.items()},
+        archives={k: Path(v["archive"]) for k, v in data.items()},
+    )
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@dataclass
+class RealNode:
+    """The node's daemons and host changes. :meth:`prepare` (lock, snapshot, bridge)
+    runs before the control plane starts; :meth:`start` after it."""
+
+    work_dir: Path
+    node_bin: Path
+    images: NodeImages
+    processes: dict[str, ManagedProcess] = field(default_factory=dict)
+    ledger: HostLedger | None = None
+    recovered: list[str] = field(default_factory=list)
+    """What a killed earlier session had left behind and this one reverted."""
+    _lock: IO[str] | None = None
+
+    @property
+    def containerd_socket(self) -> Path:
+        return self.work_dir / "containerd" / "containerd.sock"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.work_dir / "logs"
+
+    # ------------------------------------------------------------------ host
+    def prepare(self, lock_wait: float = 900.0) -> None:
+        """Take the machine's real-node lock, revert a killed session's leftovers,
+        snapshot the host and create the bridge with the gateway address."""
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = LOCK_FILE.open("a+")
+        deadline = time.monotonic() + lock_wait
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise NodeError(
+                        f"another session's real node held {LOCK_FILE} for {lock_wait:.0f}s"
+                    ) from None
+                time.sleep(2)
+        stale = HostLedger.load()
+        if stale is not None:
+            self.recovered = self._recover(stale)
+        self.ledger = HostLedger(
+            watched=[str(self.work_dir)],
+            cgroup_root=CGROUP_ROOT,
+            bridge=BRIDGE,
+            host_paths=list(HOST_PATHS),
+        )
+        self.ledger.snapshot()
+        self.ledger.make_cgroup_root()
+        prefix = POD_CIDR.split("/")[1]
+        for argv in (
+            ["ip", "link", "add", BRIDGE, "type", "bridge"],
+            ["ip", "addr", "add", f"{GATEWAY}/{prefix}", "dev", BRIDGE],
+            ["ip", "link", "set", BRIDGE, "up"],
+        ):
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise NodeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+
+    @staticmethod
+    def _recover(stale: HostLedger) -> list[str]:
+        """Stop a killed session's daemons (by their recorded PIDs, when the PID still
+        runs the same program) and revert its host changes."""
+        notes = []
+        for name, (pid, program) in ((k, (int(v[0]), v[1])) for k, v in stale.pids.items()):
+            with contextlib.suppress(OSError):
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+                if argv0 == program:
+                    os.kill(pid, signal.SIGKILL)
+                    notes.append(f"killed the earlier session's {name} (pid {pid})")
+        for pid in stale.cgroup_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(1)
+        problems = stale.revert()
+        notes.append("reverted the earlier session's host changes")
+        return notes + problems
+
+    # ------------------------------------------------------------------ start
+    def start(self, control_plane: ControlPlane, timeout: float = 120.0) -> None:
+        """containerd (and the images), the DNS, kubelet, kube-proxy, kube-scheduler."""
+        assert self.ledger is not None, "prepare() first"
+        deadline = time.monotonic() + timeout
+        self._start_containerd()
+        self._wait(lambda: self.containerd_socket.exists(), "containerd's socket", deadline)
+        for archive in self.images.archives.values():
+            self.ctr("images", "import", str(archive), timeout=300)
+        self._start_dns()
+        kubeconfig = str(control_plane.admin_kubeconfig)
+        self._spawn(
+            "kubelet",
+            [
+                str(self.node_bin / "kubelet"),
+                f"--config={self._kubelet_config()}",
+                f"--kubeconfig={kubeconfig}",
+                f"--root-dir={self.work_dir / 'kubelet'}",
+                f"--cert-dir={self.work_dir / 'kubelet' / 'pki'}",
+                f"--hostname-override={NODE_NAME}",
+                f"--node-ip={GATEWAY}",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kube-proxy",
+            [str(self.node_bin / "kube-proxy"), f"--config={self._proxy_config(kubeconfig)}"],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.node_bin / "kube-scheduler"),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--leader-elect=false",
+                f"--bind-address={GATEWAY}",
+                "--secure-port=0",
+                "--v=1",
+            ],
+        )
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        proc = ManagedProcess(name, argv, self.log_dir / f"{name}.log")
+        self.processes[name] = proc
+        env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+        proc.start(env)
+        assert self.ledger is not None
+        assert proc.pid is not None
+        self.ledger.record_pid(name, proc.pid, argv)
+
+    def _wait(self, check: object, what: str, deadline: float) -> None:
+        assert callable(check)
+        while time.monotonic() < deadline:
+            for name, proc in self.processes.items():
+                if not proc.alive():
+                    raise NodeError(f"{name} exited early:\n{proc.tail(40)}")
+            if check():
+                return
+            time.sleep(0.2)
+        raise NodeError(f"timed out waiting for {what}")
+
+    def ctr(self, *args: str, timeout: float = 60) -> str:
+        argv = ["ctr", "--address", str(self.containerd_socket), "--namespace", "k8s.io", *args]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise NodeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    # ------------------------------------------------------------------ configs
+    def _start_containerd(self) -> None:
+        base = self.work_dir / "containerd"
+        cni_conf = self.work_dir / "cni" / "net.d"
+        _write(
+            cni_conf / "10-slotfleet.conflist",
+            json.dumps(
+                {
+                    "cniVersion": "0.4.0",
+                    "name": "slotfleet-node",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            # the bridge already has the gateway; pods route through it,
+                            # and forwarding stays off (nothing leaves the machine)
+                            "isGateway": False,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
+                                "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
+                                "dataDir": str(self.work_dir / "cni" / "ipam"),
+                            },
+                        },
+                        {"type": "loopback"},
+                    ],
+                },
+                indent=1,
+            ),
+        )
+        config = _write(
+            base / "config.toml",
+            f"""version = 2
+root = "{base / "root"}"
+state = "{base / "state"}"
+disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
+[grpc]
+  address = "{self.containerd_socket}"
+[ttrpc]
+  address = "{base / "containerd.sock.ttrpc"}"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{base / "opt"}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{self.images.pause}"
+  # the sandbox lacks CAP_SYS_RESOURCE: a negative oom_score_adj is refused
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_BIN_DIR}"
+    conf_dir = "{cni_conf}"
+""",
+        )
+        self._spawn("containerd", ["containerd", "--config", str(config)])
+
+    def _start_dns(self) -> None:
+        self._spawn(
+            "dnsmasq",
+            [
+                shutil.which("dnsmasq") or "dnsmasq",
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--pid-file=",
+                "--log-facility=-",
+                f"--listen-address={GATEWAY}",
+                "--bind-interfaces",
+                f"--local=/{CLUSTER_DOMAIN}/",
+                f"--address=/kubernetes.default.svc.{CLUSTER_DOMAIN}/{KUBERNETES_SERVICE_IP}",
+            ],
+        )
+
+    def _kubelet_config(self) -> Path:
+        config = {
+            "apiVersion": "kubelet.config.k8s.io/v1beta1",
+            "kind": "KubeletConfiguration",
+            # this kernel mounts cgroup v1 (hybrid); 1.35+ refuse it unless told
+            "failCgroupV1": False,
+            "cgroupDriver": "cgroupfs",
+            "cgroupRoot": f"/{CGROUP_ROOT}",
+            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
+            "address": GATEWAY,
+            "port": KUBELET_PORT,
+            "readOnlyPort": 0,
+            "healthzPort": 0,
+            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
+            "authorization": {"mode": "AlwaysAllow"},
+            "clusterDNS": [GATEWAY],
+            "clusterDomain": CLUSTER_DOMAIN,
+            "resolvConf": "",
+            "podLogsDir": str(self.work_dir / "pod-logs"),
+            "failSwapOn": False,
+            # other test runs share the disk and memory: only evict on real exhaustion
+            "evictionHard": {
+                "memory.available": "50Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
+            "imageGCHighThresholdPercent": 100,
+            "imageGCLowThresholdPercent": 99,
+            "serializeImagePulls": False,
+            "registerNode": True,
+            "syncFrequency": "5s",
+            "fileCheckFrequency": "5s",
+        }
+        return _write(self.work_dir / "kubelet-config.json", json.dumps(config, indent=1))
+
+    def _proxy_config(self, kubeconfig: str) -> Path:
+        config = {
+            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+            "kind": "KubeProxyConfiguration",
+            "clientConnection": {"kubeconfig": kubeconfig},
+            "hostnameOverride": NODE_NAME,
+            "mode": "iptables",
+            "clusterCIDR": POD_CIDR,
+            "bindAddress": GATEWAY,
+            "healthzBindAddress": f"{GATEWAY}:10256",
+            "metricsBindAddress": f"{GATEWAY}:10249",
+            # only the gateway: kube-proxy then leaves route_localnet alone
+            "nodePortAddresses": [f"{GATEWAY}/32"],
+            # leave the conntrack sysctls as they are
+            "conntrack": {
+                "maxPerCore": 0,
+                "min": 0,
+                "tcpEstablishedTimeout": "0s",
+                "tcpCloseWaitTimeout": "0s",
+            },
+        }
+        return _write(self.work_dir / "kube-proxy-config.json", json.dumps(config, indent=1))
+
+    # ------------------------------------------------------------------ stop
+    def stop(self) -> list[str]:
+        """Stop every daemon by PID, remove what the runtime left, revert the host.
+        Returns what could not be undone (empty when the host is as it was)."""
+        problems: list[str] = []
+        for name in ("kube-scheduler", "kube-proxy", "kubelet"):
+            if name in self.processes:
+                self.processes[name].stop(timeout=20)
+        if "containerd" in self.processes and self.processes["containerd"].alive():
+            problems += self._remove_containers()
+        for name in ("containerd", "dnsmasq"):
+            if name in self.processes:
+                self.processes[name].stop(timeout=20)
+        problems += self._stop_shims()
+        if (self.node_bin / "kube-proxy").exists():
+            subprocess.run(
+                [str(self.node_bin / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60
+            )
+        if self.ledger is not None:
+            for pid in self.ledger.cgroup_pids():  # containers nothing else stopped
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            problems += self.ledger.revert()
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+        return problems
+
+    def _remove_containers(self) -> list[str]:
+        """Containers the kubelet did not remove: kill and delete them through containerd."""
+        problems = []
+        try:
+            ids = self.ctr("containers", "list", "--quiet").split()
+            for cid in ids:
+                with contextlib.suppress(NodeError):
+                    self.ctr("tasks", "kill", "--signal", "SIGKILL", cid)
+            for cid in ids:
+                with contextlib.suppress(NodeError):
+                    self.ctr("tasks", "delete", "--force", cid)
+                with contextlib.suppress(NodeError):
+                    self.ctr("containers", "delete", cid)
+        except NodeError as exc:
+            problems.append(str(exc))
+        return problems
+
+    def _stop_shims(self) -> list[str]:
+        """containerd's shims outlive it by design; ours name our socket in their argv."""
+        marker = str(self.containerd_socket).encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                if argv and argv[0].endswith(b"containerd-shim-runc-v2") and marker in argv:
+                    os.kill(int(entry.name), signal.SIGKILL)
+        return []
+
+    def log_tails(self, lines: int = 40) -> str:
+        parts = []
+        for name, proc in self.processes.items():
+            state = "running" if proc.alive() else "exited"
+            parts.append(f"===== {name} ({state}) {proc.log_path} =====\n{proc.tail(lines)}")
+        return "\n".join(parts)

@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 # The slotfleet image: one image for the operator (`slotfleet operator`) and the workers
-# (`slotfleet worker`; build your task image FROM this one and add your code).
-# tools/check_image_steps.sh runs the same steps without Docker (build the wheel, install it
-# alone into a fresh environment, run the installed command).
+# (`slotfleet worker`; build your task image FROM this one and add your code, as
+# examples/Dockerfile does). tools/image/build.sh builds this file unchanged without a
+# Docker engine (buildah, over a locally made python:3.11 base) for the node test tier.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -131,8 +131,11 @@ def node_operator(node_cluster: NodeCluster) -> Iterator[OperatorRelease]:
 
 
 @pytest.fixture
-def node_namespace(node_cluster: NodeCluster, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace on the real node's cluster, deleted after the test."""
+def node_namespace(
+    node_cluster: NodeCluster, node_operator: OperatorRelease, request: pytest.FixtureRequest
+) -> Iterator[str]:
+    """A fresh namespace on the real node's cluster (whose operator watches it), deleted
+    after the test."""
     base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())
     name = f"{base[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
     core = client.CoreV1Api(node_cluster.admin.api_client)

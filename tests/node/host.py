@@ -75,6 +75,8 @@ class Table:
 
     chains: list[str] = field(default_factory=list)
     rules: list[str] = field(default_factory=list)
+    builtin: list[str] = field(default_factory=list)
+    """Chains with a policy (INPUT, PREROUTING, ...): never deleted, only emptied."""
 
 
 def parse_save(text: str) -> dict[str, Table]:
@@ -85,7 +87,10 @@ def parse_save(text: str) -> dict[str, Table]:
         if line.startswith("*"):
             current = tables.setdefault(line[1:].strip(), Table())
         elif current is not None and line.startswith(":"):
-            current.chains.append(line[1:].split()[0])
+            name, policy = line[1:].split()[:2]
+            current.chains.append(name)
+            if policy != "-":
+                current.builtin.append(name)
         elif current is not None and line.startswith("-A "):
             current.rules.append(line[3:])
     return tables
@@ -104,7 +109,7 @@ def revert_commands(before: dict[str, Table], after: dict[str, Table]) -> list[l
     commands: list[list[str]] = []
     for name, table in after.items():
         old = before.get(name, Table())
-        new_chains = [c for c in table.chains if c not in old.chains]
+        new_chains = [c for c in table.chains if c not in old.chains and c not in table.builtin]
         for rule in reversed(table.rules):
             chain = rule.split()[0]
             if chain not in new_chains and rule not in old.rules:

@@ -18,8 +18,15 @@ Figures: burst -> more pods requested (``spec.replicas`` raised through ``/scale
 ``attempts`` > 1). Times are wall-clock, from the database's ``completed_at`` and the
 harness's clock (same machine).
 
+``--node real`` runs the same on a real node instead (``tests/node/cluster.py``: kubelet,
+containerd and runc, kube-scheduler, kube-proxy): the operator installed by ``helm
+install`` as a pod from the image built from the Dockerfile, workers as containers from
+the examples image, PostgreSQL on the node's bridge. "Ready" then includes scheduling,
+the sandbox, the container's start-up and the kubelet's first readiness probe. It needs
+root (see docs/testing.md) and writes its own section of docs/benchmarks.md.
+
 This is a benchmark, not a test: it asserts nothing; it writes JSON to bench/results/ and
-the "Autoscaling" section of docs/benchmarks.md.
+the "Autoscaling" sections of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ from tests.kube.operator_helpers import (
     wait_for,
 )
 from tests.kube.testnode import TestNode
+from tests.node.cluster import NodeCluster, install_operator, start_cluster, stop_cluster
+from tests.node.helpers import node_queue
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -78,6 +87,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help="operator --interval (default: the operator's own default, 2 s)",
+    )
+    p.add_argument(
+        "--node",
+        choices=("testnode", "real"),
+        default="testnode",
+        help="testnode: pods as local processes (default); real: a real kubelet and containerd",
     )
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     return p.parse_args(argv)
@@ -148,6 +163,24 @@ class Harness:
         self.operator.start()
         return admin
 
+    @property
+    def dsn(self) -> str:
+        assert self.pg is not None
+        return self.pg.dsn
+
+    @property
+    def monitor_dsn(self) -> str:
+        assert self.pg is not None
+        return self.pg.admin_dsn
+
+    @property
+    def pg_version(self) -> str:
+        assert self.pg is not None
+        return self.pg.version
+
+    def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
+        return queue_manifest(name, **spec)
+
     def stop(self) -> None:
         if self.operator is not None:
             self.operator.stop()
@@ -158,6 +191,52 @@ class Harness:
         if self.pg is not None:
             pgmod.stop(self.pg)
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+class RealNodeHarness:
+    """The real node's cluster (``tests/node/cluster.py``) with the operator installed by
+    helm as a pod from the built image; torn down by PID, the host reverted."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="slotfleet-bench-autoscale-node-"))
+        self.namespace = "bench-autoscale"
+        self.cluster: NodeCluster | None = None
+        self._dsn = ""
+
+    def start(self) -> KubeAdmin:
+        self.cluster = start_cluster(self.work)
+        install_operator(self.cluster)
+        admin = self.cluster.admin
+        client.CoreV1Api(admin.api_client).create_namespace(
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=self.namespace))
+        )
+        self._dsn = self.cluster.database.create()
+        create_secret(admin, self.namespace, self._dsn)
+        return admin
+
+    @property
+    def dsn(self) -> str:
+        return self._dsn
+
+    @property
+    def monitor_dsn(self) -> str:
+        return self._dsn
+
+    @property
+    def pg_version(self) -> str:
+        with psycopg.connect(self._dsn) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+        return str(row[0]) if row else "?"
+
+    def manifest(self, name: str, **spec: Any) -> dict[str, Any]:
+        assert self.cluster is not None
+        return node_queue(name, self.cluster.images.examples, **spec)
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            for problem in stop_cluster(self.cluster):
+                print(f"real node teardown: {problem}", flush=True)
 
 
 def _enqueue(dsn: str, jobs: list[Job]) -> None:
@@ -176,14 +255,13 @@ def _epoch(value: datetime | None) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def run_once(h: Harness, admin: KubeAdmin, index: int) -> dict[str, Any]:
+def run_once(h: Harness | RealNodeHarness, admin: KubeAdmin, index: int) -> dict[str, Any]:
     args, ns = h.args, h.namespace
-    assert h.pg is not None
     name = f"burst{index}"
     apply_queue(
         admin,
         ns,
-        queue_manifest(
+        h.manifest(
             name,
             replicas=0,
             executor={"kind": "async", "concurrency": 2},
@@ -224,11 +302,11 @@ def run_once(h: Harness, admin: KubeAdmin, index: int) -> dict[str, Any]:
         )
         for i in range(args.long)
     ]
-    _enqueue(h.pg.dsn, jobs)
+    _enqueue(h.dsn, jobs)
     run = Run(burst_at=time.time())
     next_db = 0.0
     deadline = time.monotonic() + 300
-    with psycopg.connect(h.pg.admin_dsn, autocommit=True) as conn:
+    with psycopg.connect(h.monitor_dsn, autocommit=True) as conn:
         while time.monotonic() < deadline:
             replicas = int(get_queue(admin, ns, name)["spec"].get("replicas") or 0)
             dep = apps.read_namespaced_deployment(f"{name}-worker", ns)
@@ -321,8 +399,26 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any], args: argparse.
     interval = (
         "default (2 s)" if args.operator_interval is None else f"{args.operator_interval:g} s"
     )
+    if args.node == "real":
+        title = "## Autoscaling (operator mode) on a real node"
+        where = (
+            "A real kubelet, containerd + runc, kube-scheduler and kube-proxy "
+            "(`tests/node/cluster.py`) beside kube-apiserver, etcd and "
+            "kube-controller-manager; `slotfleet operator` installed by `helm install` as a "
+            "pod from the image built from the Dockerfile (chart defaults: `--interval` 2 s), "
+            "workers as containers from `examples/Dockerfile`'s image, PostgreSQL on the "
+            "node's bridge. Ready includes scheduling, the pod sandbox, the container's "
+            "start-up and the kubelet's first readiness probe."
+        )
+    else:
+        title = "## Autoscaling (operator mode)"
+        where = (
+            "A real kube-apiserver, etcd and kube-controller-manager on loopback, worker pods "
+            "run as local processes by the test node, a throwaway PostgreSQL, `slotfleet "
+            f"operator` with `--interval` {interval}."
+        )
     lines = [
-        "## Autoscaling (operator mode)",
+        title,
         "",
         f"Command (from the repository root): `{command_line()}`",
         "",
@@ -330,10 +426,8 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any], args: argparse.
         f"{facts['python']} · PostgreSQL {facts['postgres']} · load average at start "
         f"{facts['loadavg_start']}, at end {loadavg()}",
         "",
-        f"{len(results)} run(s); each cell is the median with the range in brackets. A real "
-        "kube-apiserver, etcd and kube-controller-manager on loopback, worker pods run as "
-        "local processes by the test node, a throwaway PostgreSQL, `slotfleet operator` with "
-        f"`--interval` {interval}. Queue: `mode: operator`, 2 slots a pod, targetUtilization "
+        f"{len(results)} run(s); each cell is the median with the range in brackets. {where} "
+        "Queue: `mode: operator`, 2 slots a pod, targetUtilization "
         f"1.0, minReplicas 0, maxReplicas {args.max_replicas}, scaleDownStabilizationSeconds "
         "3, idleSeconds 5, starting at zero. Burst: "
         f"{args.short} jobs of {args.short_seconds:g} s and {args.long} of "
@@ -366,12 +460,13 @@ def render(results: list[dict[str, Any]], facts: dict[str, Any], args: argparse.
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    harness = Harness(args)
+    harness: Harness | RealNodeHarness = (
+        RealNodeHarness(args) if args.node == "real" else Harness(args)
+    )
     results: list[dict[str, Any]] = []
     try:
         admin = harness.start()
-        assert harness.pg is not None
-        facts = machine_facts(harness.pg.version)
+        facts = machine_facts(harness.pg_version)
         for index in range(args.runs):
             result = run_once(harness, admin, index)
             results.append(result)
@@ -388,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     print(f"results: {path}")
     if not args.no_doc:
-        write_doc_section("autoscale", text)
+        write_doc_section("autoscale-real-node" if args.node == "real" else "autoscale", text)
     return 0
 
 

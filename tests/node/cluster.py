@@ -33,13 +33,10 @@ from kubernetes.client.exceptions import ApiException
 from tests.fixtures.postgres import PostgresServer, _server_user, find_bindir
 from tests.kube.controlplane import ControlPlane, ensure_binaries
 from tests.kube.fixtures import KubeAdmin, api_client_for
-from tests.kube.helm import CRD_FILE, Helm, kubectl
+from tests.kube.helm import CHART, CRD_FILE, Helm, kubectl
 
+from .configs import GATEWAY, KUBERNETES_SERVICE_IP, NODE_NAME, POD_CIDR
 from .realnode import (
-    GATEWAY,
-    KUBERNETES_SERVICE_IP,
-    NODE_NAME,
-    POD_CIDR,
     NodeError,
     NodeImages,
     RealNode,
@@ -224,3 +221,49 @@ def stop_cluster(cluster: NodeCluster, keep: bool = False) -> list[str]:
     if not keep:
         shutil.rmtree(cluster.work, ignore_errors=True)
     return problems
+
+
+@dataclass(frozen=True)
+class OperatorRelease:
+    """The chart installed with the operator as a pod from the built image."""
+
+    release: str
+    namespace: str
+    pod: str
+    image: str
+    install_seconds: float
+
+
+def install_operator(
+    cluster: NodeCluster, namespace: str = "slotfleet-system", release: str = "sf"
+) -> OperatorRelease:
+    """``helm install`` of charts/slotfleet with its defaults but the image: the operator
+    runs from the built image and watches every namespace; waits until it is Ready."""
+    repository, _, tag = cluster.images.slotfleet.rpartition(":")
+    values = {
+        "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
+        "crds": {"install": False},
+        "operator": {"extraArgs": ["--verbose"]},
+    }
+    started = time.monotonic()
+    cluster.helm.run(
+        "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
+        "-f", str(cluster.helm.values_file(values)), "--wait", "--timeout", "180s",
+    )  # fmt: skip
+    seconds = time.monotonic() - started
+    pods = (
+        client.CoreV1Api(cluster.admin.api_client)
+        .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}")
+        .items
+    )
+    if len(pods) != 1:
+        raise NodeError(f"expected one operator pod, found {len(pods)}")
+    return OperatorRelease(
+        release, namespace, str(pods[0].metadata.name), cluster.images.slotfleet, seconds
+    )
+
+
+def uninstall_operator(cluster: NodeCluster, release: OperatorRelease) -> None:
+    cluster.helm.run(
+        "uninstall", release.release, "--namespace", release.namespace, "--wait", check=False
+    )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -26,10 +25,14 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from tests.kube.helm import CHART
-
-from .cluster import NodeCluster, start_cluster, stop_cluster
-from .helpers import OperatorRelease
+from .cluster import (
+    NodeCluster,
+    OperatorRelease,
+    install_operator,
+    start_cluster,
+    stop_cluster,
+    uninstall_operator,
+)
 from .realnode import why_not
 
 MARKER = "node"
@@ -105,29 +108,9 @@ def node_cluster() -> Iterator[NodeCluster]:
 def node_operator(node_cluster: NodeCluster) -> Iterator[OperatorRelease]:
     """``helm install`` of charts/slotfleet: the operator runs from the built image,
     watching every namespace (the chart's defaults but the image)."""
-    namespace, release = "slotfleet-system", "sf"
-    repository, _, tag = node_cluster.images.slotfleet.rpartition(":")
-    values = {
-        "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
-        "crds": {"install": False},
-        "operator": {"extraArgs": ["--verbose"]},
-    }
-    helm = node_cluster.helm
-    started = time.monotonic()
-    helm.run(
-        "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
-        "-f", str(helm.values_file(values)), "--wait", "--timeout", "180s",
-    )  # fmt: skip
-    seconds = time.monotonic() - started
-    core = client.CoreV1Api(node_cluster.admin.api_client)
-    pods = core.list_namespaced_pod(
-        namespace, label_selector=f"app.kubernetes.io/instance={release}"
-    ).items
-    assert len(pods) == 1, f"expected one operator pod, found {len(pods)}"
-    yield OperatorRelease(
-        release, namespace, str(pods[0].metadata.name), node_cluster.images.slotfleet, seconds
-    )
-    helm.run("uninstall", release, "--namespace", namespace, "--wait", check=False)
+    release = install_operator(node_cluster)
+    yield release
+    uninstall_operator(node_cluster, release)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ What this module is not: fixtures (``tests/node/conftest.py``) or assertions.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client
@@ -23,17 +22,6 @@ from tests.kube.operator_helpers import GROUP, PLURAL, VERSION, create_secret, w
 from .cluster import NodeCluster
 
 Json = dict[str, Any]
-
-
-@dataclass(frozen=True)
-class OperatorRelease:
-    """The chart installed with the operator as a pod from the built image."""
-
-    release: str
-    namespace: str
-    pod: str
-    image: str
-    install_seconds: float
 
 
 def node_queue(name: str, image: str, **spec: Any) -> Json:

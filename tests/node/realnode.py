@@ -23,8 +23,9 @@ Host changes are recorded first and reverted at :meth:`RealNode.stop` by
 ``tests.node.host.HostLedger``. One real node runs per machine at a time: a file lock
 (:data:`LOCK_FILE`) makes a second session wait for the first.
 
-What this module is not: it decides nothing about the tests; ``tests/node/conftest.py``
-turns it into fixtures and reports why the tier cannot run where it cannot.
+What this module is not: the configuration files (``tests.node.configs`` builds them as
+data) or the tests; ``tests/node/conftest.py`` turns it into fixtures and reports why the
+tier cannot run where it cannot.
 """
 
 from __future__ import annotations
@@ -41,29 +42,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tests.kube.controlplane import SERVICE_CLUSTER_IP_RANGE, ControlPlane, ManagedProcess
+from tests.kube.controlplane import ControlPlane, ManagedProcess
 
+from . import configs as cfg
+from .configs import BRIDGE, CGROUP_ROOT, CNI_BIN_DIR, GATEWAY, NODE_NAME, POD_CIDR
 from .host import HostLedger
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_BUILD = REPO / "tools" / "k8s" / "build-node.sh"
 IMAGE_BUILD = REPO / "tools" / "image" / "build.sh"
 
-NODE_NAME = "slotfleet-real-node"
-BRIDGE = "sfnode0"
-POD_CIDR = "10.244.0.0/24"
-GATEWAY = "10.244.0.1"
-#: The ``kubernetes`` Service's ClusterIP: the first address of the service range.
-KUBERNETES_SERVICE_IP = SERVICE_CLUSTER_IP_RANGE.rsplit(".", 1)[0] + ".1"
-CLUSTER_DOMAIN = "cluster.local"
-CGROUP_ROOT = "slotfleet-node"
-KUBELET_PORT = 10250
 LOCK_FILE = Path("/run/lock/slotfleet-real-node.lock")
 #: Host paths the daemons create when absent, whatever their configuration says:
 #: containerd's shim sockets and runc state, the kubelet's legacy log symlinks, libcni's
 #: result cache.
 HOST_PATHS = ("/run/containerd", "/var/log/containers", "/var/lib/cni")
-CNI_BIN_DIR = Path("/usr/lib/cni")
 DAEMONS = ("containerd", "runc", "ctr", "dnsmasq", "iptables", "ip6tables", "ip", "nfacct")
 
 
@@ -305,142 +298,21 @@ class RealNode:
     def _start_containerd(self) -> None:
         base = self.work_dir / "containerd"
         cni_conf = self.work_dir / "cni" / "net.d"
-        _write(
-            cni_conf / "10-slotfleet.conflist",
-            json.dumps(
-                {
-                    "cniVersion": "0.4.0",
-                    "name": "slotfleet-node",
-                    "plugins": [
-                        {
-                            "type": "bridge",
-                            "bridge": BRIDGE,
-                            # the bridge already has the gateway; pods route through it,
-                            # and forwarding stays off (nothing leaves the machine)
-                            "isGateway": False,
-                            "ipMasq": False,
-                            "hairpinMode": True,
-                            "ipam": {
-                                "type": "host-local",
-                                "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
-                                "routes": [{"dst": "0.0.0.0/0", "gw": GATEWAY}],
-                                "dataDir": str(self.work_dir / "cni" / "ipam"),
-                            },
-                        },
-                        {"type": "loopback"},
-                    ],
-                },
-                indent=1,
-            ),
-        )
-        config = _write(
-            base / "config.toml",
-            f"""version = 2
-root = "{base / "root"}"
-state = "{base / "state"}"
-disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]
-[grpc]
-  address = "{self.containerd_socket}"
-[ttrpc]
-  address = "{base / "containerd.sock.ttrpc"}"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{base / "opt"}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{self.images.pause}"
-  # the sandbox lacks CAP_SYS_RESOURCE: a negative oom_score_adj is refused
-  restrict_oom_score_adj = true
-  netns_mounts_under_state_dir = true
-  enable_selinux = false
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{CNI_BIN_DIR}"
-    conf_dir = "{cni_conf}"
-""",
-        )
+        conflist = cfg.cni_conflist(self.work_dir / "cni" / "ipam")
+        _write(cni_conf / "10-slotfleet.conflist", json.dumps(conflist, indent=1))
+        toml = cfg.containerd_toml(base, self.containerd_socket, self.images.pause, cni_conf)
+        config = _write(base / "config.toml", toml)
         self._spawn("containerd", ["containerd", "--config", str(config)])
 
     def _start_dns(self) -> None:
-        self._spawn(
-            "dnsmasq",
-            [
-                shutil.which("dnsmasq") or "dnsmasq",
-                "--keep-in-foreground",
-                "--conf-file=/dev/null",
-                "--no-resolv",
-                "--no-hosts",
-                "--pid-file=",
-                "--log-facility=-",
-                f"--listen-address={GATEWAY}",
-                "--bind-interfaces",
-                f"--local=/{CLUSTER_DOMAIN}/",
-                f"--address=/kubernetes.default.svc.{CLUSTER_DOMAIN}/{KUBERNETES_SERVICE_IP}",
-            ],
-        )
+        self._spawn("dnsmasq", cfg.dnsmasq_argv(shutil.which("dnsmasq") or "dnsmasq"))
 
     def _kubelet_config(self) -> Path:
-        config = {
-            "apiVersion": "kubelet.config.k8s.io/v1beta1",
-            "kind": "KubeletConfiguration",
-            # this kernel mounts cgroup v1 (hybrid); 1.35+ refuse it unless told
-            "failCgroupV1": False,
-            "cgroupDriver": "cgroupfs",
-            "cgroupRoot": f"/{CGROUP_ROOT}",
-            "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
-            "address": GATEWAY,
-            "port": KUBELET_PORT,
-            "readOnlyPort": 0,
-            "healthzPort": 0,
-            "authentication": {"anonymous": {"enabled": True}, "webhook": {"enabled": False}},
-            "authorization": {"mode": "AlwaysAllow"},
-            "clusterDNS": [GATEWAY],
-            "clusterDomain": CLUSTER_DOMAIN,
-            "resolvConf": "",
-            "podLogsDir": str(self.work_dir / "pod-logs"),
-            "failSwapOn": False,
-            # other test runs share the disk and memory: only evict on real exhaustion
-            "evictionHard": {
-                "memory.available": "50Mi",
-                "nodefs.available": "1%",
-                "imagefs.available": "1%",
-                "nodefs.inodesFree": "1%",
-            },
-            "imageGCHighThresholdPercent": 100,
-            "imageGCLowThresholdPercent": 99,
-            "serializeImagePulls": False,
-            "registerNode": True,
-            "syncFrequency": "5s",
-            "fileCheckFrequency": "5s",
-        }
+        config = cfg.kubelet_config(self.containerd_socket, self.work_dir / "pod-logs")
         return _write(self.work_dir / "kubelet-config.json", json.dumps(config, indent=1))
 
     def _proxy_config(self, kubeconfig: str) -> Path:
-        config = {
-            "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
-            "kind": "KubeProxyConfiguration",
-            "clientConnection": {"kubeconfig": kubeconfig},
-            "hostnameOverride": NODE_NAME,
-            "mode": "iptables",
-            "clusterCIDR": POD_CIDR,
-            "bindAddress": GATEWAY,
-            "healthzBindAddress": f"{GATEWAY}:10256",
-            "metricsBindAddress": f"{GATEWAY}:10249",
-            # only the gateway: kube-proxy then leaves route_localnet alone
-            "nodePortAddresses": [f"{GATEWAY}/32"],
-            # leave the conntrack sysctls as they are
-            "conntrack": {
-                "maxPerCore": 0,
-                "min": 0,
-                "tcpEstablishedTimeout": "0s",
-                "tcpCloseWaitTimeout": "0s",
-            },
-        }
+        config = cfg.kube_proxy_config(kubeconfig)
         return _write(self.work_dir / "kube-proxy-config.json", json.dumps(config, indent=1))
 
     # ------------------------------------------------------------------ stop

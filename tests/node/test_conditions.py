@@ -11,8 +11,8 @@ import pytest
 
 from tests.kube.operator_helpers import condition, wait_for
 
-from .cluster import NodeCluster
-from .helpers import OperatorRelease, apply_queue, get_queue, node_queue, ready_workers
+from .cluster import NodeCluster, OperatorRelease
+from .helpers import apply_queue, get_queue, node_queue, ready_workers
 
 pytestmark = pytest.mark.node
 

@@ -15,9 +15,9 @@ from kubernetes import client
 
 from tests.kube.operator_helpers import email, store_enqueue, store_list, wait_for
 
-from .cluster import NodeCluster
+from .cluster import NodeCluster, OperatorRelease
+from .configs import NODE_NAME
 from .helpers import (
-    OperatorRelease,
     apply_queue,
     container_pid,
     container_status,
@@ -25,7 +25,6 @@ from .helpers import (
     node_queue,
     ready_workers,
 )
-from .realnode import NODE_NAME
 
 pytestmark = pytest.mark.node
 

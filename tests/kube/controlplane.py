@@ -272,6 +272,15 @@ class ManagedProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+def log_tails(processes: dict[str, ManagedProcess], lines: int = 40) -> str:
+    """The end of each process's log, headed by its name and whether it still runs."""
+    parts = []
+    for name, proc in processes.items():
+        state = "running" if proc.alive() else "exited"
+        parts.append(f"===== {name} ({state}) {proc.log_path} =====\n{proc.tail(lines)}")
+    return "\n".join(parts)
+
+
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager on loopback."""
@@ -358,11 +367,7 @@ class ControlPlane:
         return {name: p.pid for name, p in self.processes.items()}
 
     def log_tails(self, lines: int = 40) -> str:
-        parts = []
-        for name, proc in self.processes.items():
-            state = "running" if proc.alive() else "exited"
-            parts.append(f"===== {name} ({state}) {proc.log_path} =====\n{proc.tail(lines)}")
-        return "\n".join(parts)
+        return log_tails(self.processes, lines)
 
     # ------------------------------------------------------------------ internals
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> None:

@@ -12,6 +12,7 @@ than one conftest still starts one control plane per test session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -123,12 +124,13 @@ def test_node(control_plane: ControlPlane, kube_admin: KubeAdmin) -> Iterator[Te
         LOG_SOURCES.remove(node)
 
 
-@pytest.fixture
-def namespace(kube_admin: KubeAdmin, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh namespace, deleted (without waiting) after the test."""
+@contextlib.contextmanager
+def fresh_namespace(api: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace named after the test, deleted (without waiting) afterwards
+    (``SLOTFLEET_KEEP_NAMESPACES=1`` keeps it)."""
     base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())
     name = f"{base[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(kube_admin.api_client)
+    core = client.CoreV1Api(api)
     core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
     try:
         yield name
@@ -139,3 +141,10 @@ def namespace(kube_admin: KubeAdmin, request: pytest.FixtureRequest) -> Iterator
             except ApiException as exc:
                 if exc.status != 404:
                     raise
+
+
+@pytest.fixture
+def namespace(kube_admin: KubeAdmin, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace, deleted (without waiting) after the test."""
+    with fresh_namespace(kube_admin.api_client, request) as name:
+        yield name

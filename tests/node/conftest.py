@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
+
+from tests.kube.fixtures import fresh_namespace
 
 from .cluster import (
     NodeCluster,
@@ -119,19 +118,8 @@ def node_namespace(
 ) -> Iterator[str]:
     """A fresh namespace on the real node's cluster (whose operator watches it), deleted
     after the test."""
-    base = "".join(ch if ch.isalnum() else "-" for ch in request.node.name.lower())
-    name = f"{base[:40].strip('-')}-{uuid.uuid4().hex[:6]}"
-    core = client.CoreV1Api(node_cluster.admin.api_client)
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
-    try:
+    with fresh_namespace(node_cluster.admin.api_client, request) as name:
         yield name
-    finally:
-        if os.environ.get("SLOTFLEET_KEEP_NAMESPACES") != "1":
-            try:
-                core.delete_namespace(name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
 
 
 @pytest.fixture

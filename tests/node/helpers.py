@@ -17,7 +17,14 @@ from kubernetes import client
 
 from tests.kube.fixtures import KubeAdmin
 from tests.kube.helm import kubectl
-from tests.kube.operator_helpers import GROUP, PLURAL, VERSION, create_secret, wait_for
+from tests.kube.operator_helpers import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    create_secret,
+    queue_manifest,
+    wait_for,
+)
 
 from .cluster import NodeCluster
 
@@ -25,24 +32,18 @@ Json = dict[str, Any]
 
 
 def node_queue(name: str, image: str, **spec: Any) -> Json:
-    """A Queue whose workers run ``examples.tasks`` from ``image`` (the examples image)."""
-    base: Json = {
-        "image": image,
-        "imports": ["examples.tasks"],
-        "store": {"secretRef": {"name": "db", "key": "dsn"}},
-        "executor": {"kind": "async", "concurrency": 4},
-        "autoscaling": {"mode": "off"},
-        "replicas": 1,
-        "drainTimeoutSeconds": 20,
-        "pollingInterval": 0.2,
-    }
-    base.update(spec)
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "Queue",
-        "metadata": {"name": name},
-        "spec": base,
-    }
+    """A Queue whose workers run ``examples.tasks`` from ``image`` (the examples image):
+    the stand-in tier's manifest without its local-process environment."""
+    return queue_manifest(name, **{"image": image, "env": [], "drainTimeoutSeconds": 20, **spec})
+
+
+def start_queue(
+    cluster: NodeCluster, namespace: str, dsn: str, name: str, **spec: Any
+) -> client.V1Pod:
+    """Apply a one-worker Queue on the examples image and wait for its worker to be Ready."""
+    apply_queue(cluster, namespace, dsn, node_queue(name, cluster.images.examples, **spec))
+    [pod] = ready_workers(cluster.admin, namespace, name)
+    return pod
 
 
 def apply_queue(cluster: NodeCluster, namespace: str, dsn: str, manifest: Json) -> None:

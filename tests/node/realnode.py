@@ -38,11 +38,12 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from tests.kube.controlplane import ControlPlane, ManagedProcess
+from tests.kube.controlplane import ControlPlane, ManagedProcess, log_tails
 
 from . import configs as cfg
 from .configs import BRIDGE, CGROUP_ROOT, CNI_BIN_DIR, GATEWAY, NODE_NAME, POD_CIDR
@@ -88,16 +89,13 @@ def why_not() -> str | None:
     """Why a real node cannot run on this machine, or ``None`` when it can."""
     if os.geteuid() != 0:
         return "not root: a kubelet, containerd and CNI need root"
-    hierarchies = (
-        {p.name for p in Path("/sys/fs/cgroup").iterdir()}
-        if Path("/sys/fs/cgroup").is_dir()
-        else set()
-    )
-    if (
-        not {"cpu", "memory", "pids"} <= hierarchies
-        and not Path("/sys/fs/cgroup/cgroup.controllers").exists()
-    ):
-        return "no cgroups: /sys/fs/cgroup has neither cgroup v1 cpu/memory/pids nor v2"
+    root = Path("/sys/fs/cgroup")
+    hierarchies = {p.name for p in root.iterdir()} if root.is_dir() else set()
+    if not {"cpu", "cpuset", "memory", "pids"} <= hierarchies:
+        return (
+            "no cgroup v1 cpu/cpuset/memory/pids hierarchies under /sys/fs/cgroup: the node is "
+            "set up for cgroup v1 (hybrid), as this machine kind mounts it"
+        )
     if not Path("/proc/self/ns/net").exists():
         return "no network namespaces (/proc/self/ns/net)"
     missing = [d for d in DAEMONS if shutil.which(d) is None]
@@ -276,8 +274,7 @@ class RealNode:
         assert proc.pid is not None
         self.ledger.record_pid(name, proc.pid, argv)
 
-    def _wait(self, check: object, what: str, deadline: float) -> None:
-        assert callable(check)
+    def _wait(self, check: Callable[[], bool], what: str, deadline: float) -> None:
         while time.monotonic() < deadline:
             for name, proc in self.processes.items():
                 if not proc.alive():
@@ -374,8 +371,4 @@ class RealNode:
         return []
 
     def log_tails(self, lines: int = 40) -> str:
-        parts = []
-        for name, proc in self.processes.items():
-            state = "running" if proc.alive() else "exited"
-            parts.append(f"===== {name} ({state}) {proc.log_path} =====\n{proc.tail(lines)}")
-        return "\n".join(parts)
+        return log_tails(self.processes, lines)

@@ -30,12 +30,11 @@ from tests.kube.operator_helpers import email, store_enqueue, store_list, wait_f
 
 from .cluster import NodeCluster
 from .helpers import (
-    apply_queue,
     container_pid,
     container_status,
     exec_python,
-    node_queue,
     ready_workers,
+    start_queue,
     worker_pods,
 )
 
@@ -75,10 +74,7 @@ def jobs_of(dsn: str, queue: str) -> list[QueuedJob]:
 def test_a_running_worker_has_a_read_only_root_no_root_user_and_no_capabilities(
     node_cluster: NodeCluster, node_namespace: str, node_dsn: str
 ) -> None:
-    apply_queue(
-        node_cluster, node_namespace, node_dsn, node_queue("sec", node_cluster.images.examples)
-    )
-    [pod] = ready_workers(node_cluster.admin, node_namespace, "sec")
+    pod = start_queue(node_cluster, node_namespace, node_dsn, "sec")
     seen: dict[str, Any] = json.loads(
         exec_python(node_cluster, node_namespace, pod.metadata.name, INSPECT)
     )
@@ -131,13 +127,7 @@ def test_deleting_a_worker_pod_drains_it_exit_0_and_loses_no_job(
 ) -> None:
     admin = node_cluster.admin
     core = client.CoreV1Api(admin.api_client)
-    apply_queue(
-        node_cluster,
-        node_namespace,
-        node_dsn,
-        node_queue("drain", node_cluster.images.examples, drainTimeoutSeconds=30),
-    )
-    [pod] = ready_workers(admin, node_namespace, "drain")
+    pod = start_queue(node_cluster, node_namespace, node_dsn, "drain", drainTimeoutSeconds=30)
     name = pod.metadata.name
     long_jobs = [email("drain", f"long{i}", seconds=6.0) for i in range(4)]
     asyncio.run(store_enqueue(node_dsn, long_jobs))
@@ -176,19 +166,15 @@ def test_a_worker_killed_in_its_pod_restarts_and_its_jobs_run_again_after_the_le
     and run again."""
     lease = 4
     admin = node_cluster.admin
-    apply_queue(
+    pod = start_queue(
         node_cluster,
         node_namespace,
         node_dsn,
-        node_queue(
-            "restart",
-            node_cluster.images.examples,
-            leaseSeconds=lease,
-            drainTimeoutSeconds=5,
-            executor={"kind": "async", "concurrency": 2},
-        ),
+        "restart",
+        leaseSeconds=lease,
+        drainTimeoutSeconds=5,
+        executor={"kind": "async", "concurrency": 2},
     )
-    [pod] = ready_workers(admin, node_namespace, "restart")
     asyncio.run(store_enqueue(node_dsn, [email("restart", f"r{i}", seconds=8.0) for i in range(2)]))
     wait_for(
         "both jobs running",
@@ -245,13 +231,7 @@ def test_the_kubelet_probes_a_stopped_worker_unready_then_restarts_it(
 ) -> None:
     admin = node_cluster.admin
     core = client.CoreV1Api(admin.api_client)
-    apply_queue(
-        node_cluster,
-        node_namespace,
-        node_dsn,
-        node_queue("probed", node_cluster.images.examples, drainTimeoutSeconds=1),
-    )
-    [pod] = ready_workers(admin, node_namespace, "probed")
+    pod = start_queue(node_cluster, node_namespace, node_dsn, "probed", drainTimeoutSeconds=1)
     name = pod.metadata.name
     stopped = container_pid(node_cluster, pod)
     os.kill(stopped, signal.SIGSTOP)  # alive but silent: only probes can tell

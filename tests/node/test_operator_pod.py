@@ -87,11 +87,12 @@ def test_helm_install_runs_the_operator_from_the_built_image_and_it_runs_a_queue
 
     wait_for("every job to succeed", all_succeeded, timeout=60)
 
-    def queue_ready() -> dict[str, object] | None:
+    def settled() -> dict[str, object] | None:
+        """Ready, and the heartbeats (every few seconds) show every slot free again."""
         status = get_queue(admin, node_namespace, "emails").get("status") or {}
         ready = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
-        return status if ready and ready[0]["status"] == "True" else None
+        idle = status.get("slots") == {"total": 8, "busy": 0, "free": 8}
+        return status if ready and ready[0]["status"] == "True" and idle else None
 
-    reported = wait_for("the operator to report the Queue Ready", queue_ready, timeout=60)
+    reported = wait_for("the Queue to report Ready with 8 free slots", settled, timeout=60)
     assert reported["readyReplicas"] == 2
-    assert reported["slots"] == {"total": 8, "busy": 0, "free": 8}

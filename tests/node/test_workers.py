@@ -175,7 +175,11 @@ def test_a_worker_killed_in_its_pod_restarts_and_its_jobs_run_again_after_the_le
         drainTimeoutSeconds=5,
         executor={"kind": "async", "concurrency": 2},
     )
-    asyncio.run(store_enqueue(node_dsn, [email("restart", f"r{i}", seconds=8.0) for i in range(2)]))
+    jobs = [
+        email("restart", f"r{i}", seconds=8.0).model_copy(update={"max_attempts": 3})
+        for i in range(2)
+    ]
+    asyncio.run(store_enqueue(node_dsn, jobs))
     wait_for(
         "both jobs running",
         lambda: sum(j.state == "running" for j in jobs_of(node_dsn, "restart")) == 2,
@@ -205,14 +209,19 @@ def test_a_worker_killed_in_its_pod_restarts_and_its_jobs_run_again_after_the_le
         detail = [
             f"job {j.id}: {j.state}, attempts {j.attempts}, lease owner {j.lease_owner}, "
             f"lease ends {j.lease_expires_at} ({now:%H:%M:%S} now; killed {killed_at:%H:%M:%S})"
+            f", errors {[e.error for e in j.errors]}"
             for j in jobs_of(node_dsn, "restart")
         ]
         raise AssertionError(
-            "the killed attempts did not run again: their leases outlived the killed "
-            "container (renewed by its successor, which has the same worker id)\n"
-            + "\n".join(detail)
+            "the killed attempts did not run again (a lease that outlived the killed "
+            "container, renewed by its successor with the same worker id, keeps a job "
+            "running)\n" + "\n".join(detail)
         ) from None
     assert all(j.attempts == 2 for j in rows), [j.attempts for j in rows]
+    for job in rows:  # the killed attempt ended by its lease, naming the pod's worker id
+        assert [(e.attempt, e.error) for e in job.errors] == [
+            (1, f"lease expired (worker {pod.metadata.name} stopped heartbeating)")
+        ]
     # the second attempts began once the leases ended and the new container fetched
     earliest = max(killed_at.timestamp() + lease, container_started.timestamp())
     for job in rows:

@@ -1,4 +1,5 @@
-"""The client API: enqueue, get, wait, cancel and list jobs.
+"""The client API: enqueue, get, wait, cancel, retry, list and purge jobs; read queues,
+workers and recent throughput (what ``slotfleet dashboard`` and ``top`` show).
 
 :class:`App` is async; :class:`SyncApp` (``slotfleet.app.sync``) wraps it for scripts.
 Both talk to a :class:`~slotfleet.store.Store` chosen by DSN and nothing else: the app
@@ -8,27 +9,38 @@ never runs jobs and never imports the worker.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 from slotfleet.app.decorator import JobFunction
 from slotfleet.models import (
+    FinishedCounts,
     InvalidJobError,
+    InvalidSettingsError,
     Job,
     JobId,
     JobNotFoundError,
     JobState,
+    JobSummary,
     QueuedJob,
     QueueStats,
     Reference,
     SlotfleetError,
+    WorkerHeartbeat,
 )
 from slotfleet.models.jobs import MAX_JOB_ID
 from slotfleet.models.resource import PURGE_BATCH
-from slotfleet.store import Store, dsn_from_env, open_store
+from slotfleet.store import (
+    DEFAULT_WORKER_TTL_SECONDS,
+    Store,
+    describe_dsn,
+    dsn_from_env,
+    open_store,
+)
 
 JobLike = Job | JobFunction[..., Any]
 RefLike = Reference | QueuedJob | int | str
@@ -157,9 +169,57 @@ class App:
             if deleted < PURGE_BATCH:
                 return total
 
+    async def retry(self, ref: RefLike) -> QueuedJob:
+        """Queue a failed or cancelled job again, under the same id: pending now, with a
+        fresh set of attempts; its earlier errors stay in ``errors``. Raises
+        :class:`InvalidJobError` for a job in another state, or whose ``unique_key`` an
+        unfinished job holds now."""
+        job_id = job_id_of(ref)
+        found = await self.store.retry(job_id)
+        if found is None:
+            raise JobNotFoundError(f"no job has id {job_id}")
+        job, retried = found
+        if retried:
+            return job
+        if job.state in (JobState.FAILED, JobState.CANCELLED):
+            raise InvalidJobError(
+                f"job {job_id} cannot be retried: another unfinished job holds its "
+                f"unique_key {job.unique_key!r}"
+            )
+        raise InvalidJobError(
+            f"job {job_id} is {job.state}: only failed or cancelled jobs can be retried"
+        )
+
     async def queues(self, queue: str | None = None) -> list[QueueStats]:
         """Backlog and live slots per queue."""
         return await self.store.queue_stats(queue)
+
+    async def workers(
+        self, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> list[WorkerHeartbeat]:
+        """Workers whose last heartbeat is at most ``ttl_seconds`` old, with their slots
+        per queue and whether they are draining."""
+        return await self.store.workers(ttl_seconds=ttl_seconds)
+
+    async def finished(self, window: timedelta, bucket: timedelta) -> list[FinishedCounts]:
+        """Jobs that ended in the last ``window``, per queue and ``bucket`` (see
+        :meth:`Store.finished_counts`)."""
+        seconds = bucket.total_seconds()
+        if seconds <= 0 or window.total_seconds() <= 0:
+            raise InvalidSettingsError("the window and the bucket must be longer than 0 s")
+        return await self.store.finished_counts(
+            window_seconds=window.total_seconds(), bucket_seconds=seconds
+        )
+
+    async def now(self) -> datetime:
+        """The store's clock (the database server's on PostgreSQL): ages shown next to
+        heartbeats and timestamps are measured against it."""
+        return await self.store.now()
+
+    @property
+    def location(self) -> str:
+        """Where the store is, fit to show (no user name, password or parameter)."""
+        return describe_dsn(self.dsn)
 
     async def list(
         self,
@@ -167,12 +227,44 @@ class App:
         queue: str | None = None,
         states: Sequence[JobState | str] | None = None,
         limit: int = 100,
+        func: str | None = None,
+        after_id: int | None = None,
     ) -> list[QueuedJob]:
-        parsed = None
-        if states is not None:
-            try:
-                parsed = [JobState(s) for s in states]
-            except ValueError:
-                known = ", ".join(s.value for s in JobState)
-                raise InvalidJobError(f"unknown state in {list(states)} (known: {known})") from None
-        return await self.store.list_jobs(queue=queue, states=parsed, limit=limit)
+        """Jobs newest first, filtered by queue, states and function; ``after_id`` gives
+        the page of jobs older than that id."""
+        return await self.store.list_jobs(
+            queue=queue,
+            states=parse_states(states),
+            limit=limit,
+            func=func,
+            after_id=None if after_id is None else JobId(after_id),
+        )
+
+    async def summaries(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState | str] | None = None,
+        limit: int = 100,
+        func: str | None = None,
+        after_id: int | None = None,
+    ) -> builtins.list[JobSummary]:
+        """:meth:`list` without payloads (kwargs, result, tracebacks): for tables."""
+        return await self.store.list_summaries(
+            queue=queue,
+            states=parse_states(states),
+            limit=limit,
+            func=func,
+            after_id=None if after_id is None else JobId(after_id),
+        )
+
+
+def parse_states(states: Sequence[JobState | str] | None) -> list[JobState] | None:
+    """States as given by a caller, checked; one clear error for an unknown one."""
+    if states is None:
+        return None
+    try:
+        return [JobState(s) for s in states]
+    except ValueError:
+        known = ", ".join(s.value for s in JobState)
+        raise InvalidJobError(f"unknown state in {list(states)} (known: {known})") from None

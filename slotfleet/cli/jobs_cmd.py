@@ -1,4 +1,5 @@
-"""``slotfleet enqueue``, ``jobs``, ``cancel`` and ``queues``: the client API from a shell."""
+"""``slotfleet enqueue``, ``jobs``, ``cancel``, ``retry``, ``purge`` and ``queues``: the
+client API from a shell."""
 
 from __future__ import annotations
 
@@ -10,8 +11,16 @@ from typing import Any
 
 from slotfleet.app import App
 from slotfleet.app.decorator import make_job
+from slotfleet.app.durations import parse_duration
+from slotfleet.app.outcomes import cancel_outcome, retry_outcome
 from slotfleet.cli.common import add_dsn, guarded, print_json, print_table, run_async
-from slotfleet.models import InvalidJobError, JobNotFoundError, JobState, QueuedJob
+from slotfleet.models import (
+    InvalidJobError,
+    InvalidSettingsError,
+    JobNotFoundError,
+    JobState,
+    QueuedJob,
+)
 
 
 def positive_int(text: str) -> int:
@@ -91,7 +100,9 @@ def _jobs(args: argparse.Namespace) -> int:
         async with App(args.dsn) as app:
             if args.id is not None:
                 return [await app.get(args.id)]
-            return await app.list(queue=args.queue, states=args.state or None, limit=args.limit)
+            return await app.list(
+                queue=args.queue, states=args.state or None, func=args.func, limit=args.limit
+            )
 
     found = run_async(main())
     if args.json or args.id is not None:
@@ -118,34 +129,37 @@ def _cancel(args: argparse.Namespace) -> int:
                     print(f"error: {exc}", file=sys.stderr)
                     failures += 1
                     continue
-                if job.state is JobState.CANCELLED:
-                    print(f"{job.id}: cancelled")
-                elif job.is_terminal:
-                    print(f"{job.id}: already {job.state}, nothing to cancel")
-                else:
-                    print(f"{job.id}: cancel requested; its worker will stop it")
+                print(cancel_outcome(job))
         return 1 if failures else 0
 
     return run_async(main())
 
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+def _retry(args: argparse.Namespace) -> int:
+    """Queue each failed or cancelled id again; report every one, exit 1 if any could not."""
+
+    async def main() -> int:
+        failures = 0
+        async with App(args.dsn) as app:
+            for raw in args.ids:
+                try:
+                    job = await app.retry(raw)
+                except (JobNotFoundError, InvalidJobError) as exc:
+                    print(f"error: {exc}", file=sys.stderr)
+                    failures += 1
+                    continue
+                print(retry_outcome(job))
+        return 1 if failures else 0
+
+    return run_async(main())
 
 
 def duration_arg(text: str) -> timedelta:
     """``--older-than``: seconds, or a number with s, m, h or d (``90``, ``15m``, ``7d``)."""
-    raw = text.strip().lower()
-    unit = _UNITS.get(raw[-1:])
-    number = raw[:-1] if unit is not None else raw
     try:
-        value = float(number) * (unit or 1)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a duration (e.g. 3600, 90s, 15m, 12h, 7d)"
-        ) from None
-    if not 0 <= value < 1e10:  # also refuses nan and inf
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration of 0 or more")
-    return timedelta(seconds=value)
+        return parse_duration(text)
+    except InvalidSettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _purge(args: argparse.Namespace) -> int:
@@ -229,6 +243,7 @@ def register(commands: Any) -> None:
         choices=[s.value for s in JobState],
         help="only these states (repeatable)",
     )
+    p.add_argument("--func", help="only jobs of this function (its import path)")
     p.add_argument("--limit", type=positive_int, default=50, help="most jobs to list (default 50)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(handler=guarded(_jobs))
@@ -237,6 +252,16 @@ def register(commands: Any) -> None:
     add_dsn(p)
     p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
     p.set_defaults(handler=guarded(_cancel))
+
+    p = commands.add_parser(
+        "retry",
+        help="queue failed or cancelled jobs again",
+        description="Queue failed or cancelled jobs again under the same id, with a fresh "
+        "set of attempts (their earlier errors are kept).",
+    )
+    add_dsn(p)
+    p.add_argument("ids", nargs="+", metavar="ID", help="job ids")
+    p.set_defaults(handler=guarded(_retry))
 
     p = commands.add_parser(
         "purge",

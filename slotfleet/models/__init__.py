@@ -16,12 +16,15 @@ from slotfleet.models.errors import (
     describe_validation_error,
 )
 from slotfleet.models.jobs import (
+    SUMMARY_ERROR_CHARS,
     TERMINAL_STATES,
     Completion,
+    FinishedCounts,
     Job,
     JobError,
     JobId,
     JobState,
+    JobSummary,
     Outcome,
     QueuedJob,
     Reference,
@@ -37,9 +40,11 @@ from slotfleet.models.queues import (
 )
 
 __all__ = [
+    "SUMMARY_ERROR_CHARS",
     "TERMINAL_STATES",
     "Completion",
     "ExecutorKind",
+    "FinishedCounts",
     "InvalidJobError",
     "InvalidSettingsError",
     "Job",
@@ -47,6 +52,7 @@ __all__ = [
     "JobId",
     "JobNotFoundError",
     "JobState",
+    "JobSummary",
     "Outcome",
     "QueueSettings",
     "QueueStats",

@@ -255,6 +255,8 @@ class JobError(BaseModel):
     error: str
     traceback: str = ""
     at: datetime
+    worker: str | None = None
+    """The worker that ran the attempt (``None`` in rows written before it was recorded)."""
 
     @field_validator("error")
     @classmethod
@@ -284,6 +286,9 @@ class QueuedJob(Job):
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
+    claimed_by: str | None = None
+    """The worker that claimed the latest attempt; unlike ``lease_owner`` it is kept
+    after the attempt ends, so a finished job still says where it ran."""
 
     @property
     def ref(self) -> Reference:
@@ -292,6 +297,49 @@ class QueuedJob(Job):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
+
+
+class JobSummary(BaseModel):
+    """A job's row without its payloads, for listings: what a table of many jobs shows,
+    read without decoding kwargs, result or every attempt's traceback."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: JobId
+    queue: str
+    func: str
+    state: JobState
+    priority: int
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    scheduled_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    claimed_by: str | None = None
+    last_error: str | None = None
+    """The latest attempt's error message, cut to :data:`SUMMARY_ERROR_CHARS` characters."""
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+#: Characters of the latest error a :class:`JobSummary` carries.
+SUMMARY_ERROR_CHARS = 200
+
+
+class FinishedCounts(BaseModel):
+    """Jobs of one queue that ended in one time bucket, by how they ended."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    start: datetime
+    """Start of the bucket (a multiple of the bucket length since the epoch, UTC)."""
+    succeeded: int = 0
+    failed: int = 0
+    cancelled: int = 0
 
 
 class Reference(BaseModel):

@@ -31,6 +31,7 @@ __all__ = [
     "DSN_ENV",
     "Lease",
     "Store",
+    "describe_dsn",
     "dsn_from_env",
     "open_store",
 ]
@@ -39,6 +40,22 @@ __all__ = [
 def dsn_from_env() -> str:
     """``$SLOTFLEET_DSN``, or :data:`DEFAULT_DSN` when unset or empty."""
     return os.environ.get(DSN_ENV, "").strip() or DEFAULT_DSN
+
+
+def describe_dsn(dsn: str) -> str:
+    """Where ``dsn`` points, fit to print or show on a page: the SQLite file, or the
+    PostgreSQL host(s), port and database; never a user name, password or parameter."""
+    scheme, sep, rest = dsn.partition("://")
+    scheme = scheme.lower()
+    if scheme == "sqlite" and sep:
+        return f"sqlite {rest.removeprefix('/')}"
+    if scheme in ("postgresql", "postgres") and sep:
+        # after the last "@" (a password may hold "/", "?" or "@"), before any parameter
+        location = rest.rpartition("@")[2].split("?", 1)[0].split("#", 1)[0]
+        authority, _, database = location.partition("/")
+        hosts = authority or "localhost"
+        return f"postgresql {hosts}/{database}" if database else f"postgresql {hosts}"
+    return "an unsupported store"
 
 
 def open_store(dsn: str) -> Store:

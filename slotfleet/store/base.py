@@ -19,9 +19,11 @@ from typing import Protocol, runtime_checkable
 
 from slotfleet.models import (
     Completion,
+    FinishedCounts,
     Job,
     JobId,
     JobState,
+    JobSummary,
     QueuedJob,
     QueueStats,
     WorkerHeartbeat,
@@ -71,8 +73,37 @@ class Store(Protocol):
         states: Sequence[JobState] | None = None,
         limit: int = 100,
         after_id: JobId | None = None,
+        func: str | None = None,
     ) -> list[QueuedJob]:
-        """Jobs filtered by queue and states, newest first; ``after_id`` pages backwards."""
+        """Jobs filtered by queue, states and function, newest first; ``after_id`` pages
+        backwards (ids below it). Each page is a few index range scans whatever the
+        filter, so paging stays fast on millions of rows."""
+
+    async def list_summaries(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] | None = None,
+        limit: int = 100,
+        after_id: JobId | None = None,
+        func: str | None = None,
+    ) -> list[JobSummary]:
+        """:meth:`list_jobs` without the payloads: the same jobs in the same order, as
+        summaries (kwargs, result and tracebacks are not read)."""
+
+    async def finished_counts(
+        self, *, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedCounts]:
+        """Jobs that ended (succeeded, failed, cancelled) in the last ``window_seconds``
+        by the store's clock, per queue and bucket of ``bucket_seconds`` (buckets start
+        on multiples of it since the epoch; the window starts on a bucket boundary, so
+        the oldest bucket is whole). Buckets with nothing finished are absent."""
+
+    async def retry(self, job_id: JobId) -> tuple[QueuedJob, bool] | None:
+        """Queue a failed or cancelled job again: ``pending`` now, its attempts given
+        back, result and cancel request cleared, its errors kept. Any other state, or
+        another unfinished job holding its ``unique_key``, leaves it as it is. Returns
+        the job afterwards and whether it was queued again; ``None`` if unknown."""
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str

@@ -5,6 +5,7 @@ Connections are in autocommit mode and every verb is one statement (see
 workers on machines with skewed clocks agree on leases and schedules. Idle workers
 sleep in :meth:`PostgresStore.wait_for_jobs` on a dedicated LISTEN connection (not
 from the pool) and wake on ``NOTIFY`` from enqueues, retries and recovered jobs.
+Listings and the dashboard's reads live in ``postgres_reads``, the layer under this class.
 
 What this is not: a general database layer. It runs only the named statements of
 ``postgres_sql`` and keeps no cache of rows. Driver errors never escape: connection
@@ -25,7 +26,6 @@ from slotfleet.models import (
     Completion,
     Job,
     JobId,
-    JobState,
     QueuedJob,
     QueueStats,
     StoreError,
@@ -44,7 +44,7 @@ from slotfleet.store.postgres_db import (
     worker_row,
 )
 from slotfleet.store.postgres_listen import Listener
-from slotfleet.store.postgres_pool import PostgresConnections
+from slotfleet.store.postgres_reads import PostgresReads
 from slotfleet.store.rows import (
     build_stats,
     cancel_requests_query,
@@ -63,7 +63,7 @@ FETCH_POOL_WAIT_SECONDS = 2.0
 UNDECODABLE: tuple[type[Exception], ...] = (*rows.UNDECODABLE, psycopg.DataError)
 
 
-class PostgresStore(PostgresConnections):
+class PostgresStore(PostgresReads):
     """:class:`~slotfleet.store.Store` on PostgreSQL (``postgresql://...``)."""
 
     # -- jobs -------------------------------------------------------------------------
@@ -107,33 +107,6 @@ class PostgresStore(PostgresConnections):
     async def get(self, job_id: JobId) -> QueuedJob | None:
         row = await self._one(sql.GET_JOB, {"id": job_id}, idempotent=True)
         return None if row is None else job_row(row)
-
-    async def list_jobs(
-        self,
-        *,
-        queue: str | None = None,
-        states: Sequence[JobState] | None = None,
-        limit: int = 100,
-        after_id: JobId | None = None,
-    ) -> list[QueuedJob]:
-        where = ["true"]
-        if queue is not None:
-            where.append("queue = %(queue)s")
-        if states is not None:
-            where.append("state = ANY(%(states)s::text[])")
-        if after_id is not None:
-            where.append("id < %(after_id)s")
-        query = (
-            f"SELECT * FROM slotfleet_jobs WHERE {' AND '.join(where)} "
-            "ORDER BY id DESC LIMIT %(limit)s"
-        )
-        params = {
-            "queue": queue,
-            "states": [JobState(s).value for s in states or ()],
-            "after_id": after_id,
-            "limit": limit,
-        }
-        return [job_row(r) for r in await self._all(query, params, idempotent=True)]
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str

@@ -136,6 +136,7 @@ SET state = 'running',
     started_at = now(),
     lease_owner = %(worker_id)s,
     lease_token = %(claim)s,
+    claimed_by = %(worker_id)s,
     lease_expires_at = now() + make_interval(secs => %(lease_seconds)s)
 FROM (
     SELECT id FROM slotfleet_jobs
@@ -332,7 +333,8 @@ WITH updated AS (
             'error', 'lease expired (worker ' || coalesce(j.lease_owner, 'unknown')
                 || ' stopped heartbeating)',
             'traceback', '',
-            'at', now()
+            'at', now(),
+            'worker', j.lease_owner
         )),
         lease_owner = NULL,
         lease_token = NULL,

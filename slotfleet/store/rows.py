@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from importlib import resources
 from typing import Any
 
 from slotfleet.models import (
     Completion,
+    FinishedCounts,
     Job,
     JobState,
+    JobSummary,
     QueuedJob,
     QueueStats,
     WorkerHeartbeat,
@@ -49,7 +51,28 @@ JOB_COLUMNS = (
     "started_at",
     "completed_at",
     "lease_token",
+    "claimed_by",
 )
+
+#: Columns of a :class:`JobSummary` read straight from the table (``last_error`` is
+#: computed by each backend from ``errors``).
+SUMMARY_COLUMNS = (
+    "id",
+    "queue",
+    "func",
+    "state",
+    "priority",
+    "attempts",
+    "max_attempts",
+    "created_at",
+    "scheduled_at",
+    "started_at",
+    "completed_at",
+    "claimed_by",
+)
+
+#: Every state, in the order a listing merges them (any order gives the same rows).
+ALL_STATES = tuple(state.value for state in JobState)
 
 READY_STATES = (JobState.PENDING.value, JobState.RETRYING.value)
 ACTIVE_STATES = (JobState.PENDING.value, JobState.RUNNING.value, JobState.RETRYING.value)
@@ -98,7 +121,45 @@ def dedupe_completions(completions: Sequence[Completion]) -> list[Completion]:
 
 
 def error_json(completion: Completion) -> dict[str, Any] | None:
-    return None if completion.error is None else completion.error.model_dump(mode="json")
+    """The attempt's error as stored, naming the worker that reports it."""
+    if completion.error is None:
+        return None
+    data = completion.error.model_dump(mode="json")
+    data["worker"] = data.get("worker") or completion.worker_id
+    return data
+
+
+def listing_states(
+    *, queue: str | None, states: Sequence[JobState] | None, func: str | None
+) -> list[str] | None:
+    """The states a listing reads one by one, or ``None`` to read the table by id alone.
+
+    A filtered listing is a backwards range scan per state of an index ending in
+    ``(state, id)`` (``slotfleet_jobs_state_id``, ``..._queue_state_id``,
+    ``..._func_state_id``), merged by id: unfiltered states are read as all six. With no
+    filter at all the primary key alone is in listing order. An empty ``states`` is kept
+    (empty): it matches nothing.
+    """
+    if states is None:
+        return None if queue is None and func is None else list(ALL_STATES)
+    return sorted({JobState(s).value for s in states})
+
+
+def summary_from_record(record: Mapping[str, Any]) -> JobSummary:
+    """A :class:`JobSummary` from a row already decoded to Python values."""
+    return JobSummary.model_validate(record)
+
+
+def finished_from_record(record: Mapping[str, Any]) -> FinishedCounts:
+    """:class:`FinishedCounts` from ``{queue, start (epoch seconds), succeeded, failed,
+    cancelled}``."""
+    return FinishedCounts(
+        queue=str(record["queue"]),
+        start=datetime.fromtimestamp(float(record["start"]), UTC),
+        succeeded=int(record["succeeded"] or 0),
+        failed=int(record["failed"] or 0),
+        cancelled=int(record["cancelled"] or 0),
+    )
 
 
 #: What decoding a row may raise when a value in it cannot be represented (a time outside

@@ -15,6 +15,8 @@ watches the file instead, reading ``PRAGMA data_version`` (which changes when an
 connection commits) every ``WATCH_INTERVAL_SECONDS`` and looking for a ready job only
 when it changed, so another process's enqueue is noticed within about that long.
 
+Listings and the dashboard's reads live in ``sqlite_reads``, a mixin.
+
 What this is not: a store for a fleet on several machines (use PostgreSQL).
 """
 
@@ -33,7 +35,6 @@ from slotfleet.models import (
     Completion,
     Job,
     JobId,
-    JobState,
     QueuedJob,
     QueueStats,
     StoreError,
@@ -66,6 +67,7 @@ from slotfleet.store.sqlite_db import (
     worker_row,
     write,
 )
+from slotfleet.store.sqlite_reads import SQLiteReads
 
 T = TypeVar("T")
 
@@ -81,7 +83,7 @@ WATCH_INTERVAL_SECONDS = 0.05
 ENQUEUE_CHUNK = 500
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteReads):
     """:class:`~slotfleet.store.Store` on a SQLite file (``sqlite:///path.db``)."""
 
     def __init__(self, dsn: str, *, busy_timeout: float = 30.0) -> None:
@@ -193,30 +195,6 @@ class SQLiteStore:
             return None if row is None else job_row(row)
 
         return await self._call(body)
-
-    async def list_jobs(
-        self,
-        *,
-        queue: str | None = None,
-        states: Sequence[JobState] | None = None,
-        limit: int = 100,
-        after_id: JobId | None = None,
-    ) -> list[QueuedJob]:
-        where = ["1 = 1"]
-        params: dict[str, Any] = {"limit": limit, "queue": queue, "after_id": after_id}
-        if queue is not None:
-            where.append("queue = :queue")
-        if states is not None:
-            names = [f"state{i}" for i in range(len(states))]
-            where.append(f"state IN ({', '.join(':' + n for n in names) or 'NULL'})")
-            params.update({n: JobState(s).value for n, s in zip(names, states, strict=True)})
-        if after_id is not None:
-            where.append("id < :after_id")
-        query = (
-            f"SELECT * FROM slotfleet_jobs WHERE {' AND '.join(where)} "
-            "ORDER BY id DESC LIMIT :limit"
-        )
-        return await self._call(lambda conn: [job_row(r) for r in conn.execute(query, params)])
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str

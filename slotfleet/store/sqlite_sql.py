@@ -47,6 +47,7 @@ SET state = 'running',
     started_at = :now,
     lease_owner = :worker_id,
     lease_token = :claim,
+    claimed_by = :worker_id,
     lease_expires_at = :now + :lease_seconds
 WHERE id IN (
     SELECT id FROM slotfleet_jobs
@@ -178,7 +179,8 @@ SET state = CASE
         'error', 'lease expired (worker ' || coalesce(lease_owner, 'unknown')
             || ' stopped heartbeating)',
         'traceback', '',
-        'at', :now_iso
+        'at', :now_iso,
+        'worker', lease_owner
     )),
     lease_owner = NULL,
     lease_token = NULL,
@@ -209,11 +211,12 @@ ON CONFLICT (queue) DO UPDATE SET window_start = excluded.window_start, used = e
 """
 
 #: Up to :limit finished jobs completed :older_than seconds before :now, oldest first
-#: (the finished index).
+#: (the finished index, named: without statistics SQLite walked the (state, id) index of
+#: migration 0004 and sorted every finished job instead).
 PURGE = """
 DELETE FROM slotfleet_jobs
 WHERE id IN (
-    SELECT id FROM slotfleet_jobs
+    SELECT id FROM slotfleet_jobs INDEXED BY slotfleet_jobs_finished
     WHERE state IN ('succeeded', 'failed', 'cancelled') AND completed_at < :now - :older_than
         AND (:queue IS NULL OR queue = :queue)
     ORDER BY completed_at

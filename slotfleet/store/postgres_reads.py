@@ -1,0 +1,104 @@
+"""The PostgreSQL store's listing and dashboard verbs: pages of jobs (whole or as
+summaries), jobs finished per time bucket, and retrying a finished job.
+
+A layer between :class:`~slotfleet.store.postgres_pool.PostgresConnections` and
+:class:`~slotfleet.store.postgres.PostgresStore`, kept apart so the store's module stays
+about its hot path (enqueue, fetch, complete, heartbeats). It runs only statements of
+``postgres_reads_sql`` through the connections' ``_run``.
+
+What this is not: a query layer. Each method is one statement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from psycopg.rows import DictRow
+
+from slotfleet.models import FinishedCounts, JobId, JobState, JobSummary, QueuedJob
+from slotfleet.store import postgres_reads_sql as sql
+from slotfleet.store.postgres_db import Conn, job_row, utc
+from slotfleet.store.postgres_pool import PostgresConnections
+from slotfleet.store.rows import finished_from_record, listing_states, summary_from_record
+
+T = TypeVar("T")
+
+
+class PostgresReads(PostgresConnections):
+    """Listing, counting and retry verbs on the connections' ``_run``."""
+
+    async def _page(
+        self,
+        select: str,
+        *,
+        queue: str | None,
+        states: Sequence[JobState] | None,
+        func: str | None,
+        limit: int,
+        after_id: JobId | None,
+    ) -> list[DictRow]:
+        query = sql.listing(
+            select,
+            listing_states(queue=queue, states=states, func=func),
+            queue=queue is not None,
+            func=func is not None,
+            after=after_id is not None,
+        )
+        params = {"queue": queue, "func": func, "after_id": after_id, "limit": max(0, limit)}
+
+        async def body(conn: Conn) -> list[DictRow]:
+            return await (await conn.execute(query, params)).fetchall()
+
+        return await self._run(body, idempotent=True)
+
+    async def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] | None = None,
+        limit: int = 100,
+        after_id: JobId | None = None,
+        func: str | None = None,
+    ) -> list[QueuedJob]:
+        rows = await self._page(
+            "*", queue=queue, states=states, func=func, limit=limit, after_id=after_id
+        )
+        return [job_row(row) for row in rows]
+
+    async def list_summaries(
+        self,
+        *,
+        queue: str | None = None,
+        states: Sequence[JobState] | None = None,
+        limit: int = 100,
+        after_id: JobId | None = None,
+        func: str | None = None,
+    ) -> list[JobSummary]:
+        rows = await self._page(
+            sql.SUMMARY_SELECT,
+            queue=queue,
+            states=states,
+            func=func,
+            limit=limit,
+            after_id=after_id,
+        )
+        return [summary_from_record({k: utc(v) for k, v in row.items()}) for row in rows]
+
+    async def finished_counts(
+        self, *, window_seconds: float, bucket_seconds: float
+    ) -> list[FinishedCounts]:
+        params: dict[str, Any] = {"window": float(window_seconds), "bucket": float(bucket_seconds)}
+
+        async def body(conn: Conn) -> list[DictRow]:
+            return await (await conn.execute(sql.FINISHED_COUNTS, params)).fetchall()
+
+        rows = await self._run(body, idempotent=True)
+        return sorted((finished_from_record(row) for row in rows), key=lambda c: (c.start, c.queue))
+
+    async def retry(self, job_id: JobId) -> tuple[QueuedJob, bool] | None:
+        async def body(conn: Conn) -> DictRow | None:
+            return await (await conn.execute(sql.RETRY, {"id": job_id})).fetchone()
+
+        row = await self._run(body, idempotent=False)
+        return None if row is None else (job_row(row), bool(row["retried"]))

@@ -1,0 +1,104 @@
+"""The SQL of the PostgreSQL store's listing and dashboard verbs (``postgres_reads``),
+in one place: newest-first pages of jobs, jobs finished per time bucket, and the retry of
+a finished job. psycopg named parameters; the hot path's statements are in
+``postgres_sql``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from slotfleet.models import SUMMARY_ERROR_CHARS
+from slotfleet.store.rows import SUMMARY_COLUMNS
+
+#: The summary columns and the latest attempt's error message, cut short in SQL so a
+#: listing never reads a whole traceback.
+SUMMARY_SELECT = ", ".join(SUMMARY_COLUMNS) + (
+    f", left(errors -> -1 ->> 'error', {SUMMARY_ERROR_CHARS}) AS last_error"
+)
+
+
+def listing(
+    select: str, states: Sequence[str] | None, *, queue: bool, func: bool, after: bool
+) -> str:
+    """A newest-first page of ``select`` columns (``%(limit)s`` rows below
+    ``%(after_id)s``), filtered by ``%(queue)s`` and ``%(func)s`` when asked.
+
+    ``states`` comes from ``rows.listing_states``: ``None`` walks the primary key
+    backwards; otherwise each state is its own backwards range scan of an index ending in
+    ``(state, id)``, and the pages are merged by id. The states are ``JobState`` values,
+    written into the statement as literals (a closed set, never user text).
+    """
+    where = []
+    if queue:
+        where.append("queue = %(queue)s")
+    if func:
+        where.append("func = %(func)s")
+    if after:
+        where.append("id < %(after_id)s")
+    if states is None:
+        condition = " AND ".join(where) or "true"
+        return (
+            f"SELECT {select} FROM slotfleet_jobs WHERE {condition} "
+            "ORDER BY id DESC LIMIT %(limit)s"
+        )
+    if not states:
+        return f"SELECT {select} FROM slotfleet_jobs WHERE false"
+    parts = [
+        f"SELECT {select} FROM slotfleet_jobs WHERE {' AND '.join([state_is, *where])} "
+        "ORDER BY id DESC LIMIT %(limit)s"
+        for state_is in (f"state = '{state}'" for state in states)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    union = " UNION ALL ".join(f"({part})" for part in parts)
+    return f"SELECT * FROM ({union}) AS page ORDER BY id DESC LIMIT %(limit)s"
+
+
+#: Jobs that ended in the last ``%(window)s`` seconds, counted per queue and bucket of
+#: ``%(bucket)s`` seconds (``start``: epoch seconds). The window starts on a bucket
+#: boundary, so the oldest bucket is whole. Walks the finished partial index (0002) from
+#: the window's start: its cost follows the jobs finished in the window, not the table.
+FINISHED_COUNTS = """
+SELECT queue,
+    floor(extract(epoch FROM completed_at)::float8 / %(bucket)s) * %(bucket)s AS start,
+    count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
+    count(*) FILTER (WHERE state = 'failed') AS failed,
+    count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+FROM slotfleet_jobs
+WHERE state IN ('succeeded', 'failed', 'cancelled')
+    AND completed_at >= to_timestamp(
+        floor((extract(epoch FROM now())::float8 - %(window)s) / %(bucket)s) * %(bucket)s
+    )
+GROUP BY 1, 2
+"""
+
+#: A failed or cancelled job queued again: pending now, its attempts given back, its
+#: errors kept. Refused (no row changed) while another unfinished job holds its
+#: unique_key. Returns the job and whether it changed; wakes the queue's workers.
+RETRY = """
+WITH changed AS (
+    UPDATE slotfleet_jobs AS j
+    SET state = 'pending',
+        attempts = 0,
+        scheduled_at = now(),
+        result = NULL,
+        completed_at = NULL,
+        cancel_requested_at = NULL,
+        lease_owner = NULL,
+        lease_expires_at = NULL
+    WHERE j.id = %(id)s AND j.state IN ('failed', 'cancelled')
+        AND NOT EXISTS (
+            SELECT 1 FROM slotfleet_jobs AS o
+            WHERE o.unique_key = j.unique_key AND o.state IN ('pending', 'running', 'retrying')
+        )
+    RETURNING j.*
+),
+notified AS (
+    SELECT pg_notify('slotfleet_jobs', c.queue) AS sent FROM changed AS c
+)
+SELECT true AS retried, c.* FROM changed AS c WHERE (SELECT count(*) FROM notified) >= 0
+UNION ALL
+SELECT false, s.* FROM slotfleet_jobs AS s
+WHERE s.id = %(id)s AND NOT EXISTS (SELECT 1 FROM changed)
+"""

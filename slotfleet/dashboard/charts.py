@@ -46,7 +46,8 @@ class Chart:
 
 
 def nice_top(value: int) -> int:
-    """The smallest of 1, 2, 5 times a power of ten that is at least ``value`` (min 4)."""
+    """The smallest of 1, 2, 5 times a power of ten that is at least ``value``; at least 5,
+    so an idle chart still has a scale."""
     value = max(value, 4)
     power = int(10 ** math.floor(math.log10(value)))
     for step in (1, 2, 5, 10):

@@ -77,7 +77,7 @@ def expected(
     func: str | None = None,
     after_id: int | None = None,
     limit: int = 100,
-) -> list[int]:
+) -> list[JobId]:
     kept = [
         j.id
         for j in jobs

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from slotfleet.app.durations import parse_duration
 from slotfleet.cli.common import add_dsn, guarded, port_arg, run_async
 from slotfleet.models import InvalidSettingsError, describe_validation_error
 from slotfleet.store import dsn_from_env
@@ -44,14 +45,29 @@ def _token(args: argparse.Namespace) -> str | None:
     return os.environ.get(TOKEN_ENV) or None
 
 
+def _view(args: argparse.Namespace) -> Any:
+    """``--window``/``--bucket`` as ViewSettings (one line for a bad combination)."""
+    from slotfleet.dashboard.settings import ViewSettings
+
+    try:
+        return ViewSettings(
+            window_seconds=int(args.window.total_seconds()),
+            bucket_seconds=int(args.bucket.total_seconds()),
+        )
+    except ValidationError as exc:
+        raise InvalidSettingsError(describe_validation_error(exc, "--window/--bucket")) from None
+
+
 def _dashboard(args: argparse.Namespace) -> int:
     try:
         from slotfleet.dashboard.server import serve
         from slotfleet.dashboard.settings import DashboardSettings
     except ImportError as exc:
         return _missing_extra(exc)
+    view = _view(args)
     try:
         settings = DashboardSettings(
+            view=view,
             dsn=args.dsn or dsn_from_env(),
             host=args.host,
             port=args.port,
@@ -69,17 +85,16 @@ def _top(args: argparse.Namespace) -> int:
     try:
         from rich.console import Console
 
-        from slotfleet.dashboard.settings import ViewSettings
         from slotfleet.dashboard.terminal import run
     except ImportError as exc:
         return _missing_extra(exc)
     from slotfleet.app import App
 
+    view = _view(args)
+
     async def main() -> None:
         async with App(args.dsn) as app:
-            await run(
-                app, ViewSettings(), interval=args.interval, once=args.once, console=Console()
-            )
+            await run(app, view, interval=args.interval, once=args.once, console=Console())
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how top ends
         run_async(main())
@@ -94,6 +109,28 @@ def positive_seconds(text: str) -> float:
     if not 0.2 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"{text} is not between 0.2 and 3600 seconds")
     return value
+
+
+def duration(text: str) -> Any:
+    try:
+        return parse_duration(text)
+    except InvalidSettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_view(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--window",
+        type=duration,
+        default=parse_duration("15m"),
+        help="how far back throughput and failure rate look (default 15m)",
+    )
+    parser.add_argument(
+        "--bucket",
+        type=duration,
+        default=parse_duration("30s"),
+        help="width of one bar of the throughput chart (default 30s)",
+    )
 
 
 def register(commands: Any) -> None:
@@ -124,6 +161,7 @@ def register(commands: Any) -> None:
         metavar="PATH",
         help="file holding the action token (else $SLOTFLEET_DASHBOARD_TOKEN)",
     )
+    add_view(p)
     p.set_defaults(handler=guarded(_dashboard))
 
     p = commands.add_parser(
@@ -136,4 +174,5 @@ def register(commands: Any) -> None:
         "--interval", type=positive_seconds, default=2.0, help="seconds between redraws (default 2)"
     )
     p.add_argument("--once", action="store_true", help="print one frame and exit")
+    add_view(p)
     p.set_defaults(handler=guarded(_top))

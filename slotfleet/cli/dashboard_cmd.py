@@ -24,7 +24,7 @@ EXTRA_HINT = "pip install 'slotfleet[dashboard]'"
 
 
 def _missing_extra(exc: ImportError) -> int:
-    name = exc.name or "a package"
+    name = (exc.name or "a package").split(".")[0]
     print(
         f"error: this command needs the dashboard extra ({name} is missing): {EXTRA_HINT}",
         file=sys.stderr,

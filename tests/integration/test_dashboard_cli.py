@@ -30,7 +30,7 @@ pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
 
 
-def cli(*args: str, env: dict[str, str] | None = None, **kw: object) -> subprocess.Popen[str]:
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "slotfleet.cli.main", *args],
         env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})},
@@ -38,7 +38,6 @@ def cli(*args: str, env: dict[str, str] | None = None, **kw: object) -> subproce
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
-        **kw,  # type: ignore[arg-type]
     )
 
 

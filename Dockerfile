@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
-# The slotfleet image: one image for the operator (`slotfleet operator`) and the workers
+# The slotfleet image: one image for the operator (`slotfleet operator`), the workers
 # (`slotfleet worker`; build your task image FROM this one and add your code, as
-# examples/Dockerfile does). tools/image/build.sh builds this file unchanged without a
-# Docker engine (buildah, over a locally made python:3.11 base) for the node test tier.
+# examples/Dockerfile does) and the dashboard (`slotfleet dashboard`).
+# tools/image/build.sh builds this file unchanged without a Docker engine (buildah, over a
+# locally made python:3.11 base) for the node test tier.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -26,9 +27,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 slotfleet \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/slotfleet \
       --shell /usr/sbin/nologin slotfleet
-# the wheel (and its dependencies from the index), nothing else from the build context
+# the wheel with its dashboard extra (`slotfleet dashboard`, the chart's optional dashboard
+# Deployment; about 6 MiB of starlette, uvicorn, jinja2 and rich that the worker never
+# imports) and its dependencies from the index, nothing else from the build context
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    pip install --no-cache-dir /dist/*.whl \
+    pip install --no-cache-dir "$(ls /dist/*.whl)[dashboard]" \
  && rm -rf /root/.cache
 USER 10001:10001
 # writable for the embedded sqlite store of a local `slotfleet worker` (not used in a cluster)

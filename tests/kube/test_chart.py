@@ -15,10 +15,12 @@ Evaluating the rules in a real Prometheus is a later, separate test.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import shutil
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -55,6 +57,11 @@ ALL_TOGGLES: dict[str, Any] = {
     "metrics": {"podMonitor": {"enabled": True}},
     "grafana": {"dashboard": {"enabled": True}},
     "prometheusAdapter": {"rules": {"enabled": True}},
+    "dashboard": {
+        "enabled": True,
+        "store": {"secretRef": {"name": "dash-store"}},
+        "actions": {"enabled": True, "tokenSecretRef": {"name": "dash-token"}},
+    },
 }
 
 
@@ -187,6 +194,7 @@ def test_rendered_chart_passes_server_side_dry_run(
         **watching(namespace, scope),
         "grafana": ALL_TOGGLES["grafana"],
         "prometheusAdapter": ALL_TOGGLES["prometheusAdapter"],
+        "dashboard": ALL_TOGGLES["dashboard"],
     }
     rendered = helm.template_text(values, release=f"dry-{scope}", namespace=namespace).stdout
     assert rendered.index("kind: CustomResourceDefinition") < rendered.index("kind: Deployment")
@@ -407,6 +415,74 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
         assert restarts == 0, f"the operator restarted {restarts} time(s)"
     finally:
         delete_queue(custom, namespace, "chartq")
+        bound.run("uninstall", release, "--namespace", namespace, "--wait", check=False)
+
+
+@pytest.mark.slow
+def test_helm_install_serves_the_dashboard_read_only_over_the_store(
+    helm: Helm,
+    kube_admin: KubeAdmin,
+    namespace: str,
+    node_runs_this_venv: TestNode,
+    tmp_path: Path,
+) -> None:
+    """dashboard.enabled: the pod runs `slotfleet dashboard` with the DSN from its Secret
+    and no API token, turns ready once the store answers, shows the store's queues, and
+    refuses actions (read-only by default)."""
+    node = node_runs_this_venv
+    apply_crd(kube_admin)
+    release = f"sf-dash-{uuid.uuid4().hex[:5]}"
+    dsn = f"sqlite:///{tmp_path / 'dash.db'}"
+    asyncio.run(enqueue_noops(dsn, "chartdash", 3))
+    core = client.CoreV1Api(kube_admin.api_client)
+    core.create_namespaced_secret(
+        namespace,
+        client.V1Secret(metadata=client.V1ObjectMeta(name="dash-store"), string_data={"dsn": dsn}),
+    )
+    values = {
+        **watching(namespace, "cluster"),
+        "crds": {"install": False},
+        "operator": {
+            **watching(namespace, "cluster")["operator"],
+            "liveness": {"host": "$(POD_IP)", "port": 8080},
+            "metrics": {"enabled": False},
+        },
+        "dashboard": {
+            "enabled": True,
+            "store": {"secretRef": {"name": "dash-store"}},
+            "host": "$(POD_IP)",  # the test node's pods share one network namespace
+        },
+    }
+    bound = helm.bound_to(kube_admin.kubeconfig)
+    try:
+        try:
+            bound.run(
+                "install", release, str(CHART), "--namespace", namespace,
+                "-f", str(bound.values_file(values)), "--wait", "--timeout", "180s",
+            )  # fmt: skip
+        except CommandError as exc:
+            report = namespace_report(kube_admin.api_client, namespace, node)
+            raise AssertionError(f"{exc}\n{report}") from None
+        [pod] = core.list_namespaced_pod(
+            namespace,
+            label_selector=f"app.kubernetes.io/instance={release},"
+            "app.kubernetes.io/component=dashboard",
+        ).items
+        assert pod.spec is not None
+        assert pod.spec.automount_service_account_token is False
+        name = str(pod.metadata and pod.metadata.name)
+        base = f"http://{node.pod_ip(namespace, name)}:8000"
+        overview = json.loads(scrape(base + "/api/overview"))
+        [queue] = overview["queues"]
+        assert (queue["queue"], queue["ready"]) == ("chartdash", 3)
+        assert "chartdash" in scrape(base + "/")
+        request = urllib.request.Request(base + "/api/purge", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 403
+        assert "actions are off" in json.loads(refused.value.read())["error"]
+        assert pod_restarts(core, namespace, name) == 0
+    finally:
         bound.run("uninstall", release, "--namespace", namespace, "--wait", check=False)
 
 

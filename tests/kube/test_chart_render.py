@@ -296,3 +296,92 @@ def test_chart_metadata() -> None:
 def test_lint_fails_on_bad_values(helm: Helm) -> None:
     with pytest.raises(CommandError):
         helm.lint({"rbac": {"scope": "nowhere"}})
+
+
+# ----------------------------------------------------------------------------- dashboard
+
+DASHBOARD = {"dashboard": {"enabled": True, "store": {"secretRef": {"name": "jobs-db"}}}}
+
+
+def dashboard_container(docs: list[Json]) -> Json:
+    deployment = one(docs, "Deployment", "sf-slotfleet-dashboard")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def test_the_dashboard_is_off_by_default(helm: Helm) -> None:
+    docs = helm.template({}, release="sf", namespace="ops")
+    assert [d["metadata"]["name"] for d in find(docs, "Deployment")] == ["sf-slotfleet"]
+    assert not find(docs, "Service")
+
+
+def test_the_dashboard_is_read_only_restricted_and_has_no_api_token(helm: Helm) -> None:
+    docs = helm.template(DASHBOARD, release="sf", namespace="ops")
+    deployment = one(docs, "Deployment", "sf-slotfleet-dashboard")
+    pod = deployment["spec"]["template"]["spec"]
+    container = dashboard_container(docs)
+    assert container["command"] == ["slotfleet", "dashboard"]
+    assert container["args"] == ["--host=0.0.0.0", "--port=8000", "--refresh=2"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SLOTFLEET_DSN"]["valueFrom"] == {"secretKeyRef": {"name": "jobs-db", "key": "dsn"}}
+    assert "SLOTFLEET_DASHBOARD_TOKEN" not in env
+    assert pod["automountServiceAccountToken"] is False
+    operator = one(docs, "Deployment", "sf-slotfleet")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == operator["securityContext"]
+    assert container["securityContext"] == operator["containers"][0]["securityContext"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    service = one(docs, "Service", "sf-slotfleet-dashboard")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}
+    ]
+    operator_selector = one(docs, "Deployment", "sf-slotfleet")["spec"]["selector"]["matchLabels"]
+    assert not operator_selector.items() <= labels.items()  # neither Deployment adopts the other
+    assert not deployment["spec"]["selector"]["matchLabels"].items() <= (
+        one(docs, "Deployment", "sf-slotfleet")["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_dashboard_actions_take_their_token_from_a_secret(helm: Helm) -> None:
+    values = {
+        "dashboard": {
+            **DASHBOARD["dashboard"],
+            "actions": {"enabled": True, "tokenSecretRef": {"name": "dash-token"}},
+            "service": {"enabled": False},
+            "extraArgs": ["--window", "1h", "--bucket", "2m"],
+        }
+    }
+    docs = helm.template(values, release="sf", namespace="ops")
+    container = dashboard_container(docs)
+    assert container["args"] == [
+        "--host=0.0.0.0", "--port=8000", "--refresh=2", "--enable-actions",
+        "--window", "1h", "--bucket", "2m",
+    ]  # fmt: skip
+    env = {e["name"]: e for e in container["env"]}
+    assert env["SLOTFLEET_DASHBOARD_TOKEN"]["valueFrom"] == {
+        "secretKeyRef": {"name": "dash-token", "key": "token"}
+    }
+    assert not find(docs, "Service")
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"dashboard": {"enabled": True}}, "needs dashboard.store.secretRef.name"),
+        (
+            {"dashboard": {**DASHBOARD["dashboard"], "actions": {"enabled": True}}},
+            "needs dashboard.actions.tokenSecretRef.name",
+        ),
+        ({"dashboard": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"dashboard": {"refreshSeconds": 0}}, "minimum"),
+    ],
+)
+def test_dashboard_values_a_chart_cannot_serve_are_refused(
+    helm: Helm, values: dict[str, Any], message: str
+) -> None:
+    proc = helm.template_text(values, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr, proc.stderr

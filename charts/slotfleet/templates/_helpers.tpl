@@ -34,12 +34,34 @@ app.kubernetes.io/component: operator
 {{- define "slotfleet.labels" -}}
 helm.sh/chart: {{ include "slotfleet.chart" . }}
 {{ include "slotfleet.selectorLabels" . }}
+{{ include "slotfleet.releaseLabels" . }}
+{{- end }}
+
+{{/* Labels every resource carries besides its selector labels. */}}
+{{- define "slotfleet.releaseLabels" -}}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: slotfleet
 {{- with .Values.commonLabels }}
 {{ toYaml . }}
 {{- end }}
+{{- end }}
+
+{{/* The dashboard's name, selector labels and labels. */}}
+{{- define "slotfleet.dashboardName" -}}
+{{- printf "%s-dashboard" (include "slotfleet.fullname" . | trunc 53 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "slotfleet.dashboardSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "slotfleet.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: dashboard
+{{- end }}
+
+{{- define "slotfleet.dashboardLabels" -}}
+helm.sh/chart: {{ include "slotfleet.chart" . }}
+{{ include "slotfleet.dashboardSelectorLabels" . }}
+{{ include "slotfleet.releaseLabels" . }}
 {{- end }}
 
 {{- define "slotfleet.serviceAccountName" -}}
@@ -74,6 +96,12 @@ Only meaningful when operator.watch.allNamespaces is false.
 {{- end }}
 {{- if and .Values.operator.watch.allNamespaces .Values.operator.watch.namespaces }}
 {{- fail "operator.watch.namespaces is only used when operator.watch.allNamespaces=false" }}
+{{- end }}
+{{- if and .Values.dashboard.enabled (not .Values.dashboard.store.secretRef.name) }}
+{{- fail "dashboard.enabled=true needs dashboard.store.secretRef.name: the Secret holding the job store's DSN" }}
+{{- end }}
+{{- if and .Values.dashboard.enabled .Values.dashboard.actions.enabled (not .Values.dashboard.actions.tokenSecretRef.name) }}
+{{- fail "dashboard.actions.enabled=true needs dashboard.actions.tokenSecretRef.name: the Secret holding the action token (16 characters or more)" }}
 {{- end }}
 {{- end }}
 

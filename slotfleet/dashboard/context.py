@@ -2,8 +2,11 @@
 (opened lazily, so a dashboard started while the database is down serves an error page
 and recovers by itself), the page templates, and the overview shared by every viewer.
 
-The overview is cached for about half the refresh interval and computed by one request
-at a time: ten open pages poll the store no more than one does.
+The overview is computed by one request at a time and shared for half the refresh
+interval, or four times as long as it last took to compute when that is longer: ten open
+pages poll the store no more than one does, and a store whose queue counts are slow (they
+count every job; about 0.4 s per million rows on PostgreSQL) spends at most a fifth of
+its time on them while someone watches.
 
 What this module is not: a cache of jobs. A listing or a job page always reads the store.
 """
@@ -77,6 +80,7 @@ class Dashboard:
         self._open_lock = asyncio.Lock()
         self._overview: tuple[float, Overview] | None = None
         self._overview_lock = asyncio.Lock()
+        self._overview_cost = 0.0
 
     @property
     def location(self) -> str:
@@ -101,7 +105,7 @@ class Dashboard:
         return None
 
     async def overview(self) -> Overview:
-        max_age = self.settings.refresh_seconds / 2
+        max_age = max(self.settings.refresh_seconds / 2, 4 * self._overview_cost)
         cached = self._overview
         if cached is not None and time.monotonic() - cached[0] < max_age:
             return cached[1]
@@ -109,8 +113,10 @@ class Dashboard:
             cached = self._overview
             if cached is not None and time.monotonic() - cached[0] < max_age:
                 return cached[1]
+            started = time.monotonic()
             fresh = await overview(await self.app(), self.settings.view)
-            self._overview = (time.monotonic(), fresh)
+            done = time.monotonic()
+            self._overview, self._overview_cost = (done, fresh), done - started
             return fresh
 
     async def close(self) -> None:

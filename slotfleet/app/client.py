@@ -232,13 +232,7 @@ class App:
     ) -> list[QueuedJob]:
         """Jobs newest first, filtered by queue, states and function; ``after_id`` gives
         the page of jobs older than that id."""
-        return await self.store.list_jobs(
-            queue=queue,
-            states=parse_states(states),
-            limit=limit,
-            func=func,
-            after_id=None if after_id is None else JobId(after_id),
-        )
+        return await self.store.list_jobs(**listing(queue, states, limit, func, after_id))
 
     async def summaries(
         self,
@@ -250,13 +244,24 @@ class App:
         after_id: int | None = None,
     ) -> builtins.list[JobSummary]:
         """:meth:`list` without payloads (kwargs, result, tracebacks): for tables."""
-        return await self.store.list_summaries(
-            queue=queue,
-            states=parse_states(states),
-            limit=limit,
-            func=func,
-            after_id=None if after_id is None else JobId(after_id),
-        )
+        return await self.store.list_summaries(**listing(queue, states, limit, func, after_id))
+
+
+def listing(
+    queue: str | None,
+    states: Sequence[JobState | str] | None,
+    limit: int,
+    func: str | None,
+    after_id: int | None,
+) -> dict[str, Any]:
+    """A listing's filters as the store takes them, states checked."""
+    return {
+        "queue": queue,
+        "states": parse_states(states),
+        "limit": limit,
+        "func": func,
+        "after_id": None if after_id is None else JobId(after_id),
+    }
 
 
 def parse_states(states: Sequence[JobState | str] | None) -> list[JobState] | None:

@@ -11,9 +11,11 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
-from slotfleet.models import SlotfleetError
+from slotfleet.app.durations import parse_duration
+from slotfleet.models import InvalidSettingsError, SlotfleetError
 
 T = TypeVar("T")
 Handler = Callable[[argparse.Namespace], int]
@@ -35,6 +37,15 @@ def port_arg(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text} is not a port (0-65535)")
     return value
+
+
+def duration_arg(text: str) -> timedelta:
+    """A duration option (``--older-than``, ``--window``): seconds, or a number with s, m,
+    h or d (``90``, ``15m``, ``7d``)."""
+    try:
+        return parse_duration(text)
+    except InvalidSettingsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_dsn(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from slotfleet.app.durations import parse_duration
-from slotfleet.cli.common import add_dsn, guarded, port_arg, run_async
+from slotfleet.cli.common import add_dsn, duration_arg, guarded, port_arg, run_async
 from slotfleet.models import InvalidSettingsError, describe_validation_error
 from slotfleet.store import dsn_from_env
 
@@ -111,23 +111,16 @@ def positive_seconds(text: str) -> float:
     return value
 
 
-def duration(text: str) -> Any:
-    try:
-        return parse_duration(text)
-    except InvalidSettingsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def add_view(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--window",
-        type=duration,
+        type=duration_arg,
         default=parse_duration("15m"),
         help="how far back throughput and failure rate look (default 15m)",
     )
     parser.add_argument(
         "--bucket",
-        type=duration,
+        type=duration_arg,
         default=parse_duration("30s"),
         help="width of one bar of the throughput chart (default 30s)",
     )

@@ -6,17 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from slotfleet.app import App
 from slotfleet.app.decorator import make_job
-from slotfleet.app.durations import parse_duration
 from slotfleet.app.outcomes import cancel_outcome, retry_outcome
-from slotfleet.cli.common import add_dsn, guarded, print_json, print_table, run_async
+from slotfleet.cli.common import (
+    add_dsn,
+    duration_arg,
+    guarded,
+    print_json,
+    print_table,
+    run_async,
+)
 from slotfleet.models import (
     InvalidJobError,
-    InvalidSettingsError,
     JobNotFoundError,
     JobState,
     QueuedJob,
@@ -116,50 +122,36 @@ def _jobs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cancel(args: argparse.Namespace) -> int:
-    """Cancel each id in turn; report every one, and exit 1 if any could not be found."""
+def _each(
+    args: argparse.Namespace,
+    verb: Callable[[App, str], Awaitable[QueuedJob]],
+    outcome: Callable[[QueuedJob], str],
+) -> int:
+    """Run ``verb`` on each id in turn; print each outcome or one-line error, and exit 1
+    if any id failed."""
 
     async def main() -> int:
         failures = 0
         async with App(args.dsn) as app:
             for raw in args.ids:
                 try:
-                    job = await app.cancel(raw)
-                except JobNotFoundError as exc:
-                    print(f"error: {exc}", file=sys.stderr)
-                    failures += 1
-                    continue
-                print(cancel_outcome(job))
-        return 1 if failures else 0
-
-    return run_async(main())
-
-
-def _retry(args: argparse.Namespace) -> int:
-    """Queue each failed or cancelled id again; report every one, exit 1 if any could not."""
-
-    async def main() -> int:
-        failures = 0
-        async with App(args.dsn) as app:
-            for raw in args.ids:
-                try:
-                    job = await app.retry(raw)
+                    job = await verb(app, raw)
                 except (JobNotFoundError, InvalidJobError) as exc:
                     print(f"error: {exc}", file=sys.stderr)
                     failures += 1
                     continue
-                print(retry_outcome(job))
+                print(outcome(job))
         return 1 if failures else 0
 
     return run_async(main())
 
 
-def duration_arg(text: str) -> timedelta:
-    """``--older-than``: seconds, or a number with s, m, h or d (``90``, ``15m``, ``7d``)."""
-    try:
-        return parse_duration(text)
-    except InvalidSettingsError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _cancel(args: argparse.Namespace) -> int:
+    return _each(args, App.cancel, cancel_outcome)
+
+
+def _retry(args: argparse.Namespace) -> int:
+    return _each(args, App.retry, retry_outcome)
 
 
 def _purge(args: argparse.Namespace) -> int:

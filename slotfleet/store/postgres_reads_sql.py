@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from slotfleet.models import SUMMARY_ERROR_CHARS
+from slotfleet.store import listing_sql as shared
 from slotfleet.store.rows import SUMMARY_COLUMNS
 
 #: The summary columns and the latest attempt's error message, cut short in SQL so a
@@ -21,38 +22,10 @@ SUMMARY_SELECT = ", ".join(SUMMARY_COLUMNS) + (
 def listing(
     select: str, states: Sequence[str] | None, *, queue: bool, func: bool, after: bool
 ) -> str:
-    """A newest-first page of ``select`` columns (``%(limit)s`` rows below
-    ``%(after_id)s``), filtered by ``%(queue)s`` and ``%(func)s`` when asked.
-
-    ``states`` comes from ``rows.listing_states``: ``None`` walks the primary key
-    backwards; otherwise each state is its own backwards range scan of an index ending in
-    ``(state, id)``, and the pages are merged by id. The states are ``JobState`` values,
-    written into the statement as literals (a closed set, never user text).
-    """
-    where = []
-    if queue:
-        where.append("queue = %(queue)s")
-    if func:
-        where.append("func = %(func)s")
-    if after:
-        where.append("id < %(after_id)s")
-    if states is None:
-        condition = " AND ".join(where) or "true"
-        return (
-            f"SELECT {select} FROM slotfleet_jobs WHERE {condition} "
-            "ORDER BY id DESC LIMIT %(limit)s"
-        )
-    if not states:
-        return f"SELECT {select} FROM slotfleet_jobs WHERE false"
-    parts = [
-        f"SELECT {select} FROM slotfleet_jobs WHERE {' AND '.join([state_is, *where])} "
-        "ORDER BY id DESC LIMIT %(limit)s"
-        for state_is in (f"state = '{state}'" for state in states)
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    union = " UNION ALL ".join(f"({part})" for part in parts)
-    return f"SELECT * FROM ({union}) AS page ORDER BY id DESC LIMIT %(limit)s"
+    """A newest-first page (``listing_sql.listing``) in this backend's parameter style."""
+    return shared.listing(
+        select, states, queue=queue, func=func, after=after, param=lambda name: f"%({name})s"
+    )
 
 
 #: Jobs that ended in the last ``%(window)s`` seconds, counted per queue and bucket of

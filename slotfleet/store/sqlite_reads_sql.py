@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from slotfleet.models import SUMMARY_ERROR_CHARS
+from slotfleet.store import listing_sql as shared
 from slotfleet.store.rows import SUMMARY_COLUMNS
 
 #: The summary columns and the latest attempt's error message, cut short in SQL.
@@ -19,34 +20,10 @@ SUMMARY_SELECT = ", ".join(SUMMARY_COLUMNS) + (
 def listing(
     select: str, states: Sequence[str] | None, *, queue: bool, func: bool, after: bool
 ) -> str:
-    """A newest-first page of ``select`` columns (``:limit`` rows below ``:after_id``),
-    filtered by ``:queue`` and ``:func`` when asked: the primary key backwards when
-    ``states`` is ``None``, else one backwards range scan per state of an index ending in
-    ``(state, id)``, merged by id (see ``postgres_sql.listing``; states are ``JobState``
-    values, a closed set written as literals)."""
-    where = []
-    if queue:
-        where.append("queue = :queue")
-    if func:
-        where.append("func = :func")
-    if after:
-        where.append("id < :after_id")
-    if states is None:
-        condition = " AND ".join(where) or "1 = 1"
-        return (
-            f"SELECT {select} FROM slotfleet_jobs WHERE {condition} ORDER BY id DESC LIMIT :limit"
-        )
-    if not states:
-        return f"SELECT {select} FROM slotfleet_jobs WHERE 0"
-    parts = [
-        f"SELECT {select} FROM slotfleet_jobs WHERE {' AND '.join([state_is, *where])} "
-        "ORDER BY id DESC LIMIT :limit"
-        for state_is in (f"state = '{state}'" for state in states)
-    ]
-    if len(parts) == 1:
-        return parts[0]
-    union = " UNION ALL ".join(f"SELECT * FROM ({part})" for part in parts)
-    return f"{union} ORDER BY id DESC LIMIT :limit"
+    """A newest-first page (``listing_sql.listing``) in this backend's parameter style."""
+    return shared.listing(
+        select, states, queue=queue, func=func, after=after, param=lambda name: f":{name}"
+    )
 
 
 #: Jobs that ended since ``:since`` (a bucket boundary), per queue and bucket of

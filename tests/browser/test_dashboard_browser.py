@@ -122,11 +122,11 @@ def test_a_job_enqueued_appears_and_changes_state_without_a_reload(
 ) -> None:
     page.goto(fleet.url + "/jobs?queue=emails")
     page.evaluate("window.__sameDocument = 'still here'")
-    soon = datetime.now(UTC) + timedelta(seconds=2)
+    soon = datetime.now(UTC) + timedelta(seconds=3)  # pending for several refreshes
     ref = fleet.run(
         lambda app: app.enqueue(
             job("send_email", "emails", scheduled_at=soon,
-                kwargs={"to": "new@example.com", "subject": "welcome", "delay": 2.0})
+                kwargs={"to": "new@example.com", "subject": "welcome", "delay": 3.0})
         )
     )  # fmt: skip
     job_id = ref.identifier

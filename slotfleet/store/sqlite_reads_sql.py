@@ -22,7 +22,13 @@ def listing(
 ) -> str:
     """A newest-first page (``listing_sql.listing``) in this backend's parameter style."""
     return shared.listing(
-        select, states, queue=queue, func=func, after=after, param=lambda name: f":{name}"
+        select,
+        states,
+        queue=queue,
+        func=func,
+        after=after,
+        param=lambda name: f":{name}",
+        running_from="slotfleet_jobs INDEXED BY slotfleet_jobs_running_owner",
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import secrets
 import sqlite3
 import tempfile
 import time
@@ -62,9 +63,18 @@ async def cycle(dsn: str, jobs: int, admin_dsn: str | None) -> dict[str, float]:
         cpu_enqueued = time.process_time()
         done = 0
         while done < jobs:
-            claimed = await store.fetch("q", "w", 100, 60)
+            claimed = await store.fetch("q", "w", 100, 60, claim=secrets.token_hex(8))
             await store.complete(
-                [Completion(job_id=j.id, worker_id="w", outcome=Outcome.SUCCEEDED) for j in claimed]
+                [
+                    Completion(
+                        job_id=j.id,
+                        worker_id="w",
+                        token=j.lease_token or "",
+                        attempt=j.attempts,
+                        outcome=Outcome.SUCCEEDED,
+                    )
+                    for j in claimed
+                ]
             )
             done += len(claimed)
         finished = time.perf_counter()

@@ -268,7 +268,7 @@ async def test_sqlite_purge_still_walks_the_finished_index_next_to_the_listing_i
                 str(row[-1])
                 for row in conn.execute(
                     "EXPLAIN QUERY PLAN " + sqlite_sql.PURGE,
-                    {"before": time.time(), "queue": None, "limit": 1000},
+                    {"now": time.time(), "older_than": 0.0, "queue": None, "limit": 1000},
                 )
             )
             assert "USING INDEX slotfleet_jobs_finished" in plan, plan

@@ -16,7 +16,6 @@ import pytest
 
 from slotfleet.models import (
     SUMMARY_ERROR_CHARS,
-    Completion,
     Job,
     JobError,
     JobId,
@@ -25,18 +24,13 @@ from slotfleet.models import (
     QueuedJob,
 )
 from slotfleet.store import Store
+from tests.contract.test_store_contract import claim, done
 
 LEASE = 30.0
 
 
 def job(**changes: object) -> Job:
     return Job.model_validate({"func": "tests.tasks:add", **changes})
-
-
-def done(job_id: JobId, worker: str, outcome: Outcome, **kw: object) -> Completion:
-    return Completion.model_validate(
-        {"job_id": job_id, "worker_id": worker, "outcome": outcome, **kw}
-    )
 
 
 def failure(attempt: int, text: str) -> JobError:
@@ -56,13 +50,13 @@ async def mixed_jobs(store: Store) -> list[QueuedJob]:
         [Outcome.SUCCEEDED, Outcome.FAILED, Outcome.CANCELLED, None, Outcome.SUCCEEDED]
     )
     for queue in ("mail", "pdf"):
-        claimed = await store.fetch(queue, f"w-{queue}", 18, LEASE)
+        claimed = await store.fetch(queue, f"w-{queue}", 18, LEASE, claim=claim())
         completions = []
         for queued, outcome in zip(claimed, outcomes, strict=False):
             if outcome is None:
                 continue  # stays running
             error = None if outcome is Outcome.SUCCEEDED else failure(1, "x" * 300)
-            completions.append(done(queued.id, f"w-{queue}", outcome, error=error))
+            completions.append(done(queued, outcome, error=error))
         await store.complete(completions)
     listed = [await store.get(JobId(i)) for i in range(1, 49)]
     assert all(found is not None for found in listed)
@@ -134,13 +128,10 @@ async def test_pages_are_newest_first_and_keyset_paging_walks_every_match_once(
 
 async def test_a_summary_is_the_row_without_payloads_and_a_short_last_error(store: Store) -> None:
     [queued] = await store.enqueue([job(kwargs={"big": "y" * 1000}, max_attempts=3)])
-    await store.fetch("default", "w1", 1, LEASE)
-    retry_at = datetime.now(UTC)
-    await store.complete(
-        [done(queued.id, "w1", Outcome.RETRY, error=failure(1, "first"), retry_at=retry_at)]
-    )
-    await store.fetch("default", "w2", 1, LEASE)
-    await store.complete([done(queued.id, "w2", Outcome.FAILED, error=failure(2, "é" * 300))])
+    [first] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    await store.complete([done(first, Outcome.RETRY, error=failure(1, "first"), retry_delay=0)])
+    [second] = await store.fetch("default", "w2", 1, LEASE, claim=claim())
+    await store.complete([done(second, Outcome.FAILED, error=failure(2, "é" * 300))])
     whole = await store.get(queued.id)
     [summary] = await store.list_summaries()
     assert whole is not None
@@ -156,17 +147,14 @@ async def test_a_summary_is_the_row_without_payloads_and_a_short_last_error(stor
 
 async def test_each_attempt_records_its_worker_and_the_job_keeps_its_last(store: Store) -> None:
     [queued] = await store.enqueue([job(max_attempts=3)])
-    await store.fetch("default", "w1", 1, 0.2)
+    await store.fetch("default", "w1", 1, 0.2, claim=claim())
     await asyncio.sleep(0.3)
     assert await store.recover_expired() == [queued.id]
-    [claimed] = await store.fetch("default", "w2", 1, LEASE)
+    [claimed] = await store.fetch("default", "w2", 1, LEASE, claim=claim())
     assert (claimed.claimed_by, claimed.lease_owner) == ("w2", "w2")
-    retry_at = datetime.now(UTC)
-    await store.complete(
-        [done(queued.id, "w2", Outcome.RETRY, error=failure(2, "boom"), retry_at=retry_at)]
-    )
-    await store.fetch("default", "w3", 1, LEASE)
-    await store.complete([done(queued.id, "w3", Outcome.SUCCEEDED, result=7)])
+    await store.complete([done(claimed, Outcome.RETRY, error=failure(2, "boom"), retry_delay=0)])
+    [third] = await store.fetch("default", "w3", 1, LEASE, claim=claim())
+    await store.complete([done(third, Outcome.SUCCEEDED, result=7)])
     final = await store.get(queued.id)
     assert final is not None
     assert (final.state, final.lease_owner, final.claimed_by) == (JobState.SUCCEEDED, None, "w3")
@@ -202,15 +190,15 @@ async def test_retry_queues_a_failed_or_cancelled_job_again_under_its_id(store: 
     failed, cancelled, running, succeeded = await store.enqueue(
         [job(max_attempts=1) for _ in range(4)]
     )
-    await store.fetch("default", "w1", 4, LEASE)
+    claimed = {j.id: j for j in await store.fetch("default", "w1", 4, LEASE, claim=claim())}
     await store.complete(
         [
-            done(failed.id, "w1", Outcome.FAILED, error=failure(1, "bad")),
-            done(succeeded.id, "w1", Outcome.SUCCEEDED, result=1),
+            done(claimed[failed.id], Outcome.FAILED, error=failure(1, "bad")),
+            done(claimed[succeeded.id], Outcome.SUCCEEDED, result=1),
         ]
     )
     await store.request_cancel(cancelled.id)
-    await store.complete([done(cancelled.id, "w1", Outcome.CANCELLED)])
+    await store.complete([done(claimed[cancelled.id], Outcome.CANCELLED)])
 
     result = await store.retry(failed.id)
     assert result is not None
@@ -225,7 +213,7 @@ async def test_retry_queues_a_failed_or_cancelled_job_again_under_its_id(store: 
     assert result is not None
     assert result[1]
     assert result[0].cancel_requested_at is None
-    refetched = await store.fetch("default", "w2", 10, LEASE)
+    refetched = await store.fetch("default", "w2", 10, LEASE, claim=claim())
     assert {j.id for j in refetched} == {failed.id, cancelled.id}
     assert all(j.attempts == 1 and j.claimed_by == "w2" for j in refetched)
 
@@ -240,8 +228,8 @@ async def test_retry_refuses_while_another_unfinished_job_holds_the_unique_key(
     store: Store,
 ) -> None:
     [first] = await store.enqueue([job(unique_key="k")])
-    await store.fetch("default", "w1", 1, LEASE)
-    await store.complete([done(first.id, "w1", Outcome.FAILED, error=failure(1, "x"))])
+    [mine] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
+    await store.complete([done(mine, Outcome.FAILED, error=failure(1, "x"))])
     [second] = await store.enqueue([job(unique_key="k")])
     assert second.id != first.id
     result = await store.retry(first.id)

@@ -56,7 +56,7 @@ def test_retry_queues_failed_jobs_again_and_says_why_others_cannot(
             failed, pending = await app.store.enqueue(
                 [Job(func="tests.tasks:add"), Job(func="tests.tasks:add")]
             )
-            await app.store.fetch("default", "w", 1, 30)
+            await app.store.fetch("default", "w", 1, 30, claim="c1")
             await app.cancel(failed.id)  # running: a request only
             return failed.id, pending.id
 

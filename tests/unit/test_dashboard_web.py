@@ -18,7 +18,8 @@ from starlette.testclient import TestClient
 from slotfleet.app import App
 from slotfleet.dashboard.settings import DashboardSettings
 from slotfleet.dashboard.web import CONTENT_SECURITY_POLICY, create_app
-from slotfleet.models import Completion, Job, JobError, JobId, JobState, Outcome
+from slotfleet.models import Job, JobError, JobId, JobState, Outcome
+from tests.contract.test_store_contract import done
 
 TOKEN = "a-token-of-32-characters-or-so!!"
 HOSTILE = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -36,7 +37,7 @@ async def seed(dsn: str) -> dict[str, JobId]:
                 Job(func="tests.tasks:add", queue="pdf"),
             ]
         )
-        await store.fetch("mail", "w1", 2, 30)
+        claimed = {j.id: j for j in await store.fetch("mail", "w1", 2, 30, claim="c1")}
         error = JobError(
             attempt=1,
             error=f"ValueError: {HOSTILE}",
@@ -45,8 +46,8 @@ async def seed(dsn: str) -> dict[str, JobId]:
         )
         await store.complete(
             [
-                Completion(job_id=bad.id, worker_id="w1", outcome=Outcome.FAILED, error=error),
-                Completion(job_id=good.id, worker_id="w1", outcome=Outcome.SUCCEEDED, result=3),
+                done(claimed[bad.id], Outcome.FAILED, error=error),
+                done(claimed[good.id], Outcome.SUCCEEDED, result=3),
             ]
         )
     return {"failed": bad.id, "succeeded": good.id, "pending": waiting.id}

@@ -5,8 +5,8 @@ and recovers by itself), the page templates, and the overview shared by every vi
 The overview is computed by one request at a time and shared for half the refresh
 interval, or four times as long as it last took to compute when that is longer: ten open
 pages poll the store no more than one does, and a store whose queue counts are slow (they
-count every job; about 0.4 s per million rows on PostgreSQL) spends at most a fifth of
-its time on them while someone watches.
+count every job; about half a second per million on PostgreSQL) spends at most a fifth
+of its time on them while someone watches.
 
 What this module is not: a cache of jobs. A listing or a job page always reads the store.
 """

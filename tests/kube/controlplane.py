@@ -16,6 +16,11 @@ real node's bridge gateway, ``tests/node/``): pods then reach it through the
 ``kubernetes`` Service, whose endpoint the API server keeps itself; ``extra_controllers``
 and ``extra_apiserver_args`` add what a real node needs (node lifecycle, reaching the
 kubelet by its address).
+
+The API server also carries the front-proxy (request-header) flags, with a CA of its own
+and a ``front-proxy-client`` certificate: what the aggregation layer needs to proxy an
+aggregated API such as ``custom.metrics.k8s.io`` (prometheus-adapter, started by
+``tests/kube/metrics_pipeline.py``) and to tell it who is asking.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ CONTROLLERS = (
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+#: The common name the API server's front-proxy client certificate carries, and the only
+#: one an aggregated API server accepts request headers (X-Remote-User ...) from.
+FRONT_PROXY_CLIENT = "front-proxy-client"
 
 
 class ControlPlaneError(RuntimeError):
@@ -192,6 +200,24 @@ def make_pki(directory: Path, extra_ips: Sequence[str] = ()) -> None:
     )
     run_openssl(["genrsa", "-out", "sa.key", "2048"], directory)
     run_openssl(["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"], directory)
+    make_front_proxy_pki(directory)
+
+
+def make_front_proxy_pki(directory: Path) -> None:
+    """The aggregation layer's identity: a CA of its own (``front-proxy-ca.crt``, which
+    aggregated API servers read from the ``extension-apiserver-authentication``
+    ConfigMap) and a client certificate ``CN=front-proxy-client`` (clientAuth) the API
+    server presents when it proxies a request to one of them."""
+    ca = "req -x509 -newkey rsa:2048 -nodes -days 2 -keyout front-proxy-ca.key"
+    run_openssl(
+        [*ca.split(), "-out", "front-proxy-ca.crt", "-subj", "/CN=front-proxy-ca"], directory
+    )
+    (directory / "front-proxy-client.ext").write_text("extendedKeyUsage=clientAuth\n")
+    csr = "req -newkey rsa:2048 -nodes -keyout front-proxy-client.key -out front-proxy-client.csr"
+    run_openssl([*csr.split(), "-subj", f"/CN={FRONT_PROXY_CLIENT}"], directory)
+    sign = "x509 -req -in front-proxy-client.csr -CA front-proxy-ca.crt -CAkey front-proxy-ca.key"
+    out = "-CAcreateserial -days 2 -extfile front-proxy-client.ext -out front-proxy-client.crt"
+    run_openssl([*sign.split(), *out.split()], directory)
 
 
 def write_kubeconfig(path: Path, server: str, ca_file: Path, user: str, token: str) -> Path:
@@ -296,6 +322,9 @@ class ControlPlane:
     local address pods can reach)."""
     extra_controllers: tuple[str, ...] = ()
     extra_apiserver_args: tuple[str, ...] = ()
+    hpa_sync_period: float | None = None
+    """kube-controller-manager's ``--horizontal-pod-autoscaler-sync-period`` in seconds
+    (how often the HPA controller looks at each HPA); ``None`` keeps its default, 15 s."""
 
     @property
     def pki_dir(self) -> Path:
@@ -418,6 +447,14 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 *reconciler,
                 *self.extra_apiserver_args,
+                # the aggregation layer (aggregated APIs such as custom.metrics.k8s.io)
+                f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+                f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
                 "--profiling=false",
                 "--v=1",
             ],
@@ -426,6 +463,9 @@ class ControlPlane:
 
     def _start_controller_manager(self, env: dict[str, str]) -> None:
         pki = self.pki_dir
+        extra = []
+        if self.hpa_sync_period is not None:
+            extra.append(f"--horizontal-pod-autoscaler-sync-period={self.hpa_sync_period:g}s")
         self._spawn(
             "kube-controller-manager",
             [
@@ -440,6 +480,7 @@ class ControlPlane:
                 "--profiling=false",
                 # fast feedback in tests
                 "--concurrent-gc-syncs=5",
+                *extra,
                 "--v=1",
             ],
             env,

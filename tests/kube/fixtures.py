@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from kubernetes import client, config
@@ -29,8 +30,20 @@ from .controlplane import ControlPlane, ensure_binaries
 from .testnode import TestNode
 
 _SESSION: dict[str, object] = {}
+#: kube-controller-manager's HPA sync period in the kube tier (its default is 15 s): an
+#: HPA test waits for passes of the real HPA controller, and bench/autoscale.py measures
+#: with the default.
+HPA_SYNC_PERIOD_SECONDS = 5.0
+
+
+class LogSource(Protocol):
+    """Something with process logs worth showing when a kube test fails."""
+
+    def log_tails(self, lines: int = 40) -> str: ...
+
+
 #: things whose log tails are shown when a kube test fails (see tests/kube/conftest.py)
-LOG_SOURCES: list[ControlPlane | TestNode] = []
+LOG_SOURCES: list[LogSource] = []
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ def control_plane(kube_bin_dir: Path) -> Iterator[ControlPlane]:
         yield existing
         return
     work = Path(tempfile.mkdtemp(prefix="slotfleet-kube-"))
-    cp = ControlPlane(bin_dir=kube_bin_dir, work_dir=work)
+    cp = ControlPlane(bin_dir=kube_bin_dir, work_dir=work, hpa_sync_period=HPA_SYNC_PERIOD_SECONDS)
     cp.start()
     _SESSION["control_plane"] = cp
     LOG_SOURCES.append(cp)

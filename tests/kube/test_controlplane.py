@@ -45,6 +45,21 @@ def test_server_version_is_stamped(kube_admin: KubeAdmin, control_plane: Control
     assert f"kubernetes={info.git_version}" in stamp
 
 
+def test_api_server_publishes_the_front_proxy_ca_for_aggregated_apis(
+    kube_admin: KubeAdmin, control_plane: ControlPlane
+) -> None:
+    """An aggregated API server (prometheus-adapter) trusts request headers only from a
+    client certificate signed by the CA the API server publishes here."""
+    published = client.CoreV1Api(kube_admin.api_client).read_namespaced_config_map(
+        "extension-apiserver-authentication", "kube-system"
+    )
+    data = published.data or {}
+    front_proxy_ca = (control_plane.pki_dir / "front-proxy-ca.crt").read_text()
+    assert data["requestheader-client-ca-file"].strip() == front_proxy_ca.strip()
+    assert data["requestheader-allowed-names"] == '["front-proxy-client"]'
+    assert data["requestheader-username-headers"] == '["X-Remote-User"]'
+
+
 # ------------------------------------------------------------------------- CRDs
 
 

@@ -38,11 +38,6 @@ MIN_LE_MAX = _cel(
     "self.minReplicas <= self.maxReplicas",
     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
 )
-HPA_MIN_ONE = _cel(
-    "self.mode != 'hpa' || self.minReplicas >= 1",
-    "autoscaling.minReplicas must be at least 1 in hpa mode "
-    "(a HorizontalPodAutoscaler cannot scale to zero)",
-)
 REPLICAS_LE_MAX = _cel(
     "!has(self.replicas) || !has(self.autoscaling) || "
     "self.autoscaling.mode != 'operator' || "
@@ -107,15 +102,18 @@ class AutoscalingSpec(_Spec):
 
     model_config = ConfigDict(
         json_schema_extra={
-            "x-kubernetes-validations": [MIN_LE_MAX, HPA_MIN_ONE],
+            "x-kubernetes-validations": [MIN_LE_MAX],
         }
     )
 
     mode: AutoscalingMode = AutoscalingMode.OPERATOR
-    """operator: the operator sizes the fleet; hpa: an HPA does, on a busy-slot metric;
-    off: spec.replicas is left to you (kubectl scale)."""
+    """operator: the operator sizes the fleet; hpa: an HPA does, on the queue's demand,
+    busy pods and busy-slot ratio (needs prometheus-adapter); off: spec.replicas is left
+    to you (kubectl scale)."""
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 0
-    """Fewest worker pods. 0 allows scale to zero after idleSeconds."""
+    """Fewest worker pods. 0 allows scale to zero: after idleSeconds in operator mode,
+    after scaleDownStabilizationSeconds in hpa mode (Kubernetes >= 1.37, or the
+    HPAScaleToZero feature gate)."""
     max_replicas: Annotated[int, Field(ge=1, le=1000)] = 10
     """Most worker pods."""
     target_utilization: Annotated[float, Field(gt=0, le=1)] = 0.8
@@ -123,7 +121,8 @@ class AutoscalingSpec(_Spec):
     scale_down_stabilization_seconds: Annotated[int, Field(ge=0, le=3600)] = 60
     """Scale down only to the highest desire seen within this window (no flapping)."""
     idle_seconds: Annotated[int, Field(ge=0, le=86_400)] = 300
-    """With minReplicas 0: seconds with nothing pending or running before scaling to zero."""
+    """Operator mode with minReplicas 0: seconds with nothing pending or running before
+    scaling to zero."""
     max_scale_up_step: Annotated[int, Field(ge=1, le=1000)] | None = None
     """Most pods added in one step; unset means no limit."""
     max_scale_down_step: Annotated[int, Field(ge=1, le=1000)] | None = None
@@ -133,8 +132,6 @@ class AutoscalingSpec(_Spec):
     def _cross_field(self) -> AutoscalingSpec:
         if self.min_replicas > self.max_replicas:
             raise ValueError(MIN_LE_MAX["message"])
-        if self.mode is AutoscalingMode.HPA and self.min_replicas < 1:
-            raise ValueError(HPA_MIN_ONE["message"])
         return self
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from slotfleet.models.resource import GROUP, KIND, PLURAL, VERSION, AutoscalingMode, QueueSpec
+from slotfleet.operator.hpa import hpa_behavior, hpa_metrics
 
 Json = dict[str, Any]
 
@@ -35,8 +36,6 @@ QUEUE_LABEL = f"{GROUP}/queue"
 MANAGED_BY = "slotfleet-operator"
 #: Name of the worker's metrics/health container port.
 METRICS_PORT_NAME = "metrics"
-#: Pods' metric an HPA scales on (the chart's prometheus-adapter rules provide it).
-HPA_METRIC = "slotfleet_slots_busy_ratio"
 #: Annotation the ReplicaSet controller reads to pick which pods to delete first.
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 #: Extra seconds of grace after the drain timeout, for the worker to hand jobs back.
@@ -309,40 +308,23 @@ def build_pod_monitor(queue: QueueRef) -> Json:
     }
 
 
-def _milli(value: float) -> str:
-    """A quantity string for a fraction: 0.8 -> ``800m``."""
-    return f"{round(value * 1000)}m"
-
-
 def build_hpa(queue: QueueRef, spec: QueueSpec) -> Json:
-    """An autoscaling/v2 HPA that scales the Queue itself (its ``/scale``) on the
-    workers' busy-slot ratio, averaged over the pods."""
+    """An autoscaling/v2 HPA that scales the Queue itself (its ``/scale``) on the queue's
+    demand, the pods running jobs and the workers' busy-slot ratio
+    (``slotfleet.operator.hpa`` says why each)."""
     scaling = spec.autoscaling
+    queue_name = spec.effective_queue_name(queue.name)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
         "metadata": _metadata(queue, queue.name),
         "spec": {
             "scaleTargetRef": {"apiVersion": API_VERSION, "kind": KIND, "name": queue.name},
-            "minReplicas": max(1, scaling.min_replicas),
+            # 0 needs the HPAScaleToZero feature gate (beta, on by default since 1.37)
+            "minReplicas": scaling.min_replicas,
             "maxReplicas": scaling.max_replicas,
-            "metrics": [
-                {
-                    "type": "Pods",
-                    "pods": {
-                        "metric": {"name": HPA_METRIC},
-                        "target": {
-                            "type": "AverageValue",
-                            "averageValue": _milli(scaling.target_utilization),
-                        },
-                    },
-                }
-            ],
-            "behavior": {
-                "scaleDown": {
-                    "stabilizationWindowSeconds": scaling.scale_down_stabilization_seconds
-                }
-            },
+            "metrics": hpa_metrics(queue_name, spec.executor.concurrency, scaling),
+            "behavior": hpa_behavior(scaling),
         },
     }
 

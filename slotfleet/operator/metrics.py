@@ -2,8 +2,8 @@
 
 Workers export slots; only the operator reads the backlog from the store. Exporting it
 lets an HPA in ``mode: hpa`` scale on demand (busy slots + ready jobs, the
-``slotfleet_queue_demand`` rule of the chart's prometheus-adapter rules) and lets a
-dashboard show the backlog without a database exporter.
+``slotfleet_queue_demand`` rule of the chart's prometheus-adapter rules) and never below
+the pods running jobs, and lets a dashboard show the backlog without a database exporter.
 
 Gauges, by ``namespace`` and ``queue`` (the queue name, as on the workers' slot
 metrics) and ``resource`` (the Queue object's name):
@@ -11,6 +11,9 @@ metrics) and ``resource`` (the Queue object's name):
 * ``slotfleet_queue_pending``: jobs ready to run now;
 * ``slotfleet_queue_scheduled``: jobs waiting for their ``scheduled_at``;
 * ``slotfleet_queue_running``: jobs running;
+* ``slotfleet_queue_busy_pods``: worker pods holding a running job (by lease owner, or
+  heartbeat), the pods a scale-down must keep: the floor of an HPA in ``mode: hpa``
+  (``slotfleet.operator.hpa``), as of the built-in autoscaler;
 * ``slotfleet_queue_desired_replicas``: the built-in autoscaler's last answer
   (``mode: operator`` only);
 * ``slotfleet_queue_store_up``: 1 when the last store read answered, else 0 (the backlog
@@ -47,6 +50,8 @@ class QueueFigures:
     stats: QueueStats | None
     """``None`` when the store did not answer this time."""
     desired_replicas: int | None = None
+    busy_pods: int = 0
+    """Worker pods holding a running job (meaningful only when ``stats`` is not None)."""
 
 
 class QueueCollector(Collector):
@@ -54,14 +59,14 @@ class QueueCollector(Collector):
 
     def __init__(self) -> None:
         self._figures: dict[tuple[str, str], QueueFigures] = {}
-        self._last_stats: dict[tuple[str, str], QueueStats] = {}
+        self._last_stats: dict[tuple[str, str], tuple[QueueStats, int]] = {}
         self._purged: dict[tuple[str, str], int] = {}
 
     def observe(self, namespace: str, resource: str, figures: QueueFigures) -> None:
         key = (namespace, resource)
         self._figures[key] = figures
         if figures.stats is not None:
-            self._last_stats[key] = figures.stats
+            self._last_stats[key] = (figures.stats, figures.busy_pods)
 
     def purged(self, namespace: str, resource: str, count: int) -> None:
         key = (namespace, resource)
@@ -81,6 +86,9 @@ class QueueCollector(Collector):
                 "slotfleet_queue_scheduled", "Jobs waiting for their scheduled time.", labels=LABELS
             ),
             "running": GaugeMetricFamily("slotfleet_queue_running", "Jobs running.", labels=LABELS),
+            "busy_pods": GaugeMetricFamily(
+                "slotfleet_queue_busy_pods", "Worker pods running a job.", labels=LABELS
+            ),
         }
         desired = GaugeMetricFamily(
             "slotfleet_queue_desired_replicas",
@@ -98,11 +106,13 @@ class QueueCollector(Collector):
         for (namespace, resource), figures in sorted(self._figures.items()):
             labels = [namespace, figures.queue, resource]
             up.add_metric(labels, 0 if figures.stats is None else 1)
-            stats = self._last_stats.get((namespace, resource))
-            if stats is not None:
+            last = self._last_stats.get((namespace, resource))
+            if last is not None:
+                stats, busy_pods = last
                 families["pending"].add_metric(labels, stats.ready)
                 families["scheduled"].add_metric(labels, stats.scheduled)
                 families["running"].add_metric(labels, stats.running)
+                families["busy_pods"].add_metric(labels, busy_pods)
             if figures.desired_replicas is not None:
                 desired.add_metric(labels, figures.desired_replicas)
             purged.add_metric(labels, self._purged.get((namespace, resource), 0))

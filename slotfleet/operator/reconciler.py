@@ -303,7 +303,7 @@ class QueueReconciler:
             drop = (st.SCALING,)
 
         self.metrics.queues.observe(
-            ref.namespace, ref.name, QueueFigures(queue, view.stats, desired)
+            ref.namespace, ref.name, QueueFigures(queue, view.stats, desired, busy_pods)
         )
         self._report_transitions(body, previous, conditions)
         new_status = st.build_status(

@@ -184,11 +184,8 @@ def test_queue_spec_validates_or_refuses_readably(data: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "autoscaling",
-    [
-        {"minReplicas": 5, "maxReplicas": 2},
-        {"mode": "hpa", "minReplicas": 0, "maxReplicas": 3},
-    ],
-    ids=["min-above-max", "hpa-with-min-zero"],
+    [{"minReplicas": 5, "maxReplicas": 2}],
+    ids=["min-above-max"],
 )
 def test_queue_spec_refuses_what_its_crd_refuses(autoscaling: dict[str, Any]) -> None:
     """The CRD's CEL rules refuse these in the API server; ``slotfleet fleet -f`` has no

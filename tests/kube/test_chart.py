@@ -109,7 +109,7 @@ def adapter_config(helm: Helm) -> dict[str, Any]:
 def test_adapter_rules_expose_rising_metrics_named_as_documented(helm: Helm) -> None:
     config = adapter_config(helm)
     [ratio] = config["rules"]
-    [demand] = config["externalRules"]
+    demand, busy_pods = config["externalRules"]
     assert ratio["name"] == {
         "matches": "^slotfleet_slots_total$",
         "as": "slotfleet_slots_busy_ratio",
@@ -118,18 +118,29 @@ def test_adapter_rules_expose_rising_metrics_named_as_documented(helm: Helm) -> 
         "namespace": {"resource": "namespace"},
         "pod": {"resource": "pod"},
     }
-    assert demand["name"]["as"] == "slotfleet_queue_demand"
-    assert demand["resources"]["overrides"] == {"namespace": {"resource": "namespace"}}
+    assert ratio["seriesQuery"].startswith("slotfleet_slots_total{")
+    # the external metrics are listed from the operator's gauges, which exist for every
+    # Queue it watches: with zero workers too (an HPA scaling from zero needs them)
+    assert demand["name"] == {
+        "matches": "^slotfleet_queue_pending$",
+        "as": "slotfleet_queue_demand",
+    }
+    assert demand["seriesQuery"].startswith("slotfleet_queue_pending{")
+    assert busy_pods["name"]["as"] == "slotfleet_queue_busy_pods"
+    assert busy_pods["seriesQuery"].startswith("slotfleet_queue_busy_pods{")
+    for rule in (demand, busy_pods):
+        assert rule["resources"]["overrides"] == {"namespace": {"resource": "namespace"}}
     docs = normalized(DOCS.read_text())
-    for rule in (ratio, demand):
-        assert rule["seriesQuery"].startswith("slotfleet_slots_total{")
+    for rule in (ratio, demand, busy_pods):
         assert normalized(rule["metricsQuery"]) in docs, (
             f"{rule['name']['as']}: the chart's metricsQuery differs from docs/operations.md"
         )
     # what the operator's HPA asks for is what the rules provide
-    from slotfleet.operator import builders
+    from slotfleet.operator import hpa
 
-    assert ratio["name"]["as"] == builders.HPA_METRIC
+    assert ratio["name"]["as"] == hpa.RATIO_METRIC
+    assert demand["name"]["as"] == hpa.DEMAND_METRIC
+    assert busy_pods["name"]["as"] == hpa.BUSY_PODS_METRIC
 
 
 def substitute_adapter_placeholders(query: str) -> str:
@@ -154,6 +165,7 @@ def test_adapter_rule_expressions_parse_and_invert_free_slots(helm: Helm) -> Non
             "slotfleet_slots_total",
             "slotfleet_slots_free",
             "slotfleet_queue_pending",
+            "slotfleet_queue_busy_pods",
         }
         tree = promql.parse(substitute_adapter_placeholders(query))
         # the inversion: free slots only ever appear as `total - free` (busy slots)
@@ -165,7 +177,9 @@ def test_adapter_rule_expressions_parse_and_invert_free_slots(helm: Helm) -> Non
                     assert getattr(lhs, "name", None) == "slotfleet_slots_total"
                     subtractions += 1
         frees = sum(1 for n in walk(tree) if getattr(n, "name", None) == "slotfleet_slots_free")
-        assert frees == subtractions >= 1, f"{rule['name']['as']}: free slots used raw"
+        assert frees == subtractions, f"{rule['name']['as']}: free slots used raw"
+        slot_metrics = {name for name, _ in selectors} & {"slotfleet_slots_total"}
+        assert subtractions >= 1 or not slot_metrics, f"{rule['name']['as']}: no busy slots"
     ratio = promql.parse(substitute_adapter_placeholders(config["rules"][0]["metricsQuery"]))
     assert str(ratio.op) == "/"
     assert "clamp_min" in str(ratio.rhs)

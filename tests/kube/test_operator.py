@@ -65,11 +65,6 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"autoscaling": {"mode": "off", "minReplicas": 6, "maxReplicas": 5}},
         "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
     ),
-    (
-        "hpa-zero",
-        {"autoscaling": {"mode": "hpa", "minReplicas": 0}},
-        "at least 1 in hpa mode",
-    ),
     ("bad-mode", {"autoscaling": {"mode": "sometimes"}}, "spec.autoscaling.mode"),
     ("zero-target", {"autoscaling": {"targetUtilization": 0}}, "targetUtilization"),
     ("big-target", {"autoscaling": {"targetUtilization": 1.5}}, "targetUtilization"),
@@ -363,7 +358,8 @@ def test_hpa_mode_adds_and_removes_the_hpa(
     )
     assert hpa.spec.scale_target_ref.kind == "Queue"
     assert hpa.spec.scale_target_ref.api_version == "slotfleet.dev/v1alpha1"
-    assert hpa.spec.metrics[0].pods.target.average_value == "500m"
+    assert [m.type for m in hpa.spec.metrics] == ["External", "External", "Pods"]
+    assert hpa.spec.metrics[2].pods.target.average_value == "500m"
     assert hpa.spec.behavior.scale_down.stabilization_window_seconds == 90
     manifest["spec"]["autoscaling"]["mode"] = "off"
     apply_queue(kube_admin, namespace, manifest)

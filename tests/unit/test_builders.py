@@ -134,17 +134,19 @@ def test_paused_queue_keeps_its_replicas() -> None:
     assert b.build_deployment(REF, spec(paused=True, replicas=2))["spec"]["replicas"] == 2
 
 
-def test_hpa_targets_the_queue_scale_on_busy_ratio() -> None:
+def test_hpa_targets_the_queue_scale_on_demand_busy_pods_and_busy_ratio() -> None:
     hpa = b.build_hpa(
         REF,
         spec(
+            queueName="mail",
+            executor={"concurrency": 4},
             autoscaling={
                 "mode": "hpa",
                 "minReplicas": 2,
                 "maxReplicas": 7,
                 "targetUtilization": 0.75,
                 "scaleDownStabilizationSeconds": 120,
-            }
+            },
         ),
     )["spec"]
     assert hpa["scaleTargetRef"] == {
@@ -153,11 +155,75 @@ def test_hpa_targets_the_queue_scale_on_busy_ratio() -> None:
         "name": "emails",
     }
     assert (hpa["minReplicas"], hpa["maxReplicas"]) == (2, 7)
-    assert hpa["metrics"][0]["pods"] == {
+    by_queue = {"matchLabels": {"queue": "mail"}}
+    demand, busy_pods, ratio = hpa["metrics"]
+    # ceil((busy + ready) / (4 slots * 0.75)): the built-in autoscaler's formula
+    assert demand == {
+        "type": "External",
+        "external": {
+            "metric": {"name": "slotfleet_queue_demand", "selector": by_queue},
+            "target": {"type": "AverageValue", "averageValue": "3"},
+        },
+    }
+    assert busy_pods["external"] == {
+        "metric": {"name": "slotfleet_queue_busy_pods", "selector": by_queue},
+        "target": {"type": "AverageValue", "averageValue": "1"},
+    }
+    assert ratio["pods"] == {
         "metric": {"name": "slotfleet_slots_busy_ratio"},
         "target": {"type": "AverageValue", "averageValue": "750m"},
     }
-    assert hpa["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 120
+    assert hpa["behavior"] == {
+        # up at once: one pass may add as many pods as maxReplicas
+        "scaleUp": {
+            "stabilizationWindowSeconds": 0,
+            "selectPolicy": "Max",
+            "policies": [{"type": "Pods", "value": 7, "periodSeconds": 15}],
+        },
+        "scaleDown": {"stabilizationWindowSeconds": 120},
+    }
+
+
+def test_hpa_may_scale_to_zero_and_keeps_the_steps() -> None:
+    hpa = b.build_hpa(
+        REF,
+        spec(
+            executor={"concurrency": 3},
+            autoscaling={
+                "mode": "hpa",
+                "minReplicas": 0,
+                "targetUtilization": 0.7,
+                "maxScaleUpStep": 2,
+                "maxScaleDownStep": 1,
+            },
+        ),
+    )["spec"]
+    assert hpa["minReplicas"] == 0
+    # 3 slots * 0.7 is exactly 2.1 slots a pod, not 2.0999...
+    assert hpa["metrics"][0]["external"]["target"]["averageValue"] == "2100m"
+    assert hpa["metrics"][0]["external"]["metric"]["selector"] == {
+        "matchLabels": {"queue": "emails"}
+    }
+    assert hpa["behavior"]["scaleUp"]["policies"] == [
+        {"type": "Pods", "value": 2, "periodSeconds": 15}
+    ]
+    assert hpa["behavior"]["scaleDown"] == {
+        "stabilizationWindowSeconds": 60,
+        "selectPolicy": "Max",
+        "policies": [{"type": "Pods", "value": 1, "periodSeconds": 15}],
+    }
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [("2", "2"), ("1.6", "1600m"), ("0.8", "800m"), ("2.1", "2100m"), ("0.0004", "1m")],
+)
+def test_hpa_quantities(value: str, text: str) -> None:
+    from fractions import Fraction
+
+    from slotfleet.operator.hpa import quantity
+
+    assert quantity(Fraction(value)) == text
 
 
 def test_metrics_service_is_headless_over_the_metrics_port() -> None:

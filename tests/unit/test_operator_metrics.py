@@ -17,22 +17,27 @@ def sample(text: str, name: str, resource: str) -> float | None:
 def test_backlog_running_desired_and_store_up() -> None:
     metrics = OperatorMetrics()
     stats = QueueStats(queue="mail", ready=7, scheduled=2, running=3)
-    metrics.queues.observe("team-a", "emails", QueueFigures("mail", stats, desired_replicas=4))
+    metrics.queues.observe(
+        "team-a", "emails", QueueFigures("mail", stats, desired_replicas=4, busy_pods=2)
+    )
     text = metrics.render().decode()
     assert sample(text, "slotfleet_queue_pending", "emails") == 7
     assert sample(text, "slotfleet_queue_scheduled", "emails") == 2
     assert sample(text, "slotfleet_queue_running", "emails") == 3
     assert sample(text, "slotfleet_queue_desired_replicas", "emails") == 4
+    assert sample(text, "slotfleet_queue_busy_pods", "emails") == 2
     assert sample(text, "slotfleet_queue_store_up", "emails") == 1
 
 
 def test_store_down_keeps_the_last_backlog_and_says_so() -> None:
     metrics = OperatorMetrics()
     stats = QueueStats(queue="mail", ready=5)
-    metrics.queues.observe("team-a", "emails", QueueFigures("mail", stats))
+    metrics.queues.observe("team-a", "emails", QueueFigures("mail", stats, busy_pods=3))
     metrics.queues.observe("team-a", "emails", QueueFigures("mail", None))
     text = metrics.render().decode()
     assert sample(text, "slotfleet_queue_pending", "emails") == 5
+    # an HPA's busy-pods floor must not drop while the store does not answer
+    assert sample(text, "slotfleet_queue_busy_pods", "emails") == 3
     assert sample(text, "slotfleet_queue_store_up", "emails") == 0
     # no autoscaler answer (mode hpa or off): no desired-replicas sample at all
     assert sample(text, "slotfleet_queue_desired_replicas", "emails") is None

@@ -14,6 +14,7 @@ from .fixtures import (  # noqa: F401 - fixtures for tests in this directory
     namespace,
     test_node,
 )
+from .metrics_pipeline import metrics_pipeline  # noqa: F401 - Prometheus + prometheus-adapter
 from .operator_helpers import operator, queue_crd  # noqa: F401 - fixtures for the tests here
 
 

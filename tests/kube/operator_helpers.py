@@ -21,7 +21,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from slotfleet.models import Job, QueuedJob
+from slotfleet.models import Job, JobState, QueuedJob
 from slotfleet.store import open_store
 
 from .fixtures import KubeAdmin
@@ -81,13 +81,20 @@ class OperatorProcess:
     """``slotfleet operator`` as a subprocess, stopped (or killed) by PID."""
 
     def __init__(
-        self, admin: KubeAdmin, namespace: str, log: Path, interval: float | None = 1.0
+        self,
+        admin: KubeAdmin,
+        namespace: str,
+        log: Path,
+        interval: float | None = 1.0,
+        metrics_port: int | None = None,
     ) -> None:
         self.admin = admin
         self.namespace = namespace
         self.log = log
         self.interval = interval
         """``--interval``; ``None`` runs with the operator's default (what users get)."""
+        self.metrics_port = metrics_port
+        """``--metrics-port`` on 127.0.0.1 (the Queue gauges); ``None``: not served."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -97,6 +104,8 @@ class OperatorProcess:
         argv += ["--namespace", self.namespace, "--verbose"]
         if self.interval is not None:
             argv += ["--interval", f"{self.interval:g}"]
+        if self.metrics_port is not None:
+            argv += ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv,
@@ -251,3 +260,64 @@ async def store_list(dsn: str, queue: str) -> list[QueuedJob]:
         return await store.list_jobs(queue=queue, limit=1000)
     finally:
         await store.close()
+
+
+# ------------------------------------------------------------------ fleets and jobs
+
+
+def spec_replicas(admin: KubeAdmin, namespace: str, name: str) -> int:
+    return int(get_queue(admin, namespace, name)["spec"].get("replicas", 0))
+
+
+def assert_every_job_ran_once(jobs: list[QueuedJob], expected: int) -> None:
+    """Every job ``succeeded`` with ``attempts == 1``: a job cut short by a scale-down
+    (handed back by a drain, or killed) would show ``attempts == 2`` or another state."""
+    assert len(jobs) == expected
+    bad = [(j.id, j.state.value, j.attempts, j.errors) for j in jobs]
+    bad = [b for b in bad if b[1] != "succeeded" or b[2] != 1]
+    assert not bad, f"jobs not succeeded exactly once: {bad}"
+
+
+def spread_long_jobs(
+    dsn: str,
+    queue: str,
+    *,
+    long_seconds: float,
+    slots_per_pod: int,
+    filler_seconds: float = 6.0,
+    most: int = 6,
+) -> tuple[dict[int, str], set[int]]:
+    """Start long jobs, one at a time, until they sit on more pods than their slots need
+    (say two jobs on two 2-slot pods): the case where sizing by ``ceil(busy / slots)``
+    alone would let a scale-down stop a pod that runs a job. Which idle worker claims a
+    job is a race, so after each long job short fillers are queued until the pod holding
+    it is full: the next long job cannot land there.
+
+    Returns the long jobs' holders (job id -> pod, the worker id being the pod name) and
+    the fillers' ids."""
+    holders: dict[int, str] = {}
+    fillers: set[int] = set()
+
+    def running_on(pod: str) -> int:
+        jobs = run(store_list(dsn, queue))
+        return sum(1 for j in jobs if j.state is JobState.RUNNING and j.lease_owner == pod)
+
+    def start(seconds: float, to: str) -> tuple[int, str]:
+        (job,) = run(store_enqueue(dsn, [email(queue, to, seconds)]))
+
+        def owner() -> str | None:
+            found = {j.id: j for j in run(store_list(dsn, queue))}[job.id]
+            return found.lease_owner if found.state is JobState.RUNNING else None
+
+        return job.id, wait_for(f"job {to} to start", owner, 30, interval=0.1)
+
+    while len(set(holders.values())) <= -(-len(holders) // slots_per_pod):
+        assert len(holders) < most, f"long jobs did not spread over the pods: {holders}"
+        job_id, holders[job_id] = start(long_seconds, f"long{len(holders)}")
+        for n in range(8):
+            if running_on(holders[job_id]) >= slots_per_pod:
+                break
+            fillers.add(start(filler_seconds, f"filler{len(holders)}-{n}")[0])
+        else:
+            raise AssertionError(f"eight fillers never filled {holders[job_id]}")
+    return holders, fillers

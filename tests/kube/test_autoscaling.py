@@ -11,10 +11,7 @@ run again, so its attempts would be 2), the test node sent no SIGKILL, and no po
 SIGTERM while it held a running job (a running job's ``lease_owner`` is its worker id,
 which is the pod's name).
 
-HPA mode is checked as far as this control plane allows: there is no metrics API (no
-metrics-server, no prometheus-adapter), so the real HPA controller reports
-``ScalingActive=False`` (FailedGetPodsMetric); what it can prove is that the HPA is
-accepted and reaches the Queue through its ``/scale`` subresource: ``AbleToScale=True``.
+HPA mode, on a real metrics pipeline, is in ``tests/kube/test_hpa.py``.
 """
 
 from __future__ import annotations
@@ -31,12 +28,14 @@ from .fixtures import KubeAdmin
 from .operator_helpers import (
     OperatorProcess,
     apply_queue,
+    assert_every_job_ran_once,
     create_secret,
     email,
-    get_queue,
     queue_manifest,
     run,
     running_pods,
+    spec_replicas,
+    spread_long_jobs,
     wait_for,
 )
 from .operator_helpers import (
@@ -69,10 +68,6 @@ def autoscaled_queue(name: str, *, min_replicas: int, max_replicas: int) -> dict
     )
 
 
-def spec_replicas(admin: KubeAdmin, namespace: str, name: str) -> int:
-    return int(get_queue(admin, namespace, name)["spec"].get("replicas", 0))
-
-
 def pod_costs(admin: KubeAdmin, namespace: str, queue: str) -> dict[str, str | None]:
     return {
         p.metadata.name: (p.metadata.annotations or {}).get(
@@ -80,13 +75,6 @@ def pod_costs(admin: KubeAdmin, namespace: str, queue: str) -> dict[str, str | N
         )
         for p in running_pods(admin, namespace, queue)
     }
-
-
-def assert_every_job_ran_once(jobs: list[QueuedJob], expected: int) -> None:
-    assert len(jobs) == expected
-    bad = [(j.id, j.state.value, j.attempts, j.errors) for j in jobs]
-    bad = [b for b in bad if b[1] != "succeeded" or b[2] != 1]
-    assert not bad, f"jobs not succeeded exactly once: {bad}"
 
 
 # ------------------------------------------------------------------ burst and scale-down
@@ -123,37 +111,12 @@ def test_burst_scales_up_and_scale_down_keeps_pods_running_long_jobs(
         90,
     )
 
-    # Long jobs, one at a time, until they sit on more pods than their slots need (two
-    # jobs on two pods: one pod's slots would do). That is the case where a floor of
-    # ceil(busy / slots) would let the scale-down stop a pod that runs a job. Which idle
-    # worker claims a job is a race, so after each long job short fillers are queued until
-    # the pod holding it is full: the next long job cannot land there.
-    long_ids: set[int] = set()
-    holders: dict[int, str] = {}
-
-    def running_on(pod: str) -> int:
-        jobs = run(all_jobs(postgres_dsn, name))
-        return sum(1 for j in jobs if j.state is JobState.RUNNING and j.lease_owner == pod)
-
-    def start(seconds: float, to: str) -> tuple[int, str]:
-        (job,) = run(enqueue(postgres_dsn, [email(name, to, seconds)]))
-
-        def owner() -> str | None:
-            found = {j.id: j for j in run(all_jobs(postgres_dsn, name))}[job.id]
-            return found.lease_owner if found.state is JobState.RUNNING else None
-
-        return job.id, wait_for(f"job {to} to start", owner, 30, interval=0.1)
-
-    while len(set(holders.values())) <= -(-len(holders) // 2):
-        assert len(long_ids) < 6, f"long jobs did not spread over the pods: {holders}"
-        job_id, holders[job_id] = start(25.0, f"long{len(long_ids)}")
-        long_ids.add(job_id)
-        for n in range(8):
-            if running_on(holders[job_id]) >= 2:
-                break
-            short_ids.add(start(6.0, f"filler{len(long_ids)}-{n}")[0])
-        else:
-            raise AssertionError(f"eight fillers never filled {holders[job_id]}")
+    # Long jobs on more pods than their slots need (two jobs on two pods: one pod's slots
+    # would do): the case where a floor of ceil(busy / slots) would let the scale-down stop
+    # a pod that runs a job.
+    holders, fillers = spread_long_jobs(postgres_dsn, name, long_seconds=25.0, slots_per_pod=2)
+    long_ids = set(holders)
+    short_ids |= fillers
 
     # Until every job is done: no pod that holds a running job gets SIGTERM, busy pods
     # carry a deletion cost, and the fleet shrinks while the long jobs still run.
@@ -258,43 +221,3 @@ def test_scale_to_zero_after_idle_seconds_and_back_on_a_new_job(
     ]
     assert any("scale to zero" in m for m in reasons), reasons
     assert any("scale from zero" in m for m in reasons), reasons
-
-
-# ------------------------------------------------------------------ HPA mode
-
-
-def test_hpa_mode_hpa_reaches_the_queue_through_its_scale_subresource(
-    kube_admin: KubeAdmin,
-    namespace: str,
-    operator: OperatorProcess,
-    postgres_dsn: str,
-) -> None:
-    """The real HPA controller reads the Queue's ``/scale`` (AbleToScale=True). Without a
-    metrics API it cannot compute a size (ScalingActive=False): expected here, and not
-    asserted on."""
-    name = "elastic"
-    create_secret(kube_admin, namespace, postgres_dsn)
-    apply_queue(
-        kube_admin,
-        namespace,
-        queue_manifest(
-            name,
-            replicas=1,
-            autoscaling={"mode": "hpa", "minReplicas": 1, "maxReplicas": 3},
-        ),
-    )
-    hpas = client.AutoscalingV2Api(kube_admin.api_client)
-
-    def able_to_scale() -> Any:
-        hpa = hpas.read_namespaced_horizontal_pod_autoscaler(name, namespace)
-        for cond in (hpa.status and hpa.status.conditions) or []:
-            if cond.type == "AbleToScale" and cond.status == "True":
-                return cond
-        return None
-
-    cond = wait_for("HPA condition AbleToScale=True", able_to_scale, 90)
-    assert cond.reason in ("SucceededGetScale", "ReadyForNewScale", "SucceededRescale")
-    # the HPA saw the Queue's current size through /scale
-    hpa = hpas.read_namespaced_horizontal_pod_autoscaler(name, namespace)
-    assert hpa.status is not None
-    assert hpa.status.current_replicas == 1

@@ -47,6 +47,19 @@ async def async_sleep(seconds: float, marker: str | None = None) -> str:
     return "slept"
 
 
+async def async_hold(release_file: str, most: float = 240.0) -> str:
+    """Runs until ``release_file`` exists (at most ``most`` seconds): a job whose end the
+    test decides, once it has seen what it waits for, instead of a length guessed to
+    outlast it."""
+    release = Path(release_file)
+    deadline = time.monotonic() + most
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(release.exists):
+            return "released"
+        await asyncio.sleep(0.1)
+    return "timed out"
+
+
 def sleep(seconds: float, marker: str | None = None) -> str:
     """Sleeps cooperatively: returns early when its cancel token is set."""
     _mark(marker)

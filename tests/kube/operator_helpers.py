@@ -282,7 +282,7 @@ def spread_long_jobs(
     dsn: str,
     queue: str,
     *,
-    long_seconds: float,
+    long_job: Callable[[str], Job],
     slots_per_pod: int,
     filler_seconds: float = 6.0,
     most: int = 6,
@@ -293,8 +293,8 @@ def spread_long_jobs(
     job is a race, so after each long job short fillers are queued until the pod holding
     it is full: the next long job cannot land there.
 
-    Returns the long jobs' holders (job id -> pod, the worker id being the pod name) and
-    the fillers' ids."""
+    ``long_job(name)`` makes each long job. Returns the long jobs' holders (job id -> pod,
+    the worker id being the pod name) and the fillers' ids."""
     holders: dict[int, str] = {}
     fillers: set[int] = set()
 
@@ -302,8 +302,8 @@ def spread_long_jobs(
         jobs = run(store_list(dsn, queue))
         return sum(1 for j in jobs if j.state is JobState.RUNNING and j.lease_owner == pod)
 
-    def start(seconds: float, to: str) -> tuple[int, str]:
-        (job,) = run(store_enqueue(dsn, [email(queue, to, seconds)]))
+    def start(new: Job, to: str) -> tuple[int, str]:
+        (job,) = run(store_enqueue(dsn, [new]))
 
         def owner() -> str | None:
             found = {j.id: j for j in run(store_list(dsn, queue))}[job.id]
@@ -313,11 +313,13 @@ def spread_long_jobs(
 
     while len(set(holders.values())) <= -(-len(holders) // slots_per_pod):
         assert len(holders) < most, f"long jobs did not spread over the pods: {holders}"
-        job_id, holders[job_id] = start(long_seconds, f"long{len(holders)}")
+        to = f"long{len(holders)}"
+        job_id, holders[job_id] = start(long_job(to), to)
         for n in range(8):
             if running_on(holders[job_id]) >= slots_per_pod:
                 break
-            fillers.add(start(filler_seconds, f"filler{len(holders)}-{n}")[0])
+            to = f"filler{len(holders)}-{n}"
+            fillers.add(start(email(queue, to, filler_seconds), to)[0])
         else:
             raise AssertionError(f"eight fillers never filled {holders[job_id]}")
     return holders, fillers

@@ -114,7 +114,9 @@ def test_burst_scales_up_and_scale_down_keeps_pods_running_long_jobs(
     # Long jobs on more pods than their slots need (two jobs on two pods: one pod's slots
     # would do): the case where a floor of ceil(busy / slots) would let the scale-down stop
     # a pod that runs a job.
-    holders, fillers = spread_long_jobs(postgres_dsn, name, long_seconds=25.0, slots_per_pod=2)
+    holders, fillers = spread_long_jobs(
+        postgres_dsn, name, long_job=lambda to: email(name, to, 25.0), slots_per_pod=2
+    )
     long_ids = set(holders)
     short_ids |= fillers
 

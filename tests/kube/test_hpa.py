@@ -20,15 +20,14 @@ SIGKILL, and no pod got SIGTERM while it held a running job.
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from slotfleet.models import JobState, QueuedJob
+from slotfleet.models import Job, JobState, QueuedJob
 
 from .controlplane import free_port
 from .fixtures import KubeAdmin
@@ -81,6 +80,7 @@ def hpa_queue(name: str, **autoscaling: Any) -> dict[str, Any]:
     return queue_manifest(
         name,
         replicas=1,
+        imports=["examples.tasks", "tests.tasks"],
         executor={"kind": "async", "concurrency": SLOTS},
         autoscaling={"mode": "hpa", "targetUtilization": 1.0, **autoscaling},
         # short, as in test_autoscaling: a pod told to stop while it runs a long job hands
@@ -110,7 +110,10 @@ def scaling_active(admin: KubeAdmin, namespace: str, name: str) -> Any:
 
 def current_metrics(admin: KubeAdmin, namespace: str, name: str) -> dict[str, float]:
     """What the HPA read on its last pass, by metric name (quantities as numbers)."""
-    hpa = read_hpa(admin, namespace, name)
+    return metrics_of(read_hpa(admin, namespace, name))
+
+
+def metrics_of(hpa: Any) -> dict[str, float]:
     out: dict[str, float] = {}
     for metric in (hpa.status and hpa.status.current_metrics) or []:
         if metric.type == "External":
@@ -124,6 +127,73 @@ def quantity(text: str) -> float:
     match = re.fullmatch(r"([0-9.]+)(m?)", text)
     assert match, text
     return float(match.group(1)) / (1000 if match.group(2) else 1)
+
+
+def hpa_status(admin: KubeAdmin, namespace: str, name: str) -> tuple[int, int, dict[str, float]]:
+    """``(desiredReplicas, currentReplicas, current averages by metric)`` from one read of
+    the HPA's status: what one pass of the HPA controller computed."""
+    hpa = read_hpa(admin, namespace, name)
+    status = hpa.status
+    return (
+        int(status.desired_replicas or 0),
+        int(status.current_replicas or 0),
+        metrics_of(hpa),
+    )
+
+
+class FleetWatch:
+    """Watches a Queue's fleet while it scales: every :meth:`until` check also asserts that
+    no pod got SIGTERM while it held a running job, that the Queue never had fewer pods
+    than hold a long job, and records the busy pods' deletion costs."""
+
+    def __init__(
+        self,
+        admin: KubeAdmin,
+        namespace: str,
+        name: str,
+        dsn: str,
+        node: TestNode,
+        long_ids: set[int],
+    ) -> None:
+        self.admin, self.namespace, self.name, self.dsn = admin, namespace, name, dsn
+        self.node = node
+        self.long_ids = long_ids
+        self.jobs: list[QueuedJob] = []
+        self.replicas = 0
+        self.replicas_seen: list[int] = []
+        self.busy_costs: dict[str, str | None] = {}
+
+    def look(self) -> None:
+        # replicas first: jobs seen running just after were running when it was read
+        self.replicas = spec_replicas(self.admin, self.namespace, self.name)
+        self.jobs = run(all_jobs(self.dsn, self.name))
+        running = [j for j in self.jobs if j.state is JobState.RUNNING]
+        sigtermed = {pod for _, pod in self.node.sigtermed(self.namespace)}
+        for job in running:
+            assert job.lease_owner not in sigtermed, (
+                f"pod {job.lease_owner} got SIGTERM while it ran job {job.id}; "
+                f"SIGTERM sent to {sorted(sigtermed)}"
+            )
+        holding = {j.lease_owner for j in running if j.id in self.long_ids}
+        if holding:
+            self.replicas_seen.append(self.replicas)
+            assert self.replicas >= len(holding), (self.replicas, holding)
+        costs = {
+            p.metadata.name: (p.metadata.annotations or {}).get(
+                "controller.kubernetes.io/pod-deletion-cost"
+            )
+            for p in running_pods(self.admin, self.namespace, self.name)
+        }
+        for pod in holding:
+            if pod in costs:
+                self.busy_costs[str(pod)] = costs[pod]
+
+    def until(self, what: str, done: Callable[[], bool], timeout: float = 180) -> None:
+        def check() -> bool:
+            self.look()
+            return done()
+
+        wait_for(what, check, timeout)
 
 
 def external_metric(admin: KubeAdmin, namespace: str, metric: str, queue: str) -> float | None:
@@ -148,6 +218,7 @@ def test_hpa_scales_on_the_backlog_and_down_without_killing_a_job(
     hpa_operator: OperatorProcess,
     test_node: TestNode,
     postgres_dsn: str,
+    tmp_path: Path,
 ) -> None:
     name = "surge"
     create_secret(kube_admin, namespace, postgres_dsn)
@@ -207,48 +278,40 @@ def test_hpa_scales_on_the_backlog_and_down_without_killing_a_job(
 
     # Long jobs on more pods than their slots need, while the window holds the fleet: the
     # demand then asks for fewer pods than run jobs; the busy-pods floor must keep them.
-    holders, fillers = spread_long_jobs(postgres_dsn, name, long_seconds=20.0, slots_per_pod=2)
-    long_ids = set(holders)
+    # They run until the test has seen the HPA settle with them (release file).
+    release = tmp_path / "release"
 
-    busy_costs: dict[str, str | None] = {}
-    floor_checks: list[tuple[int, int]] = []  # (spec.replicas, pods running a long job)
-    deadline = time.monotonic() + 180
-    while True:
-        replicas = spec_replicas(kube_admin, namespace, name)
-        jobs: list[QueuedJob] = run(all_jobs(postgres_dsn, name))
-        running = [j for j in jobs if j.state is JobState.RUNNING]
-        sigtermed = {pod for _, pod in test_node.sigtermed(namespace)}
-        for job in running:
-            assert job.lease_owner not in sigtermed, (
-                f"pod {job.lease_owner} got SIGTERM while it ran job {job.id}; "
-                f"SIGTERM sent to {sorted(sigtermed)}"
-            )
-        running_long = [j for j in running if j.id in long_ids]
-        if running_long:
-            floor_checks.append((replicas, len({j.lease_owner for j in running_long})))
-            costs = {
-                p.metadata.name: (p.metadata.annotations or {}).get(
-                    "controller.kubernetes.io/pod-deletion-cost"
-                )
-                for p in running_pods(kube_admin, namespace, name)
-            }
-            for job in running_long:
-                if job.lease_owner in costs:
-                    busy_costs[str(job.lease_owner)] = costs[str(job.lease_owner)]
-        if all(j.is_terminal for j in jobs):
-            break
-        assert time.monotonic() < deadline, f"jobs still not done: {[j.state for j in jobs]}"
-        time.sleep(0.3)
+    def hold(to: str) -> Job:
+        kwargs = {"release_file": str(release), "most": 240.0}
+        return Job(func="tests.tasks:async_hold", queue=name, kwargs=kwargs)
 
-    assert_every_job_ran_once(jobs, len(burst) + len(long_ids) + len(fillers))
-    # the HPA shrank the fleet while the long jobs ran (idle pods went) ...
-    assert min(r for r, _ in floor_checks) < 6, floor_checks
+    holders, fillers = spread_long_jobs(postgres_dsn, name, long_job=hold, slots_per_pod=SLOTS)
+    floor = len(set(holders.values()))
+    assert floor > -(-len(holders) // SLOTS), holders  # what spread_long_jobs promises
+    watch = FleetWatch(kube_admin, namespace, name, postgres_dsn, test_node, set(holders))
+
+    def settled_at_the_floor() -> bool:
+        """Every other job is done, and on one pass the HPA read a demand of exactly the
+        held jobs (which alone would ask for fewer pods), a busy-pods metric of the pods
+        holding them, and asked for that many pods, which the Queue has."""
+        if not all(j.is_terminal for j in watch.jobs if j.id not in holders):
+            return False
+        desired, current, averages = hpa_status(kube_admin, namespace, name)
+        totals = {metric: round(avg * current) for metric, avg in averages.items()}
+        return (
+            totals.get("slotfleet_queue_demand") == len(holders)
+            and totals.get("slotfleet_queue_busy_pods") == floor
+            and desired == floor == watch.replicas
+        )
+
+    watch.until("the HPA to settle at the pods holding the long jobs", settled_at_the_floor)
+    assert min(watch.replicas_seen) == floor, watch.replicas_seen  # it shrank, to the floor
+    release.write_text("done")
+    watch.until("every job to finish", lambda: all(j.is_terminal for j in watch.jobs))
+
+    assert_every_job_ran_once(watch.jobs, len(burst) + len(holders) + len(fillers))
     assert test_node.sigtermed(namespace), "the scale-down sent no SIGTERM at all"
-    # ... never below the pods holding them, though demand alone asked for one pod
-    both = [replicas for replicas, pods in floor_checks if pods >= 2]
-    assert both, f"the long jobs never ran on two pods at once: {holders}"
-    assert min(both) >= 2, (floor_checks, holders)
-    assert all(cost not in (None, "0") for cost in busy_costs.values()), busy_costs
+    assert all(cost not in (None, "0") for cost in watch.busy_costs.values()), watch.busy_costs
     assert not [k for k in test_node.sigkill_log if k[0] == namespace]
 
     # with the work done, back to minReplicas

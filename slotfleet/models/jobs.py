@@ -385,6 +385,9 @@ class Completion(BaseModel):
     error: JobError | None = None
     retry_delay: Annotated[float, Field(ge=0)] | None = None
     """For ``RETRY``: seconds from the store's clock until the job is ready again."""
+    meta: dict[str, Any] | None = None
+    """The job's ``meta`` as the attempt left it, when the job was handed its instance
+    (checked against the payload limits by the executor); ``None`` keeps the stored one."""
 
     @model_validator(mode="after")
     def _check(self) -> Completion:

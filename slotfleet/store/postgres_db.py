@@ -179,6 +179,7 @@ def completion_document(batch: Sequence[Completion]) -> str:
                 "result": c.result,
                 "error": error_json(c),
                 "retry_delay": c.retry_delay,
+                "meta": c.meta,
             }
             for c in batch
         ],

@@ -201,7 +201,8 @@ COMPLETE = """
 WITH c AS (
     SELECT *
     FROM json_to_recordset(%(completions)s::json) AS t(
-        id bigint, token text, outcome text, result json, error jsonb, retry_delay float8
+        id bigint, token text, outcome text, result json, error jsonb, retry_delay float8,
+        meta json
     )
 ),
 updated AS (
@@ -222,6 +223,8 @@ updated AS (
             ELSE j.scheduled_at
         END,
         result = CASE WHEN c.outcome = 'succeeded' THEN c.result ELSE j.result END,
+        -- The meta a job left on its instance (absent: the job never had it).
+        meta = coalesce(c.meta, j.meta),
         errors = CASE
             WHEN c.error IS NULL THEN j.errors ELSE j.errors || jsonb_build_array(c.error)
         END,

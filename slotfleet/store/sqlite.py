@@ -257,6 +257,7 @@ class SQLiteStore(SQLiteReads):
                         "result": None if c.result is None else dump_json(c.result),
                         "error": None if error is None else dump_json(error),
                         "retry_delay": c.retry_delay,
+                        "meta": None if c.meta is None else dump_json(c.meta),
                         "now": now,
                     },
                 ).fetchone()

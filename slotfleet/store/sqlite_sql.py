@@ -109,6 +109,7 @@ SET state = CASE
         ELSE scheduled_at
     END,
     result = CASE WHEN :outcome = 'succeeded' THEN :result ELSE result END,
+    meta = coalesce(:meta, meta),
     errors = CASE
         WHEN :error IS NULL THEN errors
         ELSE json_insert(errors, '$[#]', json(:error))

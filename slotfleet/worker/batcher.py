@@ -160,7 +160,13 @@ class CompletionBatcher:
             at=self._clock(),
         )
         failure = completion.model_copy(
-            update={"outcome": Outcome.FAILED, "result": None, "error": error, "retry_delay": None}
+            update={
+                "outcome": Outcome.FAILED,
+                "result": None,
+                "error": error,
+                "retry_delay": None,
+                "meta": None,  # the failure must be storable: keep the stored meta
+            }
         )
         try:
             return await self._store.complete([failure])

@@ -130,3 +130,37 @@ async def test_completions_survive_an_outage_and_are_written_once(
     assert [c.job_id for c in store.applied] == [JobId(n) for n in range(1, 9)]
     assert batcher.pending == 0
     assert all("Traceback" not in r.getMessage() for r in caplog.records)
+
+
+class RefusesMeta:
+    """Refuses any batch holding a completion that carries meta (as a store would refuse
+    meta it cannot keep); applies the rest."""
+
+    def __init__(self) -> None:
+        self.applied: list[Completion] = []
+
+    async def complete(self, completions: Sequence[Completion]) -> list[JobId]:
+        if any(c.meta is not None for c in completions):
+            raise StoreError("database error: cannot store this meta")
+        self.applied.extend(completions)
+        return [c.job_id for c in completions]
+
+
+async def test_the_failure_replacing_a_refused_completion_leaves_meta_alone() -> None:
+    """The failure written in place of a refused completion must itself be storable: it
+    carries no meta (the stored meta stays), or it would be refused in turn and dropped,
+    leaving the job to its lease."""
+    store = RefusesMeta()
+    batcher = batcher_for(store)
+    task = asyncio.create_task(batcher.run())
+    try:
+        batcher.add(completion(1).model_copy(update={"meta": {"progress": 1}}))
+        batcher.add(completion(2))
+        assert await batcher.flush(timeout=5)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    by_job = {c.job_id: c for c in store.applied}
+    assert by_job[JobId(1)].outcome is Outcome.FAILED
+    assert by_job[JobId(1)].meta is None
+    assert by_job[JobId(2)].outcome is Outcome.SUCCEEDED

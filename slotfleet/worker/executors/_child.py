@@ -1,8 +1,12 @@
 """The child side of the process executor: a loop that runs one job at a time.
 
-A child receives ``(func_path, kwargs_json)`` on its pipe, runs the function (an
-``async def`` one with ``asyncio.run``) and answers ``("ok", result_json)`` or
-``("err", type_name, message, traceback)``; ``None`` or a closed pipe ends it. SIGTERM
+A child receives ``(func_path, kwargs_json, job_json)`` on its pipe, runs the function
+(an ``async def`` one with ``asyncio.run``) and answers ``("ok", result_json, meta)`` or
+``("err", type_name, message, traceback, meta)``; ``None`` or a closed pipe ends it.
+``job_json`` is the job's instance without its kwargs: it is decoded into a
+``QueuedJob`` only for a function with a keyword-only parameter annotated ``QueuedJob``
+(see ``instance.py``), and then ``meta`` is ``("meta", meta_json)`` (what the job left in
+``meta``) or ``("problem", why)`` when that cannot be stored; otherwise ``None``. SIGTERM
 while a job runs sets the job's cancel token and raises :class:`JobCancelled` inside the
 job's code; between jobs it is ignored (the parent decides what happens next). SIGINT is
 ignored: a Ctrl-C in a terminal reaches the whole process group, and the parent drains.
@@ -27,10 +31,14 @@ import sys
 import traceback
 from multiprocessing.connection import Connection
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slotfleet.worker.context import CancelToken, JobCancelled, use_token
 from slotfleet.worker.executors.functions import encode_result, resolve_function
+from slotfleet.worker.executors.instance import instance_params, meta_problem
+
+if TYPE_CHECKING:
+    from slotfleet.models.jobs import QueuedJob
 
 _running: list[CancelToken] = []
 
@@ -41,11 +49,17 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise JobCancelled("job stopped by SIGTERM")
 
 
-def _run(path: str, kwargs_json: str) -> tuple[Any, ...]:
+def _run(path: str, kwargs_json: str, job_json: str) -> tuple[Any, ...]:
     token = CancelToken()
+    instance: QueuedJob | None = None
     try:
         func = resolve_function(path)
         kwargs = json.loads(kwargs_json)
+        names = instance_params(func)
+        if names:
+            instance = _instance(job_json, kwargs)
+            for name in names:
+                kwargs[name] = instance
         _running.append(token)
         try:
             with use_token(token):
@@ -54,9 +68,28 @@ def _run(path: str, kwargs_json: str) -> tuple[Any, ...]:
                     result = asyncio.run(_await(result))
         finally:
             _running.clear()
-        return ("ok", encode_result(result))
+        return ("ok", encode_result(result), _meta(instance))
     except BaseException as exc:  # the job's SystemExit too: report it, keep serving
-        return ("err", type(exc).__name__, *_describe(exc))
+        return ("err", type(exc).__name__, *_describe(exc), _meta(instance))
+
+
+def _instance(job_json: str, kwargs: dict[str, Any]) -> QueuedJob:
+    """The job's instance as the worker holds it (the store's row, checked there)."""
+    from slotfleet.models.jobs import TRUSTED_ROW, QueuedJob
+
+    data = json.loads(job_json)
+    data["kwargs"] = dict(kwargs)
+    return QueuedJob.model_validate(data, context={TRUSTED_ROW: True})
+
+
+def _meta(instance: QueuedJob | None) -> tuple[str, str] | None:
+    """What goes back about the instance's ``meta`` (see the module docstring)."""
+    if instance is None:
+        return None
+    problem = meta_problem(instance.meta)
+    if problem is not None:
+        return ("problem", problem)
+    return ("meta", json.dumps(instance.meta, ensure_ascii=False))
 
 
 def _describe(exc: BaseException) -> tuple[str, str]:

@@ -65,6 +65,7 @@ class AsyncExecutor(Executor):
         result: Any = None
         try:
             func, kwargs = self.get_function_and_kwargs(run.job)
+            run.instance = any(value is run.job for value in kwargs.values())
             if not inspect.iscoroutinefunction(func):
                 raise NotACoroutineError(
                     f"{run.job.func} is not an async function; the async executor runs "

@@ -35,6 +35,11 @@ Outcomes, in one place:
 - an attempt whose lease the store says is gone (:meth:`Executor.lose`: the worker was
   paused past its lease and the job was taken back) is interrupted and reports nothing:
   its completion would be refused anyway, and the job belongs to another attempt now;
+- a job handed its own instance (:meth:`Executor.get_function_and_kwargs`: a keyword-only
+  parameter annotated ``QueuedJob``) has its ``meta`` stored with the completion, whatever
+  the outcome; meta that cannot be stored (not JSON, past the payload limits) fails an
+  attempt that succeeded otherwise, is added to the error of one that failed, and keeps
+  the stored meta;
 - anything that goes wrong while deciding the outcome (an exception whose ``__str__``
   raises, a result that cannot be checked) still ends the attempt, as a failure that
   says so: a supervising task never dies leaving its job ``running``.
@@ -50,13 +55,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from slotfleet.models import (
     Completion,
@@ -69,58 +73,22 @@ from slotfleet.models import (
 )
 from slotfleet.models.jobs import check_json_payload
 from slotfleet.store import Lease
-from slotfleet.worker.context import CancelToken, JobCancelled
+from slotfleet.worker.context import JobCancelled
+from slotfleet.worker.executors.attempt import ExecutorHost, Run, lease_of
 from slotfleet.worker.executors.functions import encode_result, resolve_function
+from slotfleet.worker.executors.instance import instance_params, meta_problem
 from slotfleet.worker.executors.outcomes import (
     JobReleased,
     JobTimeout,
+    UnstorableMetaError,
     describe_error,
     format_seconds,
     safe_str,
 )
 
+__all__ = ["ConcurrentExecutor", "Executor", "ExecutorHost", "Run", "lease_of"]
 
-def lease_of(job: QueuedJob) -> Lease:
-    """The ``(job id, claim token)`` pair naming one attempt of ``job``."""
-    return (job.id, job.lease_token or "")
-
-
-class ExecutorHost(Protocol):
-    """What an executor needs from the worker that owns it."""
-
-    @property
-    def worker_id(self) -> str:
-        """The lease owner written into every completion."""
-        ...
-
-    def now(self) -> datetime:
-        """The current time (timezone-aware), for retry times and error records."""
-        ...
-
-    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
-        """Take a finished attempt: batch its completion and count it in the metrics."""
-        ...
-
-    def slot_freed(self, queue: str) -> None:
-        """A slot of ``queue`` became free: the fetch loop may take another job."""
-        ...
-
-    def lease_lost(self, job: QueuedJob) -> None:
-        """An attempt's lease was lost (see :meth:`Executor.lose`): count it."""
-        ...
-
-
-@dataclass(eq=False)
-class Run:
-    """One attempt in an executor: its job, cancel token and supervising task."""
-
-    job: QueuedJob
-    token: CancelToken = field(default_factory=CancelToken)
-    task: asyncio.Task[None] | None = None
-    deadline: asyncio.TimerHandle | None = None
-    started: float = field(default_factory=time.monotonic)
-    state: dict[str, Any] = field(default_factory=dict)
-    """Executor-specific bits (the inner task, the child process)."""
+log = logging.getLogger(__name__)
 
 
 class Executor(ABC):
@@ -177,8 +145,15 @@ class Executor(ABC):
 
     @staticmethod
     def get_function_and_kwargs(job: QueuedJob) -> tuple[Callable[..., Any], dict[str, Any]]:
-        """The callable behind ``job.func`` (unwrapping ``@job``) and its kwargs."""
-        return resolve_function(job.func), dict(job.kwargs)
+        """The callable behind ``job.func`` (unwrapping ``@job``) and its kwargs, with
+        ``job`` itself under every keyword-only parameter annotated ``QueuedJob``
+        (whatever its name; see :mod:`~slotfleet.worker.executors.instance`). What the
+        job writes into ``job.meta`` is stored with the attempt's completion."""
+        func = resolve_function(job.func)
+        kwargs = dict(job.kwargs)
+        for name in instance_params(func):
+            kwargs[name] = job
+        return func, kwargs
 
     async def on_job_starting(self, job: QueuedJob) -> QueuedJob:
         """Called before a job runs; marks the attempt open so it is reported once."""
@@ -191,11 +166,18 @@ class Executor(ABC):
         """Decide the attempt's outcome and hand it to the worker. Reported once:
         later calls for the same attempt (a timed-out thread returning, an attempt
         whose lease was lost) do nothing."""
-        started = self._open.pop(lease_of(job), None)
+        lease = lease_of(job)
+        started = self._open.pop(lease, None)
         if started is None:
             return
         try:
-            completion = self.decide(job, exc, result)
+            run = self._runs.get(lease)
+            if run is not None and run.instance:
+                problem = run.state.get("meta_problem") or meta_problem(job.meta)
+                meta = None if problem else job.meta
+                completion = self.decide(job, exc, result, meta=meta, meta_problem=problem)
+            else:
+                completion = self.decide(job, exc, result)
         except Exception as bad:  # never leave the job running for want of a verdict
             completion = self.undecided(job, bad)
         self.worker.job_completed(job, completion, time.monotonic() - started)
@@ -233,10 +215,25 @@ class Executor(ABC):
 
     # -- shared machinery ---------------------------------------------------------
 
-    def decide(self, job: QueuedJob, exc: Exception | None, result: Any) -> Completion:
-        """The completion for an attempt that ended with ``exc`` or ``result``."""
+    def decide(
+        self,
+        job: QueuedJob,
+        exc: Exception | None,
+        result: Any,
+        *,
+        meta: dict[str, Any] | None = None,
+        meta_problem: str | None = None,
+    ) -> Completion:
+        """The completion for an attempt that ended with ``exc`` or ``result``.
+
+        ``meta`` (checked) is stored with it whatever the outcome. ``meta_problem`` says
+        why the job's meta cannot be: it fails an attempt that succeeded otherwise, is
+        added to the error of one that failed, and is only logged for a cancelled or
+        handed-back attempt; the stored meta stays as it was."""
         worker_id = self.worker.worker_id
         token = job.lease_token or ""
+        if exc is None and meta_problem is not None:
+            exc = UnstorableMetaError(meta_problem)
         if exc is None:
             try:
                 normalized = json.loads(encode_result(result))
@@ -253,13 +250,23 @@ class Executor(ABC):
                     attempt=job.attempts,
                     outcome=Outcome.SUCCEEDED,
                     result=normalized,
+                    meta=meta,
                 )
-        ids = {"job_id": job.id, "worker_id": worker_id, "token": token, "attempt": job.attempts}
-        if isinstance(exc, JobCancelled):
-            return Completion(**ids, outcome=Outcome.CANCELLED)
-        if isinstance(exc, JobReleased):
-            return Completion(**ids, outcome=Outcome.RELEASED)
+        ids = {
+            "job_id": job.id,
+            "worker_id": worker_id,
+            "token": token,
+            "attempt": job.attempts,
+            "meta": meta,
+        }
+        if isinstance(exc, JobCancelled | JobReleased):
+            if meta_problem is not None:
+                log.warning("job %s: %s; the stored meta is kept", job.id, meta_problem)
+            outcome = Outcome.CANCELLED if isinstance(exc, JobCancelled) else Outcome.RELEASED
+            return Completion(**ids, outcome=outcome)
         text, tb = describe_error(exc)
+        if meta_problem is not None and not isinstance(exc, UnstorableMetaError):
+            text = f"{text} (and {meta_problem})"
         error = JobError(attempt=job.attempts, error=text, traceback=tb, at=self.worker.now())
         if job.attempts < job.max_attempts:
             delay = job.retry.delay(job.attempts, random.random())

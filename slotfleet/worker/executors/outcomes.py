@@ -26,6 +26,10 @@ class JobTimeout(AttemptError, TimeoutError):
     """The job ran past its timeout."""
 
 
+class UnstorableMetaError(AttemptError):
+    """What the job left in its instance's ``meta`` cannot be stored."""
+
+
 class JobReleased(SlotfleetError):
     """The job was handed back to the queue unfinished (the worker is stopping)."""
 

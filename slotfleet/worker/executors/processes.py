@@ -12,8 +12,11 @@ is simply replaced by the next job that needs one.
 - A child that dies while running a job (``os._exit``, a segfault, the OOM killer):
   the attempt fails with "worker process exited with code X" and counts, so a poison
   job ends ``failed`` after ``max_attempts``.
-- Kwargs go to the child and results come back as JSON text, so nothing but JSON ever
-  crosses the pipe.
+- Kwargs and the job's own instance go to the child, and results and the instance's
+  ``meta`` come back, as JSON text, so nothing but JSON ever crosses the pipe. A job that
+  asks for its instance (``get_function_and_kwargs``) gets one rebuilt in the child;
+  what it writes into ``meta`` is sent back with the outcome (unless the child dies) and
+  stored with the completion, as on the other executors.
 - A worker that dies takes its children with it (``_child.die_with_parent``), so a
   job never keeps running in an orphan while the store gives it to another worker.
 
@@ -38,6 +41,9 @@ from slotfleet.models import QueuedJob, QueueSettings
 from slotfleet.worker.executors import _child
 from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Run
 from slotfleet.worker.executors.outcomes import AttemptError, RemoteJobError
+
+#: Left out of the instance sent to a child: the kwargs travel as their own JSON text.
+_KWARGS: set[str] = {"kwargs"}
 
 
 class ChildExitedError(AttemptError):
@@ -71,13 +77,13 @@ class _Child:
         self._lock = threading.Lock()
         threading.Thread(target=self._read, name=f"{name}-reader", daemon=True).start()
 
-    def call(self, path: str, kwargs_json: str) -> asyncio.Future[tuple[Any, ...]]:
+    def call(self, path: str, kwargs_json: str, job_json: str) -> asyncio.Future[tuple[Any, ...]]:
         future: asyncio.Future[tuple[Any, ...]] = self.loop.create_future()
         with self._lock:
             self.reply = future
         # A dead child: the reader thread sees EOF and fails the future with the exit code.
         with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send((path, kwargs_json))
+            self.conn.send((path, kwargs_json, job_json))
         return future
 
     def _read(self) -> None:
@@ -214,6 +220,21 @@ class ProcessExecutor(ConcurrentExecutor):
                 self._children.discard(child)
             self._available.notify()
 
+    @staticmethod
+    def _take_meta(run: Run, meta: tuple[str, str] | None) -> None:
+        """The child's word on the instance it built: ``None`` (the job did not ask for
+        it), ``("meta", json)`` (what it left in ``meta``) or ``("problem", text)``."""
+        if meta is None:
+            return
+        run.instance = True
+        kind, text = meta
+        if kind == "meta":
+            left = json.loads(text)
+            run.job.meta.clear()
+            run.job.meta.update(left)
+        else:
+            run.state["meta_problem"] = text
+
     async def _supervise(self, run: Run) -> None:
         exc: Exception | None = None
         result: Any = None
@@ -225,11 +246,16 @@ class ProcessExecutor(ConcurrentExecutor):
             # Interrupted while waiting for a child: do not start it at all.
             if child is not None and not run.token.cancelled:
                 run.state["child"] = child
-                reply = await child.call(run.job.func, json.dumps(run.job.kwargs))
+                job = run.job
+                # The instance without its kwargs (they travel once, as their own text);
+                # the child rebuilds it only for a job that asks for it.
+                instance = job.model_dump_json(exclude=_KWARGS)
+                reply = await child.call(job.func, json.dumps(job.kwargs), instance)
                 if reply[0] == "ok":
                     result = json.loads(reply[1])
                 else:
                     exc = RemoteJobError(reply[1], reply[2], reply[3])
+                self._take_meta(run, reply[-1])
         except Exception as error:  # ChildExitedError, or a broken pipe: replace the child
             exc, reusable = error, False
         finally:

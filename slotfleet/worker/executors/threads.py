@@ -31,16 +31,18 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from slotfleet.models import QueuedJob, QueueSettings
-from slotfleet.worker.context import CancelToken, use_token
+from slotfleet.worker.context import use_token
 from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Run
 from slotfleet.worker.executors.outcomes import JobReleased, await_job, call_job
 
 
-def _call(job: QueuedJob, token: CancelToken) -> Any:
+def _call(run: Run) -> Any:
     """Runs in a pool thread: find the function and call it with the token current
-    (a ``SystemExit`` from the job becomes :class:`JobExitError`, a failed attempt)."""
-    with use_token(token):
-        func, kwargs = ThreadedExecutor.get_function_and_kwargs(job)
+    (a ``SystemExit`` from the job becomes :class:`JobExitError`, a failed attempt).
+    Marks the run when the job is handed its own instance (its meta is then stored)."""
+    with use_token(run.token):
+        func, kwargs = ThreadedExecutor.get_function_and_kwargs(run.job)
+        run.instance = any(value is run.job for value in kwargs.values())
         if inspect.iscoroutinefunction(func):
             return asyncio.run(await_job(func(**kwargs)))
         return call_job(func, kwargs)
@@ -83,7 +85,7 @@ class ThreadedExecutor(ConcurrentExecutor):
         result: Any = None
         try:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._pool, _call, run.job, run.token)
+            result = await loop.run_in_executor(self._pool, _call, run)
         except Exception as error:
             exc = error
         await self.finish(run, exc, result)

@@ -1,5 +1,6 @@
-"""The client API: enqueue, get, wait, cancel, retry, list and purge jobs; read queues,
-workers and recent throughput (what ``slotfleet dashboard`` and ``top`` show).
+"""The client API: enqueue, get, wait, cancel, retry, list and purge jobs; pause and
+resume queues; read queues, workers and recent throughput (what ``slotfleet dashboard``
+and ``top`` show).
 
 :class:`App` is async; :class:`SyncApp` (``slotfleet.app.sync``) wraps it for scripts.
 Both talk to a :class:`~slotfleet.store.Store` chosen by DSN and nothing else: the app
@@ -27,12 +28,14 @@ from slotfleet.models import (
     JobState,
     JobSummary,
     QueuedJob,
+    QueuePause,
     QueueStats,
     Reference,
     SlotfleetError,
     WorkerHeartbeat,
 )
-from slotfleet.models.jobs import MAX_JOB_ID
+from slotfleet.models.jobs import MAX_JOB_ID, check_moment
+from slotfleet.models.queues import check_queue_name
 from slotfleet.models.resource import PURGE_BATCH
 from slotfleet.store import (
     DEFAULT_WORKER_TTL_SECONDS,
@@ -44,6 +47,10 @@ from slotfleet.store import (
 
 JobLike = Job | JobFunction[..., Any]
 RefLike = Reference | QueuedJob | int | str
+
+#: Longest pause given as a delay (about 317 years): longer ones would not fit the stores'
+#: time types once added to now.
+MAX_PAUSE_SECONDS = 1e10
 
 
 def job_id_of(ref: RefLike) -> JobId:
@@ -191,7 +198,7 @@ class App:
         )
 
     async def queues(self, queue: str | None = None) -> list[QueueStats]:
-        """Backlog and live slots per queue."""
+        """Backlog, live slots and pause per queue."""
         return await self.store.queue_stats(queue)
 
     async def workers(
@@ -220,6 +227,38 @@ class App:
     def location(self) -> str:
         """Where the store is, fit to show (no user name, password or parameter)."""
         return describe_dsn(self.dsn)
+
+    async def pause(self, queue: str, *, until: datetime | timedelta | None = None) -> QueuePause:
+        """Pause ``queue`` for every worker of every fleet on this store: none fetches
+        from it (within a polling interval) until ``until`` — a time, or a delay counted
+        on the store's clock — or, without one, until :meth:`resume`. Running jobs finish.
+        Pausing again replaces the earlier pause. A Queue resource's ``spec.paused`` is a
+        separate switch: the queue runs only when neither pauses it."""
+        try:
+            name = check_queue_name(queue)
+            if until is None:
+                return await self.store.pause_queue(name)
+            if isinstance(until, timedelta):
+                seconds = until.total_seconds()
+                if not 0 <= seconds <= MAX_PAUSE_SECONDS:
+                    raise ValueError(f"a pause of {until} is not between 0 and 317 years")
+                return await self.store.pause_queue(name, resume_after=seconds)
+            if isinstance(until, datetime):
+                moment = check_moment(until, "the time to resume")
+                return await self.store.pause_queue(name, resume_at=moment)
+        except ValueError as exc:
+            raise InvalidSettingsError(str(exc)) from None
+        raise InvalidSettingsError(
+            f"until must be a datetime or a timedelta, not {type(until).__name__}"
+        )
+
+    async def resume(self, queue: str) -> bool:
+        """End ``queue``'s pause in the store at once; return whether one was in effect."""
+        try:
+            name = check_queue_name(queue)
+        except ValueError as exc:
+            raise InvalidSettingsError(str(exc)) from None
+        return await self.store.resume_queue(name)
 
     async def list(
         self,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any
 
 from slotfleet.app.client import App, JobLike, RefLike
-from slotfleet.models import Job, JobState, QueuedJob, QueueStats, Reference
+from slotfleet.models import Job, JobState, QueuedJob, QueuePause, QueueStats, Reference
 
 
 class SyncApp:
@@ -79,6 +79,14 @@ class SyncApp:
 
     def queues(self, queue: str | None = None) -> list[QueueStats]:
         result: list[QueueStats] = self._run(self._app.queues(queue))
+        return result
+
+    def pause(self, queue: str, *, until: datetime | timedelta | None = None) -> QueuePause:
+        result: QueuePause = self._run(self._app.pause(queue, until=until))
+        return result
+
+    def resume(self, queue: str) -> bool:
+        result: bool = self._run(self._app.resume(queue))
         return result
 
     def list(

@@ -26,6 +26,7 @@ from slotfleet.models import (
     JobNotFoundError,
     JobState,
     QueuedJob,
+    QueueStats,
 )
 
 
@@ -165,14 +166,23 @@ def _purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _paused(stats: QueueStats) -> str:
+    """The PAUSED column: ``-``, ``yes`` (until resumed) or when it resumes (UTC)."""
+    if not stats.paused:
+        return "-"
+    if stats.resume_at is None:
+        return "yes"
+    return "until " + stats.resume_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _queues(args: argparse.Namespace) -> int:
-    async def main() -> list[Any]:
+    async def main() -> list[QueueStats]:
         async with App(args.dsn) as app:
             return await app.queues(args.name)
 
     stats = run_async(main())
     if args.json:
-        print_json([s.model_dump() | {"slots_free": s.slots_free} for s in stats])
+        print_json([s.model_dump(mode="json") | {"slots_free": s.slots_free} for s in stats])
         return 0
     print_table(
         [
@@ -187,6 +197,7 @@ def _queues(args: argparse.Namespace) -> int:
             "SLOTS",
             "BUSY",
             "FREE",
+            "PAUSED",
         ],
         [
             [
@@ -201,6 +212,7 @@ def _queues(args: argparse.Namespace) -> int:
                 s.slots_total,
                 s.slots_busy,
                 s.slots_free,
+                _paused(s),
             ]
             for s in stats
         ],

@@ -13,6 +13,7 @@ from slotfleet.cli.common import Parser
 COMMAND_MODULES = (
     "slotfleet.cli.worker_cmd",
     "slotfleet.cli.jobs_cmd",
+    "slotfleet.cli.pause_cmd",
     "slotfleet.cli.dashboard_cmd",
     "slotfleet.cli.fleet_cmd",
     "slotfleet.cli.operator_cmd",

@@ -89,6 +89,8 @@ def _apply(queue: QueueSettings, args: argparse.Namespace) -> QueueSettings:
         changes["polling_interval"] = args.polling_interval
     if args.rate_limit is not None:
         changes["rate_limit"] = args.rate_limit
+    if args.paused:
+        changes["paused"] = True
     if not changes:
         return queue
     try:
@@ -260,6 +262,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         "--queue-resource",
         metavar="NAMESPACE/NAME",
         help="take cancel requests and pause from this Queue resource (set by the operator)",
+    )
+    p.add_argument(
+        "--paused",
+        action="store_true",
+        help="fetch nothing from these queues (what a Queue manifest's spec.paused means "
+        "to a local fleet; 'slotfleet pause' pauses a queue for every worker instead)",
     )
     p.add_argument(
         "--burst", action="store_true", help="exit once nothing is ready and nothing runs"

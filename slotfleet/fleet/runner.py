@@ -71,6 +71,8 @@ def worker_command(manifest: QueueManifest, dsn: str, worker_id: str) -> list[st
     ]  # fmt: skip
     if spec.rate_limit is not None:
         argv += ["--rate-limit", f"{spec.rate_limit.count}/{spec.rate_limit.period:g}"]
+    if spec.paused:
+        argv.append("--paused")
     for module in spec.imports:
         argv += ["--import", module]
     return argv
@@ -178,7 +180,8 @@ class LocalFleet:
             replicas=current,
             slots_per_pod=spec.executor.concurrency,
             busy=max(stats.slots_busy, stats.running),
-            ready_pending=stats.ready,
+            # A paused queue's backlog is no demand (as the operator sees it).
+            ready_pending=0 if spec.paused or stats.paused else stats.ready,
             busy_pods=sum(1 for w in self.active if busy.get(w.id, 0) > 0),
         )
         decision, self.state = decide(self.state, observation, spec.autoscaling)

@@ -32,6 +32,7 @@ from slotfleet.models.jobs import (
 )
 from slotfleet.models.queues import (
     ExecutorKind,
+    QueuePause,
     QueueSettings,
     QueueStats,
     RateLimit,
@@ -54,6 +55,7 @@ __all__ = [
     "JobState",
     "JobSummary",
     "Outcome",
+    "QueuePause",
     "QueueSettings",
     "QueueStats",
     "QueuedJob",

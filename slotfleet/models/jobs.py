@@ -151,6 +151,23 @@ def check_json_payload(value: Any, what: str) -> None:
         raise ValueError(f"{what} is {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}")
 
 
+def check_moment(value: datetime, what: str) -> datetime:
+    """``value`` in UTC, or ``ValueError`` when it has no time zone or falls outside what
+    every store and client can represent (``MIN_SCHEDULED_AT``..``MAX_SCHEDULED_AT``)."""
+    if value.tzinfo is None:
+        raise ValueError(f"{what} must be timezone-aware (for example datetime.now(UTC))")
+    try:
+        utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = None
+    if utc is None or not MIN_SCHEDULED_AT <= utc <= MAX_SCHEDULED_AT:
+        raise ValueError(
+            f"{what} {value.isoformat()} is out of range: in UTC it must fall "
+            f"between {MIN_SCHEDULED_AT:%Y-%m-%d} and {MAX_SCHEDULED_AT:%Y-%m-%d}"
+        )
+    return utc
+
+
 @functools.lru_cache(maxsize=1024)
 def _is_import_path(value: str) -> bool:
     """``package.module:function`` or ``package.module.function``. Cached: a batch names
@@ -208,18 +225,7 @@ class Job(BaseModel):
     def _check_aware(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
         if value is None or (info.context and info.context.get(TRUSTED_ROW)):
             return value
-        if value.tzinfo is None:
-            raise ValueError("scheduled_at must be timezone-aware (for example datetime.now(UTC))")
-        try:
-            utc = value.astimezone(UTC)
-        except (OverflowError, ValueError):
-            utc = None
-        if utc is None or not MIN_SCHEDULED_AT <= utc <= MAX_SCHEDULED_AT:
-            raise ValueError(
-                f"scheduled_at {value.isoformat()} is out of range: in UTC it must fall "
-                f"between {MIN_SCHEDULED_AT:%Y-%m-%d} and {MAX_SCHEDULED_AT:%Y-%m-%d}"
-            )
-        return utc
+        return check_moment(value, "scheduled_at")
 
     def with_options(self, **changes: Any) -> Job:
         """A copy with ``changes`` applied and validated (``job.with_options(priority=5)``)."""

@@ -7,6 +7,7 @@ whole fleet; the worker never needs to know which of the two it was given.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, NewType
@@ -16,6 +17,17 @@ from pydantic import BaseModel, ConfigDict, Field
 WorkerId = NewType("WorkerId", str)
 
 QUEUE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$"
+_QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
+
+
+def check_queue_name(name: str) -> str:
+    """``name``, or ``ValueError`` saying what a queue name may be."""
+    if not (isinstance(name, str) and len(name) <= 63 and _QUEUE_NAME.fullmatch(name)):
+        raise ValueError(
+            f"{name!r} is not a queue name (up to 63 lowercase letters, digits, '-', '_' "
+            "and '.', starting and ending with a letter or digit)"
+        )
+    return name
 
 
 class ExecutorKind(StrEnum):
@@ -89,10 +101,34 @@ class QueueStats(BaseModel):
     """Live workers (fresh heartbeat) serving the queue."""
     slots_total: int = 0
     slots_busy: int = 0
+    paused: bool = False
+    """Paused in the store (``slotfleet pause``): no worker fetches from it now. A Queue
+    resource's ``spec.paused`` is separate (see docs/decisions.md)."""
+    resume_at: datetime | None = None
+    """When that pause ends by itself; ``None`` while paused until resumed."""
 
     @property
     def slots_free(self) -> int:
         return max(0, self.slots_total - self.slots_busy)
+
+
+class QueuePause(BaseModel):
+    """A queue paused in the store: no worker of any fleet fetches from it until
+    ``resume_at`` (by the store's clock), or until it is resumed when that is ``None``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    queue: str
+    paused_at: datetime
+    """When it was paused (the store's clock)."""
+    resume_at: datetime | None = None
+    """When it resumes by itself; ``None``: only ``slotfleet resume`` ends it."""
+
+    @property
+    def in_effect(self) -> bool:
+        """Whether it still pauses the queue as of ``paused_at`` (a time given to
+        ``pause`` that had already passed pauses nothing)."""
+        return self.resume_at is None or self.resume_at > self.paused_at
 
 
 class WorkerHeartbeat(BaseModel):

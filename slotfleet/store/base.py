@@ -25,6 +25,7 @@ from slotfleet.models import (
     JobState,
     JobSummary,
     QueuedJob,
+    QueuePause,
     QueueStats,
     WorkerHeartbeat,
 )
@@ -111,7 +112,8 @@ class Store(Protocol):
         """Claim up to ``limit`` ready jobs of ``queue`` for ``worker_id`` under the claim
         token ``claim`` (a fresh random string per call: see :meth:`release_claim`).
 
-        Ready means pending or retrying with ``scheduled_at <= now``; the order is
+        Ready means pending or retrying with ``scheduled_at <= now``, in a queue not
+        paused (:meth:`pause_queue`) at ``now``; the order is
         priority (high first), then scheduled time, then id. Claimed jobs become
         ``running`` with ``attempts + 1``, ``started_at = now``, ``lease_token = claim``
         and a lease until ``now + lease_seconds``. Two concurrent fetches never claim the
@@ -185,7 +187,24 @@ class Store(Protocol):
     async def queue_stats(
         self, queue: str | None = None, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
     ) -> list[QueueStats]:
-        """Backlog by state and live slots from heartbeats, per queue."""
+        """Backlog by state, live slots from heartbeats and the pause in effect, per
+        queue."""
+
+    async def pause_queue(
+        self,
+        queue: str,
+        *,
+        resume_at: datetime | None = None,
+        resume_after: float | None = None,
+    ) -> QueuePause:
+        """Pause ``queue`` for every worker (replacing an earlier pause of it): no
+        :meth:`fetch` claims from it until ``resume_at``, or for ``resume_after`` seconds
+        of the store's clock, or (neither given) until :meth:`resume_queue`. Running jobs
+        are not touched. Returns the pause as stored."""
+
+    async def resume_queue(self, queue: str) -> bool:
+        """End ``queue``'s pause and wake its idle workers; return whether a pause was in
+        effect."""
 
     async def take_rate_tokens(self, queue: str, wanted: int, count: int, period: float) -> int:
         """Take up to ``wanted`` job starts from ``queue``'s shared window of ``count``

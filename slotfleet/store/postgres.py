@@ -27,6 +27,7 @@ from slotfleet.models import (
     Job,
     JobId,
     QueuedJob,
+    QueuePause,
     QueueStats,
     StoreError,
     WorkerHeartbeat,
@@ -39,6 +40,7 @@ from slotfleet.store.postgres_db import (
     completion_document,
     enqueue_document,
     job_row,
+    pause_row,
     place_enqueued,
     utc,
     worker_row,
@@ -242,13 +244,31 @@ class PostgresStore(PostgresReads):
     async def queue_stats(
         self, queue: str | None = None, *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
     ) -> list[QueueStats]:
-        async def body(conn: Conn) -> tuple[list[DictRow], list[DictRow]]:
+        async def body(conn: Conn) -> tuple[list[DictRow], list[DictRow], list[DictRow]]:
             counts = await (await conn.execute(sql.JOB_COUNTS, {"queue": queue})).fetchall()
             live = await conn.execute(sql.LIVE_WORKERS, {"ttl": float(ttl_seconds)})
-            return counts, await live.fetchall()
+            pauses = await conn.execute(sql.QUEUE_PAUSES, {"queue": queue})
+            return counts, await live.fetchall(), await pauses.fetchall()
 
-        counts, live = await self._run(body, idempotent=True)
-        return build_stats(counts, [worker_row(r) for r in live], queue)
+        counts, live, pauses = await self._run(body, idempotent=True)
+        return build_stats(
+            counts, [worker_row(r) for r in live], queue, [pause_row(r) for r in pauses]
+        )
+
+    async def pause_queue(
+        self,
+        queue: str,
+        *,
+        resume_at: datetime | None = None,
+        resume_after: float | None = None,
+    ) -> QueuePause:
+        params = {"queue": queue, "resume_at": resume_at, "resume_after": resume_after}
+        row = await self._one(sql.PAUSE_QUEUE, params, idempotent=True)
+        assert row is not None  # an upsert always returns its row
+        return pause_row(row)
+
+    async def resume_queue(self, queue: str) -> bool:
+        return await self._one(sql.RESUME_QUEUE, {"queue": queue}, idempotent=True) is not None
 
     async def take_rate_tokens(self, queue: str, wanted: int, count: int, period: float) -> int:
         if wanted <= 0:

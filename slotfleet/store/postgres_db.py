@@ -21,6 +21,7 @@ from slotfleet.models import (
     InvalidSettingsError,
     Job,
     QueuedJob,
+    QueuePause,
     StoreError,
     WorkerHeartbeat,
 )
@@ -53,6 +54,12 @@ def job_row(row: DictRow) -> QueuedJob:
         if value is not None:
             row[name] = value.astimezone(UTC)
     return job_from_record(row)
+
+
+def pause_row(row: DictRow) -> QueuePause:
+    return QueuePause(
+        queue=row["queue"], paused_at=utc(row["paused_at"]), resume_at=utc(row["resume_at"])
+    )
 
 
 def load_json(data: str | bytes) -> Any:

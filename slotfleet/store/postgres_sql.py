@@ -128,7 +128,9 @@ WHERE unique_key = ANY(%(keys)s::text[]) AND state IN ('pending', 'running', 're
 GET_JOB = "SELECT * FROM slotfleet_jobs WHERE id = %(id)s"
 
 # The subquery walks slotfleet_jobs_fetch in index order and stops at LIMIT; SKIP
-# LOCKED lets concurrent fetches pass each other's claimed rows instead of waiting.
+# LOCKED lets concurrent fetches pass each other's claimed rows instead of waiting. A
+# queue paused in the store yields nothing: the pause check names no job column, so it
+# runs once per statement (a one-time filter over a primary-key lookup), not per row.
 FETCH = """
 UPDATE slotfleet_jobs AS j
 SET state = 'running',
@@ -141,6 +143,10 @@ SET state = 'running',
 FROM (
     SELECT id FROM slotfleet_jobs
     WHERE queue = %(queue)s AND state IN ('pending', 'retrying') AND scheduled_at <= now()
+        AND NOT EXISTS (
+            SELECT 1 FROM slotfleet_queue_pauses AS p
+            WHERE p.queue = %(queue)s AND (p.resume_at IS NULL OR p.resume_at > now())
+        )
     ORDER BY priority DESC, scheduled_at, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -420,4 +426,43 @@ RUNNING_BY_WORKER = """
 SELECT lease_owner, count(*) AS running FROM slotfleet_jobs
 WHERE state = 'running' AND queue = %(queue)s AND lease_owner IS NOT NULL
 GROUP BY lease_owner
+"""
+
+#: Pause a queue (replacing any earlier pause of it): until ``resume_at`` when given, else
+#: for ``resume_after`` seconds of the server's clock when given, else until resumed.
+PAUSE_QUEUE = """
+INSERT INTO slotfleet_queue_pauses AS p (queue, paused_at, resume_at)
+VALUES (
+    %(queue)s,
+    now(),
+    coalesce(
+        %(resume_at)s::timestamptz,
+        now() + make_interval(secs => %(resume_after)s::float8)
+    )
+)
+ON CONFLICT (queue) DO UPDATE SET paused_at = excluded.paused_at, resume_at = excluded.resume_at
+RETURNING p.queue, p.paused_at, p.resume_at
+"""
+
+#: Resume a queue: drop its pause and wake its idle workers at once. Returns the pause
+#: only if it was still in effect.
+RESUME_QUEUE = """
+WITH gone AS (
+    DELETE FROM slotfleet_queue_pauses
+    WHERE queue = %(queue)s
+    RETURNING queue, paused_at, resume_at
+),
+notified AS (
+    SELECT pg_notify('slotfleet_jobs', g.queue) AS sent FROM gone AS g
+)
+SELECT g.queue, g.paused_at, g.resume_at, (SELECT count(*) FROM notified) AS sent
+FROM gone AS g
+WHERE g.resume_at IS NULL OR g.resume_at > now()
+"""
+
+#: Pauses in effect now, for ``queue_stats``.
+QUEUE_PAUSES = """
+SELECT queue, paused_at, resume_at FROM slotfleet_queue_pauses
+WHERE (resume_at IS NULL OR resume_at > now())
+    AND (%(queue)s::text IS NULL OR queue = %(queue)s::text)
 """

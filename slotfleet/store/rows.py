@@ -21,6 +21,7 @@ from slotfleet.models import (
     JobState,
     JobSummary,
     QueuedJob,
+    QueuePause,
     QueueStats,
     WorkerHeartbeat,
 )
@@ -190,11 +191,12 @@ def build_stats(
     job_counts: Iterable[Mapping[str, Any]],
     workers: Iterable[WorkerHeartbeat],
     queue: str | None,
+    pauses: Iterable[QueuePause] = (),
 ) -> list[QueueStats]:
     """Per-queue stats from rows ``{queue, ready, scheduled, running, succeeded, failed,
-    cancelled}`` and live workers; queues known only from workers are included, and a
-    named ``queue`` with neither jobs nor workers gets an all-zero entry."""
-    data: dict[str, dict[str, int]] = {}
+    cancelled}``, live workers and the pauses in effect; queues known only from workers or
+    pauses are included, and a named ``queue`` with none of them gets an all-zero entry."""
+    data: dict[str, dict[str, Any]] = {}
     for row in job_counts:
         entry = data.setdefault(str(row["queue"]), {})
         for name in ("ready", "scheduled", *_STATE_FIELDS):
@@ -207,6 +209,9 @@ def build_stats(
             entry["workers"] = entry.get("workers", 0) + 1
             entry["slots_total"] = entry.get("slots_total", 0) + int(total)
             entry["slots_busy"] = entry.get("slots_busy", 0) + int(busy)
+    for pause in pauses:
+        if queue is None or pause.queue == queue:
+            data.setdefault(pause.queue, {}).update(paused=True, resume_at=pause.resume_at)
     if queue is not None and queue not in data:
         data[queue] = {}
     return [QueueStats(queue=name, **data[name]) for name in sorted(data)]

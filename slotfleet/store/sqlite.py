@@ -27,18 +27,16 @@ import contextlib
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 from slotfleet.models import (
     Completion,
     Job,
     JobId,
     QueuedJob,
+    QueuePause,
     QueueStats,
-    StoreError,
-    StoreUnavailableError,
     WorkerHeartbeat,
 )
 from slotfleet.store import sqlite_sql as sql
@@ -51,25 +49,21 @@ from slotfleet.store.rows import (
     dump_json,
     error_json,
     job_values,
-    one_line,
     purge_seconds,
     unreadable_message,
 )
+from slotfleet.store.sqlite_conn import SQLiteConnection
 from slotfleet.store.sqlite_db import (
-    connect,
     data_version,
     epoch,
     insert_jobs,
     job_row,
-    migrate,
+    pause_row,
     ready_exists,
-    sqlite_path,
     worker_row,
     write,
 )
 from slotfleet.store.sqlite_reads import SQLiteReads
-
-T = TypeVar("T")
 
 #: Longest single wait of :meth:`SQLiteStore.wait_for_jobs` (a job whose
 #: ``scheduled_at`` passes changes nothing in the file, so it is noticed by polling).
@@ -83,73 +77,8 @@ WATCH_INTERVAL_SECONDS = 0.05
 ENQUEUE_CHUNK = 500
 
 
-class SQLiteStore(SQLiteReads):
+class SQLiteStore(SQLiteConnection, SQLiteReads):
     """:class:`~slotfleet.store.Store` on a SQLite file (``sqlite:///path.db``)."""
-
-    def __init__(self, dsn: str, *, busy_timeout: float = 30.0) -> None:
-        """``busy_timeout`` is how long a write waits for another process's write lock
-        before the store reports the database as unavailable."""
-        self.dsn = dsn
-        self.path = sqlite_path(dsn)
-        self.busy_timeout = busy_timeout
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
-        self._wakeups: dict[str, asyncio.Event] = {}
-
-    # -- plumbing ---------------------------------------------------------------------
-
-    async def _call(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        executor = self._executor
-        if executor is None:
-            raise StoreError("the store is not open: await store.open() first")
-        loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(executor, self._in_thread, body)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailableError(
-                f"cannot use the SQLite database at {self.path}: {one_line(exc)}"
-            ) from exc
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite error on {self.path}: {one_line(exc)}") from exc
-
-    def _in_thread(self, body: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = connect(self.path, self.busy_timeout)
-        return body(self._conn)
-
-    def _wake(self, queues: Sequence[str]) -> None:
-        for queue in set(queues):
-            event = self._wakeups.pop(queue, None)
-            if event is not None:
-                event.set()
-
-    # -- lifecycle --------------------------------------------------------------------
-
-    async def open(self) -> None:
-        if self._executor is not None:
-            return
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slotfleet-sqlite")
-        try:
-            await self._call(migrate)
-        except BaseException:
-            await self.close()
-            raise
-
-    async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-
-        def shut(_: object = None) -> None:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
-
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(executor, shut)
-        finally:
-            executor.shutdown(wait=False)
 
     # -- jobs -------------------------------------------------------------------------
 
@@ -338,14 +267,45 @@ class SQLiteStore(SQLiteReads):
     ) -> list[QueueStats]:
         query = sql.JOB_COUNTS.format(where="" if queue is None else "WHERE queue = :queue")
 
-        def body(conn: sqlite3.Connection) -> tuple[list[sqlite3.Row], list[WorkerHeartbeat]]:
+        def body(
+            conn: sqlite3.Connection,
+        ) -> tuple[list[sqlite3.Row], list[WorkerHeartbeat], list[QueuePause]]:
             now = time.time()
             counts = conn.execute(query, {"now": now, "queue": queue}).fetchall()
             live = conn.execute(sql.LIVE_WORKERS, {"now": now, "ttl": ttl_seconds}).fetchall()
-            return counts, [worker_row(r) for r in live]
+            pauses = conn.execute(sql.QUEUE_PAUSES, {"now": now, "queue": queue}).fetchall()
+            return counts, [worker_row(r) for r in live], [pause_row(r) for r in pauses]
 
-        counts, live = await self._call(body)
-        return build_stats([dict(zip(r.keys(), r, strict=True)) for r in counts], live, queue)
+        counts, live, pauses = await self._call(body)
+        records = [dict(zip(r.keys(), r, strict=True)) for r in counts]
+        return build_stats(records, live, queue, pauses)
+
+    async def pause_queue(
+        self,
+        queue: str,
+        *,
+        resume_at: datetime | None = None,
+        resume_after: float | None = None,
+    ) -> QueuePause:
+        def body(conn: sqlite3.Connection) -> QueuePause:
+            now = time.time()
+            until = epoch(resume_at)
+            if until is None and resume_after is not None:
+                until = now + resume_after
+            params = {"queue": queue, "now": now, "resume_at": until}
+            return pause_row(conn.execute(sql.PAUSE_QUEUE, params).fetchone())
+
+        return await self._call(lambda conn: write(conn, body))
+
+    async def resume_queue(self, queue: str) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(sql.RESUME_QUEUE, {"queue": queue}).fetchone()
+            return row is not None and (row["resume_at"] is None or row["resume_at"] > time.time())
+
+        resumed = await self._call(lambda conn: write(conn, body))
+        if resumed:
+            self._wake([queue])
+        return resumed
 
     async def take_rate_tokens(self, queue: str, wanted: int, count: int, period: float) -> int:
         if wanted <= 0:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from slotfleet.models import InvalidSettingsError, QueuedJob, WorkerHeartbeat
+from slotfleet.models import InvalidSettingsError, QueuedJob, QueuePause, WorkerHeartbeat
 from slotfleet.store import sqlite_sql as sql
 from slotfleet.store.rows import dump_json, job_from_record, migration_scripts
 
@@ -67,6 +67,15 @@ def worker_row(row: sqlite3.Row) -> WorkerHeartbeat:
         started_at=datetime.fromtimestamp(row["started_at"], UTC),
         last_seen=datetime.fromtimestamp(row["last_seen"], UTC),
         draining=bool(row["draining"]),
+    )
+
+
+def pause_row(row: sqlite3.Row) -> QueuePause:
+    resume_at = row["resume_at"]
+    return QueuePause(
+        queue=row["queue"],
+        paused_at=datetime.fromtimestamp(row["paused_at"], UTC),
+        resume_at=None if resume_at is None else datetime.fromtimestamp(resume_at, UTC),
     )
 
 

@@ -39,7 +39,9 @@ RETURNING *
 GET_JOB = "SELECT * FROM slotfleet_jobs WHERE id = :id"
 
 # The inner SELECT walks slotfleet_jobs_fetch in index order (no sort step); the write
-# lock taken by BEGIN IMMEDIATE makes the select-then-update atomic across processes.
+# lock taken by BEGIN IMMEDIATE makes the select-then-update atomic across processes. A
+# queue paused in the store yields nothing (the pause check names no job column: SQLite
+# evaluates it once, before the scan).
 FETCH = """
 UPDATE slotfleet_jobs
 SET state = 'running',
@@ -52,16 +54,25 @@ SET state = 'running',
 WHERE id IN (
     SELECT id FROM slotfleet_jobs
     WHERE queue = :queue AND state IN ('pending', 'retrying') AND scheduled_at <= :now
+        AND NOT EXISTS (
+            SELECT 1 FROM slotfleet_queue_pauses AS p
+            WHERE p.queue = :queue AND (p.resume_at IS NULL OR p.resume_at > :now)
+        )
     ORDER BY priority DESC, scheduled_at, id
     LIMIT :limit
 )
 RETURNING *
 """
 
-#: Is anything ready in the queue? A read: under WAL it never waits for a writer.
+#: Is anything ready in the queue (and the queue not paused)? A read: under WAL it never
+#: waits for a writer.
 READY_EXISTS = """
 SELECT 1 FROM slotfleet_jobs
 WHERE queue = :queue AND state IN ('pending', 'retrying') AND scheduled_at <= :now
+    AND NOT EXISTS (
+        SELECT 1 FROM slotfleet_queue_pauses AS p
+        WHERE p.queue = :queue AND (p.resume_at IS NULL OR p.resume_at > :now)
+    )
 LIMIT 1
 """
 
@@ -230,4 +241,24 @@ RUNNING_BY_WORKER = """
 SELECT lease_owner, count(*) AS running FROM slotfleet_jobs
 WHERE state = 'running' AND queue = :queue AND lease_owner IS NOT NULL
 GROUP BY lease_owner
+"""
+
+#: Pause a queue, replacing any earlier pause of it (``:resume_at`` may be NULL: until
+#: resumed).
+PAUSE_QUEUE = """
+INSERT INTO slotfleet_queue_pauses (queue, paused_at, resume_at)
+VALUES (:queue, :now, :resume_at)
+ON CONFLICT (queue) DO UPDATE SET paused_at = excluded.paused_at, resume_at = excluded.resume_at
+RETURNING queue, paused_at, resume_at
+"""
+
+#: Resume a queue; returns its pause (the caller checks whether it was still in effect).
+RESUME_QUEUE = """
+DELETE FROM slotfleet_queue_pauses WHERE queue = :queue RETURNING queue, paused_at, resume_at
+"""
+
+#: Pauses in effect at :now, for ``queue_stats``.
+QUEUE_PAUSES = """
+SELECT queue, paused_at, resume_at FROM slotfleet_queue_pauses
+WHERE (resume_at IS NULL OR resume_at > :now) AND (:queue IS NULL OR queue = :queue)
 """

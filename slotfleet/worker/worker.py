@@ -373,8 +373,8 @@ class Worker:
 
     async def _burst_watch(self) -> None:
         """Return when nothing is running, nothing is being fetched or written, and the
-        store has nothing ready for an unpaused queue (checked twice around the query,
-        so a job claimed meanwhile is noticed)."""
+        store has nothing ready for an unpaused queue (paused neither here nor in the
+        store; checked twice around the query, so a job claimed meanwhile is noticed)."""
         active = {name for name, loop in self._loops.items() if not loop.paused}
         while True:
             await asyncio.sleep(0.05)
@@ -386,7 +386,7 @@ class Worker:
             except Exception as exc:
                 log.warning("reading queue stats failed: %s", exc)
                 continue
-            if any(s.ready for s in stats if s.queue in active):
+            if any(s.ready for s in stats if s.queue in active and not s.paused):
                 continue
             if self._quiet() and fetched == sum(loop.fetched for loop in self._loops.values()):
                 return

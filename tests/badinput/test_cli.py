@@ -74,6 +74,19 @@ BAD_COMMANDS: list[list[str]] = [
     ["purge", "--older-than", "-5m", "--dsn", "{db}"],
     ["purge", "--older-than", "nan", "--dsn", "{db}"],
     ["purge", "--older-than", "1d", "--dsn", UNREACHABLE],
+    ["pause", "--dsn", "{db}"],
+    ["pause", "Not A Queue", "--dsn", "{db}"],
+    ["pause", "q", "--until", "tomorrow", "--dsn", "{db}"],
+    ["pause", "q", "--until", "2030-01-01T09:00", "--dsn", "{db}"],  # no time zone
+    ["pause", "q", "--until", "10000-01-01T00:00Z", "--dsn", "{db}"],
+    ["pause", "q", "--until", "0001-01-01T00:00+05:00", "--dsn", "{db}"],  # before 0001-01-02 UTC
+    ["pause", "q", "--until", "nan", "--dsn", "{db}"],
+    ["pause", "q", "--until", "1e12", "--dsn", "{db}"],
+    ["pause", "q", "--until", "", "--dsn", "{db}"],
+    ["pause", "q", "--dsn", UNREACHABLE],
+    ["resume", "--dsn", "{db}"],
+    ["resume", "q..", "--dsn", "{db}"],
+    ["resume", "q", "--dsn", "mysql://x"],
 ]
 
 

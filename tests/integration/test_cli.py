@@ -96,3 +96,36 @@ def test_bad_input_is_one_line(
     assert code == 1
     assert needle in err
     assert err.count("\n") == 1
+
+
+def test_pause_and_resume_a_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``slotfleet pause`` / ``resume`` write the store's pause; ``queues`` shows it."""
+    dsn = f"sqlite:///{tmp_path / 'cli.db'}"
+    code, out, _ = run(capsys, "pause", "emails", "--dsn", dsn)
+    assert (code, out.strip()) == (0, "queue emails paused until 'slotfleet resume emails'")
+    code, out, _ = run(capsys, "queues", "--dsn", dsn)
+    assert out.splitlines()[0].split()[-1] == "PAUSED"
+    assert out.splitlines()[1].split()[-1] == "yes"
+
+    code, out, _ = run(capsys, "pause", "emails", "--until", "2999-01-01T10:00+01:00", "--dsn", dsn)
+    assert (code, out.strip()) == (0, "queue emails paused until 2999-01-01T09:00:00Z")
+    code, out, _ = run(capsys, "queues", "emails", "--json", "--dsn", dsn)
+    [stats] = json.loads(out)
+    assert (stats["paused"], stats["resume_at"]) == (True, "2999-01-01T09:00:00Z")
+
+    code, out, _ = run(capsys, "pause", "emails", "--until", "90m", "--dsn", dsn)
+    assert code == 0
+    assert out.startswith("queue emails paused until ")
+
+    code, out, _ = run(capsys, "pause", "emails", "--until", "2000-01-01T00:00Z", "--dsn", dsn)
+    assert out.strip() == (
+        "queue emails: 2000-01-01T00:00:00Z has already passed, so the queue is not paused"
+    )
+
+    run(capsys, "pause", "emails", "--dsn", dsn)
+    code, out, _ = run(capsys, "resume", "emails", "--dsn", dsn)
+    assert (code, out.strip()) == (0, "queue emails resumed")
+    code, out, _ = run(capsys, "resume", "emails", "--dsn", dsn)
+    assert (code, out.strip()) == (0, "queue emails was not paused in the store; nothing to do")
+    code, out, _ = run(capsys, "queues", "emails", "--dsn", dsn)
+    assert out.splitlines()[1].split()[-1] == "-"

@@ -183,6 +183,23 @@ async def test_scales_from_zero_on_demand() -> None:
     ]
 
 
+@pytest.mark.parametrize("where", ["spec", "store"])
+async def test_a_paused_queues_backlog_is_no_demand(where: str) -> None:
+    """No worker takes a paused queue's jobs, so they start none (as the operator sizes a
+    paused Queue); once the pause ends the backlog counts again."""
+    m = manifest()
+    if where == "spec":
+        m = QueueManifest(m.name, m.spec.model_copy(update={"paused": True}))
+    r = rig(m)
+    r.store.stats = QueueStats(queue="emails", ready=37, paused=where == "store")
+    assert (await r.fleet.step()).replicas == 0
+    assert r.launcher.started == {}
+    if where == "store":
+        r.tick()
+        r.store.stats = QueueStats(queue="emails", ready=37)
+        assert (await r.fleet.step()).replicas == 5
+
+
 async def test_scale_down_stops_idle_workers_and_keeps_busy_ones() -> None:
     r = rig()
     r.store.stats = QueueStats(queue="emails", ready=37)
@@ -321,6 +338,15 @@ def test_worker_command() -> None:
     m = manifest()
     limited = QueueManifest(m.name, m.spec.model_copy(update={"rate_limit": RateLimit(count=5)}))
     assert "--rate-limit 5/1 --import" in " ".join(worker_command(limited, "x", "w"))
+    assert "--paused" not in argv
+
+
+def test_a_paused_manifest_starts_paused_workers() -> None:
+    """Regression: a local fleet ignored spec.paused (its workers fetched anyway); they
+    now start with --paused, as a cluster's workers follow spec.paused."""
+    m = manifest()
+    paused = QueueManifest(m.name, m.spec.model_copy(update={"paused": True}))
+    assert "--paused --import examples.tasks" in " ".join(worker_command(paused, "x", "w"))
 
 
 def test_example_manifest_is_valid() -> None:

@@ -217,7 +217,8 @@ class QueueSpec(_Spec):
     rate_limit: RateLimit | None = Field(default=None)
     """Job starts allowed per window across the whole fleet."""
     paused: bool = False
-    """Stop fetching new jobs; running jobs finish."""
+    """Stop fetching new jobs; running jobs finish. Separate from a pause in the job store
+    (slotfleet pause): the workers fetch only when neither is in effect."""
     drain_timeout_seconds: Annotated[int, Field(ge=1, le=86_400)] = 60
     """Seconds a stopping worker lets running jobs finish before handing them back."""
     retention_seconds: Annotated[int, Field(ge=1, le=315_360_000)] | None = None
@@ -254,7 +255,7 @@ class Condition(BaseModel):
     )
 
     type: str
-    """Ready, StoreReachable, Degraded or Scaling."""
+    """Ready, StoreReachable, Degraded, Scaling or Paused."""
     status: str
     """True, False or Unknown."""
     reason: str = ""
@@ -318,9 +319,15 @@ class QueueStatus(BaseModel):
     """What the autoscaler last asked for."""
     last_scale_time: str = Field(default="")
     """When the autoscaler last changed replicas (RFC 3339)."""
+    paused: bool = False
+    """Whether the workers fetch nothing now: spec.paused, a pause in the job store
+    (slotfleet pause), or both (the Paused condition says which)."""
+    resume_at: str = Field(default="")
+    """When the job store's pause ends by itself (RFC 3339); empty when it has no end
+    time or none is in effect."""
     cancellations: list[CancellationEntry] = Field(
         default_factory=list, max_length=MAX_CANCELLATIONS
     )
     """Running jobs to cancel: the newest requests, at most ``MAX_CANCELLATIONS``."""
     conditions: list[Condition] = Field(default_factory=list)
-    """Ready, StoreReachable, Degraded, Scaling."""
+    """Ready, StoreReachable, Degraded, Scaling, Paused."""

@@ -57,6 +57,7 @@ PRINTER_COLUMNS: tuple[Json, ...] = (
     {"name": "Busy", "type": "integer", "jsonPath": ".status.slots.busy"},
     {"name": "Free", "type": "integer", "jsonPath": ".status.slots.free"},
     {"name": "Pending", "type": "integer", "jsonPath": ".status.pending"},
+    {"name": "Paused", "type": "boolean", "jsonPath": ".status.paused"},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.autoscaling.mode"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {

@@ -258,7 +258,8 @@ class QueueReconciler:
         else:
             store_cond = st.ConditionUpdate(st.STORE_REACHABLE, True, "Connected", "")
 
-        conditions = [store_cond]
+        pause = st.pause_view(spec.paused, view.stats, previous, queue)
+        conditions = [store_cond, pause.condition]
         conditions.append(degraded or st.ConditionUpdate(st.DEGRADED, False, "AsExpected", ""))
         ready_replicas = int(((deployment or {}).get("status") or {}).get("readyReplicas") or 0)
         conditions.append(
@@ -289,6 +290,7 @@ class QueueReconciler:
                     memory.sizing,
                     busy_pods=busy_pods,
                     costs_settled=costs_settled,
+                    paused=pause.paused,
                 )
                 desired = decision.desired
                 changed = decision.replicas != spec.replicas
@@ -320,6 +322,7 @@ class QueueReconciler:
                 drop_conditions=drop,
                 desired_replicas=desired,
                 last_scale_time=last_scale,
+                pause=pause,
             ),
             now=now,
         )

@@ -62,6 +62,7 @@ async def autoscale(
     *,
     busy_pods: int,
     costs_settled: bool,
+    paused: bool,
 ) -> Decision:
     """``mode: operator``: decide with the shared autoscaler and write ``spec.replicas``
     through the Queue's ``/scale`` (so the Deployment follows by the same path as
@@ -70,7 +71,10 @@ async def autoscale(
     The fleet never shrinks below the pods running jobs (``busy_pods``), and a
     scale-down waits a tick when a pod's deletion cost changed on this one
     (``costs_settled`` false): the ReplicaSet controller must see which pods are busy
-    before it picks the ones to remove."""
+    before it picks the ones to remove.
+
+    A ``paused`` queue's backlog is no demand (no worker would take it): the fleet
+    follows its running jobs only, and grows again once the pause ends."""
     if memory.scaler_spec != spec.autoscaling:
         memory.scaler_spec = spec.autoscaling
         memory.scaler = ScalerState(last_active=memory.scaler.last_active)
@@ -79,7 +83,7 @@ async def autoscale(
         replicas=spec.replicas,
         slots_per_pod=spec.executor.concurrency,
         busy=stats.running,
-        ready_pending=stats.ready,
+        ready_pending=0 if paused else stats.ready,
         busy_pods=busy_pods,
     )
     decision, memory.scaler = decide(memory.scaler, observation, spec.autoscaling)

@@ -31,6 +31,10 @@ READY = "Ready"
 STORE_REACHABLE = "StoreReachable"
 DEGRADED = "Degraded"
 SCALING = "Scaling"
+PAUSED = "Paused"
+
+#: Reasons of the Paused condition that mean a pause in the job store is in effect.
+_STORE_PAUSE_REASONS = frozenset({"PausedInStore", "PausedBySpecAndStore"})
 
 
 def rfc3339(moment: datetime) -> str:
@@ -142,6 +146,50 @@ class Observed:
     drop_conditions: Sequence[str] = ()
     desired_replicas: int | None = None
     last_scale_time: str | None = None
+    pause: PauseView | None = None
+    """Whether the queue is paused, and why (its condition is among ``conditions``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PauseView:
+    """Whether a Queue's workers fetch nothing now, and why (see :func:`pause_view`)."""
+
+    paused: bool
+    resume_at: str
+    """When the job store's pause ends by itself (RFC 3339), or ``""``."""
+    condition: ConditionUpdate
+
+
+def pause_view(
+    spec_paused: bool, stats: QueueStats | None, previous: Mapping[str, Any], queue: str
+) -> PauseView:
+    """Both switches of a queue, combined as the workers combine them: it is paused when
+    ``spec.paused`` is true *or* a pause in the job store (``slotfleet pause``) is in
+    effect. Without the store's figures the store's part of the previous status stands."""
+    if stats is not None:
+        in_store = stats.paused
+        resume_at = rfc3339(stats.resume_at) if stats.paused and stats.resume_at else ""
+    else:
+        old = [c for c in previous.get("conditions") or [] if c.get("type") == PAUSED]
+        in_store = bool(old) and old[0].get("reason") in _STORE_PAUSE_REASONS
+        resume_at = str(previous.get("resumeAt") or "") if in_store else ""
+    until = f"until {resume_at}" if resume_at else f"until 'slotfleet resume {queue}'"
+    if spec_paused and in_store:
+        condition = ConditionUpdate(
+            PAUSED,
+            True,
+            "PausedBySpecAndStore",
+            f"spec.paused is true, and the queue is paused in the job store {until}",
+        )
+    elif spec_paused:
+        condition = ConditionUpdate(PAUSED, True, "PausedBySpec", "spec.paused is true")
+    elif in_store:
+        condition = ConditionUpdate(
+            PAUSED, True, "PausedInStore", f"paused in the job store {until}"
+        )
+    else:
+        condition = ConditionUpdate(PAUSED, False, "NotPaused", "")
+    return PauseView(spec_paused or in_store, resume_at, condition)
 
 
 def build_status(previous: Mapping[str, Any], seen: Observed, *, now: str) -> Json:
@@ -173,6 +221,9 @@ def build_status(previous: Mapping[str, Any], seen: Observed, *, now: str) -> Js
         else int(previous.get("desiredReplicas", 0))
     )
     status["lastScaleTime"] = seen.last_scale_time or str(previous.get("lastScaleTime", ""))
+    if seen.pause is not None:
+        status["paused"] = seen.pause.paused
+        status["resumeAt"] = seen.pause.resume_at
     status["cancellations"] = (
         cancellation_entries(seen.cancellations)
         if seen.cancellations is not None

@@ -146,6 +146,7 @@ def test_valid_queue_gets_defaults_and_shows_in_get(
         "BUSY",
         "FREE",
         "PENDING",
+        "PAUSED",
         "MODE",
         "AGE",
     ]
@@ -582,6 +583,7 @@ def test_jobs_run_and_cancel_flows_through_the_queue_status(
     assert row[0] == "e2e"
     assert row[1] == "1"  # replicas
     assert row[5] == "0"  # pending
+    assert row[6] == "false"  # paused
     pods = running_pods(kube_admin, namespace, "e2e")
     cost = (pods[0].metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost")
     assert cost is not None

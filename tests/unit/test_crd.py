@@ -100,7 +100,10 @@ def test_nested_defaults_are_materialized(schema: dict[str, Any]) -> None:
 
 def test_descriptions_come_from_docstrings(schema: dict[str, Any]) -> None:
     props = schema["properties"]["spec"]["properties"]
-    assert props["paused"]["description"] == "Stop fetching new jobs; running jobs finish."
+    assert props["paused"]["description"] == (
+        "Stop fetching new jobs; running jobs finish. Separate from a pause in the job store "
+        "(slotfleet pause): the workers fetch only when neither is in effect."
+    )
     assert "\n" not in props["autoscaling"]["properties"]["mode"]["description"]
 
 
@@ -116,7 +119,7 @@ def test_subresources_names_and_printer_columns() -> None:
         "labelSelectorPath": ".status.selector",
     }
     columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:7] == ["Replicas", "Ready", "Busy", "Free", "Pending", "Mode", "Age"]
+    assert columns[:8] == ["Replicas", "Ready", "Busy", "Free", "Pending", "Paused", "Mode", "Age"]
 
 
 def test_chart_template_is_guarded_and_kept() -> None:

@@ -58,7 +58,7 @@ def render(ov: Overview) -> RenderableType:
         queues.add_column(name, justify="right")
     for q in ov.queues:
         queues.add_row(
-            q.queue,
+            f"{q.queue} (paused)" if q.paused else q.queue,
             str(q.ready),
             str(q.scheduled),
             str(q.running),

@@ -64,6 +64,10 @@ class QueueView(BaseModel):
     slots_total: int
     slots_busy: int
     slots_free: int
+    paused: bool = False
+    """Paused in the store (``slotfleet pause``): no worker starts its jobs now."""
+    resume_at: datetime | None = None
+    """When that pause ends by itself; ``None`` while it lasts until resumed."""
     recent: Rates
 
 

@@ -91,6 +91,22 @@ def test_pages_answer_with_a_strict_content_security_policy(client: TestClient) 
     assert client.get("/readyz").text == "ok\n"
 
 
+def test_a_paused_queue_is_marked_on_the_overview(client: TestClient, dsn: str) -> None:
+    """A queue paused in the store (``slotfleet pause``) says so, with its time to resume."""
+
+    async def pause() -> None:
+        async with App(dsn) as app:
+            await app.pause("pdf", until=datetime(2999, 1, 1, 9, 30, tzinfo=UTC))
+
+    asyncio.run(pause())
+    queues = {q["queue"]: q for q in client.get("/api/overview").json()["queues"]}
+    assert (queues["pdf"]["paused"], queues["pdf"]["resume_at"]) == (True, "2999-01-01T09:30:00Z")
+    assert not queues["mail"]["paused"]
+    page = client.get("/").text
+    assert "paused until 2999-01-01 09:30:00 UTC" in page
+    assert page.count('data-col="paused"') == 1
+
+
 def test_the_json_api_matches_the_store(
     client: TestClient, dsn: str, ids: dict[str, JobId]
 ) -> None:

@@ -58,7 +58,10 @@ from slotfleet.store.rows import (
 
 log = logging.getLogger(__name__)
 
-#: Longest wait of a fetch for a pooled connection (see :meth:`PostgresStore.fetch`).
+#: Longest wait for a pooled connection of each call of a fetch round (handing back a
+#: lost claim, taking rate tokens, the fetch itself): a stopping worker waits for the
+#: round, so none of them may sit out the whole connect timeout while the database is
+#: down (see :meth:`PostgresStore.fetch`).
 FETCH_POOL_WAIT_SECONDS = 2.0
 
 #: What reading a claimed row may raise when a value in it cannot be represented.
@@ -154,7 +157,9 @@ class PostgresStore(PostgresReads):
 
     async def release_claim(self, worker_id: str, claim: str) -> list[JobId]:
         params = {"worker_id": worker_id, "claim": claim}
-        rows = await self._all(sql.RELEASE_CLAIM, params, idempotent=True)
+        rows = await self._all(
+            sql.RELEASE_CLAIM, params, idempotent=True, wait=FETCH_POOL_WAIT_SECONDS
+        )
         return [JobId(r["id"]) for r in rows]
 
     async def enqueue_ids(self, jobs: Sequence[Job]) -> list[JobId]:
@@ -274,7 +279,9 @@ class PostgresStore(PostgresReads):
         if wanted <= 0:
             return 0
         params = {"queue": queue, "wanted": wanted, "count": count, "period": float(period)}
-        row = await self._one(sql.TAKE_RATE_TOKENS, params, idempotent=False)
+        row = await self._one(
+            sql.TAKE_RATE_TOKENS, params, idempotent=False, wait=FETCH_POOL_WAIT_SECONDS
+        )
         return 0 if row is None else int(row["granted"])
 
     async def wait_for_jobs(self, queue: str, timeout: float) -> None:

@@ -171,12 +171,19 @@ class PostgresConnections:
         if pool is not None:
             await pool.close()
 
-    async def _one(self, query: str, params: dict[str, Any], *, idempotent: bool) -> DictRow | None:
+    async def _one(
+        self,
+        query: str,
+        params: dict[str, Any],
+        *,
+        idempotent: bool,
+        wait: float | None = None,
+    ) -> DictRow | None:
         async def body(conn: Conn) -> DictRow | None:
             cur = await conn.execute(query, params)
             return await cur.fetchone()
 
-        return await self._run(body, idempotent=idempotent)
+        return await self._run(body, idempotent=idempotent, wait=wait)
 
     async def _all(
         self,

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from slotfleet.models import Job, JobId, JobState, QueuedJob, RetryPolicy
+from slotfleet.models import Job, JobId, JobState, QueuedJob, RetryPolicy, StoreUnavailableError
 from slotfleet.store import Store, open_store
+from slotfleet.store.postgres import FETCH_POOL_WAIT_SECONDS
 from tests.fixtures.postgres import PostgresServer
 from tests.fixtures.stores import StoreFactory
 from tests.fixtures.tcp_forwarder import TcpForwarder
@@ -364,6 +365,41 @@ async def test_burst_drains_every_queue_and_exits(
         assert done is not None
         assert done.state is JobState.SUCCEEDED
         assert done.result == job.kwargs["a"] + job.kwargs["b"]
+
+
+@pytest.mark.postgres
+async def test_every_call_of_a_fetch_round_gives_up_on_a_lost_database_within_the_fetch_wait(
+    postgres_server: PostgresServer, postgres_dsn: str
+) -> None:
+    """A stopping worker waits for its fetch round, so each store call of the round waits
+    at most ``FETCH_POOL_WAIT_SECONDS`` for a connection. Regression: handing back the
+    claim of a fetch whose reply was lost waited out the whole connect timeout (10 s), and
+    a worker told to stop right then took 16.7 s, past its pod's grace period."""
+    forwarder = TcpForwarder(postgres_server.port)
+    forwarder.start()
+    direct = f":{postgres_server.port}/"
+    store = open_store(postgres_dsn.replace(direct, f":{forwarder.port}/"))
+    await store.open()
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
+        "fetch": lambda: store.fetch("work", "w", 1, 3.0, claim="c"),
+        "release_claim": lambda: store.release_claim("w", "c"),
+        "take_rate_tokens": lambda: store.take_rate_tokens("work", 1, 10, 1.0),
+    }
+    try:
+        forwarder.cut()
+        for name, call in calls.items():
+            # The pool may still hold connections the cut killed: each of those fails
+            # once on its own, then the call has to wait for a new one.
+            for _ in range(4):
+                with pytest.raises(StoreUnavailableError) as caught:
+                    await call()
+                if "no connection within" in str(caught.value):
+                    break
+            message = str(caught.value)
+            assert f"no connection within {FETCH_POOL_WAIT_SECONDS:g}s" in message, (name, message)
+    finally:
+        forwarder.stop()
+        await store.close()
 
 
 @pytest.mark.postgres

@@ -28,9 +28,11 @@ from bench.common import REPO
 QUEUE = "bench"
 
 
-def job_function(kind: str) -> str:
-    """Module and name of the no-op for an executor kind."""
-    return "bench.tasks.noop_async" if kind == "async" else "bench.tasks.noop"
+def job_function(kind: str, registered: bool = False) -> str:
+    """Module and name of the no-op for an executor kind (``registered``: its ``@job``
+    twin, which slotfleet's workers run by default)."""
+    name = "noop_async" if kind == "async" else "noop"
+    return f"bench.tasks.{'sf_' if registered else ''}{name}"
 
 
 @dataclass
@@ -138,7 +140,7 @@ class SlotfleetDriver:
     def _jobs(self, n: int, kind: str) -> list[Any]:
         from slotfleet.models import Job
 
-        module, _, func = job_function(kind).rpartition(".")
+        module, _, func = job_function(kind, registered=True).rpartition(".")
         return [Job(func=f"{module}:{func}", queue=QUEUE) for _ in range(n)]
 
     def enqueue(self, n: int, batch: int, kind: str) -> None:

@@ -37,7 +37,7 @@ def child(tree: str, dsn: str) -> None:
     from slotfleet.worker import Worker
 
     async def main() -> dict[str, float]:
-        job = Job(func="bench.tasks:noop_async", queue="q")
+        job = Job(func="bench.tasks:sf_noop_async", queue="q")
         async with App(dsn) as app:
             start = time.perf_counter()
             for _ in range(JOBS // BATCH):

@@ -31,6 +31,8 @@ import time
 import uuid
 from typing import Any
 
+from slotfleet import job
+
 #: Environment variable naming the ledger file.
 LEDGER_ENV = "SLOTFLEET_LEDGER"
 
@@ -150,6 +152,7 @@ def _end(key: str, execution: str, behaviour: str, how: str, started: float) -> 
     record("end", key, execution, behaviour, how=how, ran=round(time.time() - started, 3))
 
 
+@job
 async def work_async(
     key: str,
     behaviour: str,
@@ -181,6 +184,7 @@ async def work_async(
     return _result(key, execution)
 
 
+@job
 def work(
     key: str,
     behaviour: str,

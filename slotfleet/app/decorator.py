@@ -2,7 +2,8 @@
 
 A decorated function stays callable as before (tests and scripts can call it
 directly); ``fn.with_kwargs(...)`` makes a :class:`~slotfleet.models.Job` ready to
-enqueue. The worker finds the original function through ``__wrapped__``.
+enqueue. The worker finds the original function through ``__wrapped__``, and by default
+runs nothing else: a job naming an undecorated callable (``os:system``) fails.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ def import_path(func: Callable[..., Any]) -> str:
 
 
 class JobFunction(Generic[P, R]):
-    """A function registered as a job, with default options for its jobs."""
+    """A function registered as a job, with default options for its jobs. Workers run
+    only these by default: the class carries the mark they look for (``__slotfleet_job__``,
+    ``slotfleet.worker.executors.functions``)."""
+
+    __slotfleet_job__ = True
 
     def __init__(self, func: Callable[P, R], options: dict[str, Any]) -> None:
         self.__wrapped__ = func

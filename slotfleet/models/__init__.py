@@ -6,6 +6,7 @@ the same terms without depending on one another.
 """
 
 from slotfleet.models.errors import (
+    FunctionNotAllowedError,
     InvalidJobError,
     InvalidSettingsError,
     JobNotFoundError,
@@ -32,6 +33,7 @@ from slotfleet.models.jobs import (
 )
 from slotfleet.models.queues import (
     ExecutorKind,
+    FunctionPolicy,
     QueuePause,
     QueueSettings,
     QueueStats,
@@ -46,6 +48,8 @@ __all__ = [
     "Completion",
     "ExecutorKind",
     "FinishedCounts",
+    "FunctionNotAllowedError",
+    "FunctionPolicy",
     "InvalidJobError",
     "InvalidSettingsError",
     "Job",

@@ -28,6 +28,10 @@ class UnknownFunctionError(SlotfleetError, LookupError):
     """The job's function cannot be imported."""
 
 
+class FunctionNotAllowedError(SlotfleetError, PermissionError):
+    """The job's function is not one this worker runs (not registered with ``@job``)."""
+
+
 class JobNotFoundError(SlotfleetError, LookupError):
     """No job has that id."""
 
@@ -47,6 +51,8 @@ def describe_validation_error(exc: Exception, subject: str) -> str:
         return f"{subject}: {exc}"
     parts = []
     for err in errors(include_url=False):
+        if err.get("type") == "default_factory_not_called":
+            continue  # a default computed from a field that failed: that failure says it
         where = ".".join(str(p) for p in err.get("loc", ())) or "value"
         message = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         parts.append(f"{where}: {message}")

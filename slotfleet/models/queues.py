@@ -41,6 +41,16 @@ class ExecutorKind(StrEnum):
     """A pool of child processes, reused between jobs; for CPU-bound work."""
 
 
+class FunctionPolicy(StrEnum):
+    """Which functions a worker runs for the jobs it claims."""
+
+    REGISTERED = "registered"
+    """Only functions registered with ``@job`` (the default): a job naming anything else,
+    ``os:system`` say, fails with an error saying so."""
+    ANY = "any"
+    """Any importable callable, as Chancy does: whoever can enqueue can run code."""
+
+
 class RateLimit(BaseModel):
     """At most ``count`` job starts per ``period`` seconds, across every worker of the queue."""
 
@@ -69,6 +79,8 @@ class QueueSettings(BaseModel):
     """Starts allowed per window across all workers; ``None`` means unlimited."""
     paused: bool = False
     """A paused queue fetches nothing; running jobs finish."""
+    functions: FunctionPolicy = FunctionPolicy.REGISTERED
+    """Which functions this queue's jobs may name (``@job``-registered ones, or any)."""
 
     @classmethod
     def parse(cls, text: str) -> QueueSettings:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from slotfleet import job
+
 
 class Opaque:
     """Not JSON-serializable."""
@@ -46,25 +48,31 @@ def _result(kind: str) -> Any:
     return RESULTS[kind]
 
 
+@job
 def bad_result(kind: str) -> Any:
     return _result(kind)
 
 
+@job
 async def async_bad_result(kind: str) -> Any:
     return _result(kind)
 
 
+@job
 def exits(code: int = 3) -> None:
     sys.exit(code)
 
 
+@job
 async def async_exits(code: int = 3) -> None:
     sys.exit(code)
 
 
+@job
 def ok() -> str:
     return "ok"
 
 
+@job
 async def async_ok() -> str:
     return "ok"

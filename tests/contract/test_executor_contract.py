@@ -15,9 +15,11 @@ from typing import Any, cast
 
 import pytest
 
+import slotfleet
 from slotfleet.models import (
     Completion,
     ExecutorKind,
+    FunctionPolicy,
     Job,
     JobId,
     JobState,
@@ -259,11 +261,53 @@ async def test_unknown_function_fails_and_executor_keeps_working(
     assert (await worker.completion(ok.id)).result == 3
 
 
+async def test_functions_not_registered_with_job_are_refused_and_never_run(
+    kind: ExecutorKind, executor: Executor, worker: FakeWorker, tmp_path: Path
+) -> None:
+    """Regression: any importable callable ran (``os:system`` did). By default a worker
+    runs only @job functions; a refused job fails with an error that says why and how
+    to open it up, and the executor keeps working."""
+    marker = tmp_path / "ran"
+    refused = [
+        make_job("os:system", kwargs={"command": f"touch {marker}"}),
+        make_job("tests.tasks:plain_add", kwargs={"a": 1, "b": 2}),
+    ]
+    for job_ in refused:
+        await executor.push(job_)
+        done = await worker.completion(job_.id)
+        assert done.outcome is Outcome.FAILED
+        assert done.error is not None
+        assert done.error.error.startswith(
+            f"FunctionNotAllowedError: {job_.func!r} is not registered with @job"
+        )
+        assert "--functions any" in done.error.error
+    assert not marker.exists()
+    ok = make_job(fn(kind, "add"), kwargs={"a": 1, "b": 2})
+    await executor.push(ok)
+    assert (await worker.completion(ok.id)).result == 3
+
+
+async def test_a_queue_that_runs_any_function_runs_an_unregistered_one(
+    kind: ExecutorKind, worker: FakeWorker
+) -> None:
+    queue = QueueSettings(name="any", executor=kind, concurrency=1, functions=FunctionPolicy.ANY)
+    executor = executor_class(kind)(worker, queue)
+    try:
+        name = "plain_async_add" if kind is ExecutorKind.ASYNC else "plain_add"
+        job_ = make_job(f"tests.tasks:{name}", kwargs={"a": 2, "b": 3})
+        await executor.push(job_)
+        assert (await worker.completion(job_.id)).result == 5
+    finally:
+        await executor.stop()
+
+
+@slotfleet.job
 def raise_base(what: str) -> None:
     """A job that raises SystemExit or KeyboardInterrupt (run by the executors below)."""
     raise SystemExit(3) if what == "exit" else KeyboardInterrupt()
 
 
+@slotfleet.job
 async def async_raise_base(what: str) -> None:
     raise_base(what)
 

@@ -1,15 +1,17 @@
 """The child side of the process executor: a loop that runs one job at a time.
 
-A child receives ``(func_path, kwargs_json, job_json)`` on its pipe, runs the function
-(an ``async def`` one with ``asyncio.run``) and answers ``("ok", result_json, meta)`` or
-``("err", type_name, message, traceback, meta)``; ``None`` or a closed pipe ends it.
-``job_json`` is the job's instance without its kwargs: it is decoded into a
-``QueuedJob`` only for a function with a keyword-only parameter annotated ``QueuedJob``
-(see ``instance.py``), and then ``meta`` is ``("meta", meta_json)`` (what the job left in
-``meta``) or ``("problem", why)`` when that cannot be stored; otherwise ``None``. SIGTERM
-while a job runs sets the job's cancel token and raises :class:`JobCancelled` inside the
-job's code; between jobs it is ignored (the parent decides what happens next). SIGINT is
-ignored: a Ctrl-C in a terminal reaches the whole process group, and the parent drains.
+A child receives ``(func_path, kwargs_json, job_json, any_callable)`` on its pipe, runs
+the function (an ``async def`` one with ``asyncio.run``) and answers ``("ok", result_json,
+meta)`` or ``("err", type_name, message, traceback, meta)``; ``None`` or a closed pipe
+ends it. ``any_callable`` lets it run a function not registered with ``@job`` (the queue's
+``functions: any``). ``job_json`` is the job's instance without its kwargs: it is decoded
+into a ``QueuedJob`` only for a function with a keyword-only parameter annotated
+``QueuedJob`` (see ``instance.py``), and then ``meta`` is ``("meta", meta_json)`` (what
+the job left in ``meta``) or ``("problem", why)`` when that cannot be stored; otherwise
+``None``. SIGTERM while a job runs sets the job's cancel token and raises
+:class:`JobCancelled` inside the job's code; between jobs it is ignored (the parent
+decides what happens next). SIGINT is ignored: a Ctrl-C in a terminal reaches the whole
+process group, and the parent drains.
 
 A child never outlives its worker: on Linux it asks the kernel for SIGKILL when its
 parent dies (``PR_SET_PDEATHSIG``). A worker killed on its own (the OOM killer picks one
@@ -49,11 +51,11 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise JobCancelled("job stopped by SIGTERM")
 
 
-def _run(path: str, kwargs_json: str, job_json: str) -> tuple[Any, ...]:
+def _run(path: str, kwargs_json: str, job_json: str, any_callable: bool) -> tuple[Any, ...]:
     token = CancelToken()
     instance: QueuedJob | None = None
     try:
-        func = resolve_function(path)
+        func = resolve_function(path, any_callable=any_callable)
         kwargs = json.loads(kwargs_json)
         names = instance_params(func)
         if names:

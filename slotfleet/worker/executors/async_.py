@@ -64,7 +64,7 @@ class AsyncExecutor(Executor):
         exc: Exception | None = None
         result: Any = None
         try:
-            func, kwargs = self.get_function_and_kwargs(run.job)
+            func, kwargs = self.get_function_and_kwargs(run.job, any_callable=self.any_callable)
             run.instance = any(value is run.job for value in kwargs.values())
             if not inspect.iscoroutinefunction(func):
                 raise NotACoroutineError(

@@ -21,9 +21,10 @@ Outcomes, in one place:
   while attempts remain, else ``failed``; the error is recorded as "ExcType: message"
   with its traceback;
 - a function that cannot be imported (missing module or attribute, or its module
-  raised on import) is an ordinary failure, retries included: during a rolling deploy
-  the retry may well land on a worker that has the new code. With the default
-  ``max_attempts=1`` it fails at once;
+  raised on import), or is not registered with ``@job`` while the queue runs only those
+  (``QueueSettings.functions``, the default), is an ordinary failure, retries included:
+  during a rolling deploy the retry may well land on a worker that has the new code.
+  With the default ``max_attempts=1`` it fails at once;
 - ``SystemExit`` or ``KeyboardInterrupt`` raised by a job's code (``sys.exit()`` in a
   job, a library that "exits" on error) is a bug in the job, not a request to stop the
   worker: it fails the attempt like any exception ("SystemExit: 3"), retries included.
@@ -64,6 +65,7 @@ from typing import Any
 
 from slotfleet.models import (
     Completion,
+    FunctionPolicy,
     JobError,
     JobId,
     Outcome,
@@ -144,16 +146,25 @@ class Executor(ABC):
         """Hand back every job still running (``released``) and free the resources."""
 
     @staticmethod
-    def get_function_and_kwargs(job: QueuedJob) -> tuple[Callable[..., Any], dict[str, Any]]:
+    def get_function_and_kwargs(
+        job: QueuedJob, *, any_callable: bool = False
+    ) -> tuple[Callable[..., Any], dict[str, Any]]:
         """The callable behind ``job.func`` (unwrapping ``@job``) and its kwargs, with
         ``job`` itself under every keyword-only parameter annotated ``QueuedJob``
         (whatever its name; see :mod:`~slotfleet.worker.executors.instance`). What the
-        job writes into ``job.meta`` is stored with the attempt's completion."""
-        func = resolve_function(job.func)
+        job writes into ``job.meta`` is stored with the attempt's completion. A function
+        not registered with ``@job`` is refused unless ``any_callable`` (the executors
+        pass their queue's ``functions: any``)."""
+        func = resolve_function(job.func, any_callable=any_callable)
         kwargs = dict(job.kwargs)
         for name in instance_params(func):
             kwargs[name] = job
         return func, kwargs
+
+    @property
+    def any_callable(self) -> bool:
+        """Whether this queue's jobs may name any importable callable."""
+        return self.queue.functions is FunctionPolicy.ANY
 
     async def on_job_starting(self, job: QueuedJob) -> QueuedJob:
         """Called before a job runs; marks the attempt open so it is reported once."""

@@ -77,13 +77,15 @@ class _Child:
         self._lock = threading.Lock()
         threading.Thread(target=self._read, name=f"{name}-reader", daemon=True).start()
 
-    def call(self, path: str, kwargs_json: str, job_json: str) -> asyncio.Future[tuple[Any, ...]]:
+    def call(
+        self, path: str, kwargs_json: str, job_json: str, any_callable: bool
+    ) -> asyncio.Future[tuple[Any, ...]]:
         future: asyncio.Future[tuple[Any, ...]] = self.loop.create_future()
         with self._lock:
             self.reply = future
         # A dead child: the reader thread sees EOF and fails the future with the exit code.
         with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send((path, kwargs_json, job_json))
+            self.conn.send((path, kwargs_json, job_json, any_callable))
         return future
 
     def _read(self) -> None:
@@ -250,7 +252,9 @@ class ProcessExecutor(ConcurrentExecutor):
                 # The instance without its kwargs (they travel once, as their own text);
                 # the child rebuilds it only for a job that asks for it.
                 instance = job.model_dump_json(exclude=_KWARGS)
-                reply = await child.call(job.func, json.dumps(job.kwargs), instance)
+                reply = await child.call(
+                    job.func, json.dumps(job.kwargs), instance, self.any_callable
+                )
                 if reply[0] == "ok":
                     result = json.loads(reply[1])
                 else:

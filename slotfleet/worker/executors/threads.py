@@ -36,12 +36,12 @@ from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Ru
 from slotfleet.worker.executors.outcomes import JobReleased, await_job, call_job
 
 
-def _call(run: Run) -> Any:
+def _call(run: Run, any_callable: bool) -> Any:
     """Runs in a pool thread: find the function and call it with the token current
     (a ``SystemExit`` from the job becomes :class:`JobExitError`, a failed attempt).
     Marks the run when the job is handed its own instance (its meta is then stored)."""
     with use_token(run.token):
-        func, kwargs = ThreadedExecutor.get_function_and_kwargs(run.job)
+        func, kwargs = ThreadedExecutor.get_function_and_kwargs(run.job, any_callable=any_callable)
         run.instance = any(value is run.job for value in kwargs.values())
         if inspect.iscoroutinefunction(func):
             return asyncio.run(await_job(func(**kwargs)))
@@ -85,7 +85,7 @@ class ThreadedExecutor(ConcurrentExecutor):
         result: Any = None
         try:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._pool, _call, run)
+            result = await loop.run_in_executor(self._pool, _call, run, self.any_callable)
         except Exception as error:
             exc = error
         await self.finish(run, exc, result)

@@ -26,6 +26,7 @@ from slotfleet.models import (
     WorkerHeartbeat,
 )
 from slotfleet.store import postgres_sql as sql
+from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import error_json, job_from_record, migration_scripts, one_line
 
 Conn = psycopg.AsyncConnection[DictRow]
@@ -104,7 +105,7 @@ def parse_address(dsn: str) -> tuple[str, dict[str, Any]]:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.Error as exc:
-        raise InvalidSettingsError(f"invalid PostgreSQL DSN: {one_line(exc)}") from exc
+        raise InvalidSettingsError(f"invalid PostgreSQL DSN: {scrub(one_line(exc), dsn)}") from exc
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
     return f"{host}:{params.get('port') or 5432}", params
 

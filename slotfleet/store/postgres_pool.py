@@ -6,7 +6,8 @@ Connection problems become :class:`StoreUnavailableError` (an idempotent stateme
 tried once more on a fresh connection: a restarted server leaves dead connections in the
 pool); a statement the server rolled back to break a deadlock or a serialization
 conflict is run again a few times, then reported as what it is; anything else is a
-:class:`StoreError` with the driver's message on one line.
+:class:`StoreError` with the driver's message on one line, the DSN's password scrubbed
+from it (``slotfleet.store.dsn``).
 
 What this is not: it knows no job, no verb and no SQL but the migrations'.
 """
@@ -25,6 +26,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from slotfleet.models import StoreError, StoreUnavailableError
+from slotfleet.store.dsn import scrub
 from slotfleet.store.postgres_db import Conn, check_idle, configure, migrate, parse_address
 from slotfleet.store.postgres_listen import Listener
 from slotfleet.store.rows import one_line
@@ -71,9 +73,13 @@ class PostgresConnections:
 
     # -- plumbing ---------------------------------------------------------------------
 
+    def _text(self, exc: BaseException) -> str:
+        """The driver's message on one line, without the DSN's password."""
+        return scrub(one_line(exc), self.dsn)
+
     def _unavailable(self, exc: BaseException) -> StoreUnavailableError:
         return StoreUnavailableError(
-            f"cannot reach the database at {self.address}: {one_line(exc)}"
+            f"cannot reach the database at {self.address}: {self._text(exc)}"
         )
 
     async def _connect(self) -> Conn:
@@ -115,19 +121,19 @@ class PostgresConnections:
                         times = "once" if aborted == 1 else f"{aborted} times"
                         raise StoreError(
                             f"the database aborted the statement {times} "
-                            f"({one_line(exc)}); try again"
+                            f"({self._text(exc)}); try again"
                         ) from exc
-                    log.info("retrying a statement the database aborted: %s", one_line(exc))
+                    log.info("retrying a statement the database aborted: %s", self._text(exc))
                     await asyncio.sleep(random.uniform(0.01, 0.05) * aborted)
                     continue
                 if not isinstance(exc, psycopg.OperationalError):
-                    raise StoreError(f"database error: {one_line(exc)}") from exc
+                    raise StoreError(f"database error: {self._text(exc)}") from exc
                 with contextlib.suppress(Exception):
                     await pool.check()
                 attempt += 1
                 if not idempotent or attempt >= 2:
                     raise self._unavailable(exc) from exc
-                log.info("retrying after a connection failure: %s", one_line(exc))
+                log.info("retrying after a connection failure: %s", self._text(exc))
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -141,7 +147,7 @@ class PostgresConnections:
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
         except psycopg.Error as exc:
-            raise StoreError(f"cannot migrate the database: {one_line(exc)}") from exc
+            raise StoreError(f"cannot migrate the database: {self._text(exc)}") from exc
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.dsn,
             min_size=self.min_size,

@@ -14,7 +14,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 # only what the wheel is built from (see .dockerignore), so unrelated edits keep the cache
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY slotfleet ./slotfleet
 RUN pip wheel --no-deps --wheel-dir /dist .
 
@@ -27,11 +27,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 slotfleet \
  && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/slotfleet \
       --shell /usr/sbin/nologin slotfleet
-# the wheel with its dashboard extra (`slotfleet dashboard`, the chart's optional dashboard
-# Deployment; about 6 MiB of starlette, uvicorn, jinja2 and rich that the worker never
-# imports) and its dependencies from the index, nothing else from the build context
+# the wheel with every extra (PostgreSQL, the operator, the dashboard: `slotfleet
+# dashboard` and the chart's optional dashboard Deployment, about 6 MiB of starlette,
+# uvicorn, jinja2 and rich that the worker never imports) and their dependencies from the
+# index, nothing else from the build context
 RUN --mount=type=bind,from=builder,source=/dist,target=/dist \
-    pip install --no-cache-dir "$(ls /dist/*.whl)[dashboard]" \
+    pip install --no-cache-dir "$(ls /dist/*.whl)[all]" \
  && rm -rf /root/.cache
 USER 10001:10001
 # writable for the embedded sqlite store of a local `slotfleet worker` (not used in a cluster)

@@ -48,6 +48,21 @@ def duration_arg(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: Packages of the extras (``slotfleet[operator]``, ``slotfleet[postgres]``).
+OPTIONAL_PACKAGES = frozenset({"kopf", "kubernetes", "psycopg", "psycopg_pool"})
+
+
+def require_extra(exc: ModuleNotFoundError, extra: str, what: str) -> NoReturn:
+    """Raise one line naming the extra to install when ``exc`` is a missing optional
+    package; re-raise it otherwise (a missing module of our own is a bug)."""
+    package = (exc.name or "").partition(".")[0]
+    if package not in OPTIONAL_PACKAGES:
+        raise exc
+    raise InvalidSettingsError(
+        f"{what} needs the {package} package: pip install 'slotfleet[{extra}]'"
+    ) from exc
+
+
 def add_dsn(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dsn",

@@ -21,13 +21,16 @@ import argparse
 import os
 from typing import Any
 
-from slotfleet.cli.common import guarded, port_arg
+from slotfleet.cli.common import guarded, port_arg, require_extra
 
 
 def run(args: argparse.Namespace) -> int:
-    import kopf  # heavy; only the operator command needs it
+    try:  # heavy, and optional (slotfleet[operator]): only this command needs them
+        import kopf
 
-    from slotfleet.operator.main import OperatorOptions, run_operator
+        from slotfleet.operator.main import OperatorOptions, run_operator
+    except ModuleNotFoundError as exc:
+        require_extra(exc, "operator", "slotfleet operator")
     from slotfleet.worker.server import MetricsServerConfig
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     run_operator(
         OperatorOptions(
             namespaces=namespaces,
-            liveness=args.liveness,
+            liveness=liveness_url(args.liveness) if args.liveness else None,
             peering=None if args.standalone else args.peering,
             interval=args.interval,
             store_timeout=args.store_timeout,
@@ -51,6 +54,19 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def liveness_url(text: str) -> str:
+    """``--liveness`` as kopf needs it: an IPv6 address put in by the kubelet
+    (``http://$(POD_IP):8080/healthz`` in the chart) gets the brackets a URL needs."""
+    scheme, sep, rest = text.partition("://")
+    hostport, slash, path = rest.partition("/")
+    if not sep or hostport.startswith("[") or hostport.count(":") < 2:
+        return text
+    host, _, port = hostport.rpartition(":")
+    if not port.isdigit():  # an address without a port
+        host, port = hostport, ""
+    return f"{scheme}://[{host}]{':' + port if port else ''}{slash}{path}"
 
 
 def _positive(text: str) -> float:

@@ -26,8 +26,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slotfleet.cli.common import add_dsn, guarded, port_arg, run_async
+from slotfleet.cli.common import add_dsn, guarded, port_arg, require_extra, run_async
 from slotfleet.models import (
+    FunctionPolicy,
     InvalidSettingsError,
     QueueSettings,
     RateLimit,
@@ -91,6 +92,8 @@ def _apply(queue: QueueSettings, args: argparse.Namespace) -> QueueSettings:
         changes["rate_limit"] = args.rate_limit
     if args.paused:
         changes["paused"] = True
+    if args.functions is not None:
+        changes["functions"] = args.functions
     if not changes:
         return queue
     try:
@@ -120,7 +123,10 @@ def _queue_resource_source(text: str | None) -> CancelSource | None:
     (in a cluster); without it the worker polls the store."""
     if not text:
         return None
-    from slotfleet.worker.kube_source import KubeQueueSource  # needs the kubernetes client
+    try:
+        from slotfleet.worker.kube_source import KubeQueueSource  # the kubernetes client
+    except ModuleNotFoundError as exc:
+        require_extra(exc, "operator", "--queue-resource")
 
     namespace, _, name = text.partition("/")
     if not namespace or not name:
@@ -165,6 +171,8 @@ def _run_worker(args: argparse.Namespace) -> int:
                 worker.worker_id,
                 ", ".join(f"{q.name} ({q.executor.value})" for q in queues),
             )
+            if any(q.functions is FunctionPolicy.ANY for q in queues):
+                log.warning("jobs may name any importable callable (--functions any)")
             await worker.run(burst=args.burst)
         finally:
             await store.close()
@@ -257,6 +265,12 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         default=[],
         metavar="MODULE",
         help="import a task module before starting (repeatable)",
+    )
+    p.add_argument(
+        "--functions",
+        choices=[policy.value for policy in FunctionPolicy],
+        help="which functions jobs may name: registered (only those decorated with @job; "
+        "the default) or any (any importable callable, as Chancy runs)",
     )
     p.add_argument(
         "--queue-resource",

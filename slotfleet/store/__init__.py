@@ -76,7 +76,15 @@ def open_store(dsn: str) -> Store:
 
         return SQLiteStore(dsn)
     if scheme in ("postgresql", "postgres") and sep:
-        from slotfleet.store.postgres import PostgresStore
+        try:
+            from slotfleet.store.postgres import PostgresStore
+        except ModuleNotFoundError as exc:  # psycopg is the optional slotfleet[postgres]
+            if not (exc.name or "").startswith("psycopg"):
+                raise
+            raise InvalidSettingsError(
+                f"postgresql:// DSNs need the {exc.name or 'psycopg'} package: "
+                "pip install 'slotfleet[postgres]'"
+            ) from exc
 
         return PostgresStore(dsn)
     what = f"unsupported DSN scheme {scheme!r}" if sep else "the DSN has no scheme"

@@ -24,10 +24,24 @@ from slotfleet.fleet import (
 )
 from slotfleet.models import InvalidSettingsError
 from slotfleet.store import dsn_from_env, open_store
+from slotfleet.store.dsn import redact_dsn
 
 
 def _say(line: str) -> None:
     print(line, flush=True)
+
+
+def local_notes(manifest: QueueManifest) -> list[str]:
+    """What of the manifest a local fleet leaves out, one line each (only what is set)."""
+    spec = manifest.spec
+    notes = [
+        f"env {var.name} is valueFrom a Secret, ConfigMap or pod field: not set locally"
+        for var in spec.env
+        if var.value_from is not None
+    ]
+    if spec.env_from:
+        notes.append("envFrom (Secrets, ConfigMaps) is for pods: not used locally")
+    return notes
 
 
 async def _run(manifest: QueueManifest, dsn: str, args: argparse.Namespace) -> None:
@@ -47,9 +61,11 @@ async def _run(manifest: QueueManifest, dsn: str, args: argparse.Namespace) -> N
             loop.add_signal_handler(signum, stop.set)
         _say(
             f"{manifest.queue}: fleet of {manifest.spec.executor.kind.value} workers x"
-            f" {manifest.spec.executor.concurrency} slots on {store.dsn}"
+            f" {manifest.spec.executor.concurrency} slots on {redact_dsn(dsn)}"
             f" (autoscaling {manifest.spec.autoscaling.mode.value})"
         )
+        for line in local_notes(manifest):
+            _say(f"{manifest.queue}: {line}")
         try:
             await fleet.run(
                 stop, interval=args.interval, duration=args.duration, until_idle=args.until_idle

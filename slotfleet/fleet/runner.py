@@ -30,8 +30,10 @@ from typing import Protocol
 
 from slotfleet.fleet.manifest import QueueManifest
 from slotfleet.models import QueueStats, SlotfleetError, WorkerHeartbeat
+from slotfleet.models.queues import FunctionPolicy
 from slotfleet.models.resource import PURGE_BATCH, RETENTION_CHECK_SECONDS, AutoscalingMode
 from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
+from slotfleet.store import DSN_ENV
 from slotfleet.store.base import Store
 
 #: Seconds a terminated worker gets beyond its drain timeout before it is killed.
@@ -54,13 +56,14 @@ class Launcher(Protocol):
     def start(self, worker_id: str) -> Process: ...
 
 
-def worker_command(manifest: QueueManifest, dsn: str, worker_id: str) -> list[str]:
-    """The ``slotfleet worker`` command line for one worker of ``manifest``'s queue."""
+def worker_command(manifest: QueueManifest, worker_id: str) -> list[str]:
+    """The ``slotfleet worker`` command line for one worker of ``manifest``'s queue. The
+    DSN is not on it (a command line is visible to every local user in ``ps``): workers
+    read it from ``$SLOTFLEET_DSN`` (:meth:`SubprocessLauncher.environment`)."""
     spec = manifest.spec
     queue = f"{manifest.queue}:{spec.executor.kind.value}:{spec.executor.concurrency}"
     argv = [
         sys.executable, "-m", "slotfleet.cli.main", "worker",
-        "--dsn", dsn,
         "--queue", queue,
         "--worker-id", worker_id,
         "--metrics-host", "127.0.0.1",
@@ -73,6 +76,8 @@ def worker_command(manifest: QueueManifest, dsn: str, worker_id: str) -> list[st
         argv += ["--rate-limit", f"{spec.rate_limit.count}/{spec.rate_limit.period:g}"]
     if spec.paused:
         argv.append("--paused")
+    if spec.functions is not FunctionPolicy.REGISTERED:
+        argv += ["--functions", spec.functions.value]
     for module in spec.imports:
         argv += ["--import", module]
     return argv
@@ -87,10 +92,16 @@ class SubprocessLauncher:
     dsn: str
     env: Mapping[str, str]
 
+    def environment(self) -> dict[str, str]:
+        """The workers' environment: this one, the manifest's plain ``env`` values (a
+        local fleet has no Secrets or pod fields to resolve ``valueFrom`` with), and the
+        DSN in ``$SLOTFLEET_DSN``."""
+        plain = {v.name: v.value for v in self.manifest.spec.env if v.value is not None}
+        return {**self.env, **plain, DSN_ENV: self.dsn}
+
     def start(self, worker_id: str) -> Process:
-        env = {**self.env, **{v.name: v.value for v in self.manifest.spec.env}}
         return subprocess.Popen(
-            worker_command(self.manifest, self.dsn, worker_id), env=env, process_group=0
+            worker_command(self.manifest, worker_id), env=self.environment(), process_group=0
         )
 
 

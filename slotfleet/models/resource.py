@@ -14,10 +14,27 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
-from slotfleet.models.queues import ExecutorKind, RateLimit
+from slotfleet.models.container import EnvFromSource, EnvVar, Resources, VolumeMount
+from slotfleet.models.pod import DisruptionBudget, PodTemplate, ServiceAccountSpec
+from slotfleet.models.queues import ExecutorKind, FunctionPolicy, RateLimit
+from slotfleet.models.rules import (
+    ImageRef,
+    KeyName,
+    ModuleName,
+    ObjectName,
+    SpecModel,
+    cel,
+    cel_extra,
+)
 
 GROUP = "slotfleet.dev"
 VERSION = "v1alpha1"
@@ -27,22 +44,33 @@ SINGULAR = "queue"
 SHORT_NAMES = ("sfq",)
 
 
-def _cel(rule: str, message: str) -> dict[str, Any]:
-    return {"rule": rule, "message": message}
-
-
 # Cross-field rules, written once: as CEL for the API server (x-kubernetes-validations)
 # and checked again by the models' validators for what runs without an API server
 # (``slotfleet fleet -f queue.yaml``), with the same message.
-MIN_LE_MAX = _cel(
+MIN_LE_MAX = cel(
     "self.minReplicas <= self.maxReplicas",
     "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
 )
-REPLICAS_LE_MAX = _cel(
+REPLICAS_LE_MAX = cel(
     "!has(self.replicas) || !has(self.autoscaling) || "
     "self.autoscaling.mode != 'operator' || "
     "self.replicas <= self.autoscaling.maxReplicas",
     "replicas must not exceed autoscaling.maxReplicas",
+)
+#: YAML 1.1 (kubectl's and PyYAML's) reads an unquoted ``off`` (or ``on``) as a boolean.
+#: The models say so. The API server cannot: its type check ("must be of type string")
+#: runs before, and blocks, every CEL rule, and CEL cannot see a field without a type
+#: (docs/decisions.md), so the schema keeps the enum and the examples quote "off".
+MODE_QUOTED_MESSAGE = (
+    'autoscaling.mode must be a string: quote it, as in mode: "off" (YAML reads an '
+    "unquoted off or on as a boolean)"
+)
+VOLUME_MOUNTS_EXIST = cel(
+    "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.template) && "
+    "has(self.template.spec) && has(self.template.spec.volumes) && "
+    "self.template.spec.volumes.exists(v, v.name == m.name))",
+    "volumeMounts: every name must be a volume of template.spec.volumes",
+    field_path=".volumeMounts",
 )
 
 
@@ -56,32 +84,23 @@ PURGE_BATCH = 1000
 MAX_CANCELLATIONS = 100
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid",
-        populate_by_name=True,
-        use_attribute_docstrings=True,
-        alias_generator=to_camel,
-    )
-
-
-class SecretKeyRef(_Spec):
+class SecretKeyRef(SpecModel):
     """A key of a Secret in the Queue's namespace."""
 
-    name: Annotated[str, Field(min_length=1, max_length=253)]
+    name: ObjectName
     """Name of the Secret."""
-    key: Annotated[str, Field(min_length=1, max_length=253)] = "dsn"
+    key: KeyName = "dsn"
     """Key within the Secret whose value is used."""
 
 
-class StoreSpec(_Spec):
+class StoreSpec(SpecModel):
     """Where the queue's jobs live. The DSN is only ever read from a Secret."""
 
     secret_ref: SecretKeyRef = Field()
     """Secret key holding the DSN, for example postgresql://user:pass@host:5432/db."""
 
 
-class ExecutorSpec(_Spec):
+class ExecutorSpec(SpecModel):
     """How each worker runs jobs."""
 
     kind: ExecutorKind = ExecutorKind.ASYNC
@@ -96,7 +115,13 @@ class AutoscalingMode(StrEnum):
     OFF = "off"
 
 
-class AutoscalingSpec(_Spec):
+def _quoted_mode(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(MODE_QUOTED_MESSAGE)
+    return value
+
+
+class AutoscalingSpec(SpecModel):
     """How the fleet follows demand. Desired pods =
     ceil((busy + ready pending) / (concurrency * targetUtilization)), clamped."""
 
@@ -106,10 +131,10 @@ class AutoscalingSpec(_Spec):
         }
     )
 
-    mode: AutoscalingMode = AutoscalingMode.OPERATOR
+    mode: Annotated[AutoscalingMode, BeforeValidator(_quoted_mode)] = AutoscalingMode.OPERATOR
     """operator: the operator sizes the fleet; hpa: an HPA does, on the queue's demand,
     busy pods and busy-slot ratio (needs prometheus-adapter); off: spec.replicas is left
-    to you (kubectl scale)."""
+    to you (kubectl scale). Quote off in YAML ("off"): unquoted it reads as false."""
     min_replicas: Annotated[int, Field(ge=0, le=1000)] = 0
     """Fewest worker pods. 0 allows scale to zero: after idleSeconds in operator mode,
     after scaleDownStabilizationSeconds in hpa mode (Kubernetes >= 1.37, or the
@@ -135,38 +160,35 @@ class AutoscalingSpec(_Spec):
         return self
 
 
-class EnvVar(_Spec):
-    """A plain environment variable for worker containers."""
-
-    name: Annotated[
-        str, Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-    ]
-    """Variable name."""
-    value: str = ""
-    """Variable value."""
+def initial_replicas(scaling: AutoscalingSpec) -> int:
+    """Workers a Queue starts with when its spec does not say: ``minReplicas`` when an
+    autoscaler (the operator's or an HPA) sizes it, so an idle new queue starts no
+    worker; one with ``mode: off``."""
+    return 1 if scaling.mode is AutoscalingMode.OFF else scaling.min_replicas
 
 
-class QueueSpec(_Spec):
+def _initial_replicas(data: dict[str, Any]) -> int:
+    scaling = data.get("autoscaling")
+    return initial_replicas(scaling) if isinstance(scaling, AutoscalingSpec) else 1
+
+
+class QueueSpec(SpecModel):
     """The desired state of a queue's worker fleet."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [REPLICAS_LE_MAX],
-        }
-    )
+    model_config = ConfigDict(json_schema_extra=cel_extra(REPLICAS_LE_MAX, VOLUME_MOUNTS_EXIST))
 
-    image: Annotated[str, Field(min_length=1, max_length=1024)] = (
-        "ghcr.io/slotfleet/slotfleet:0.1.0"
-    )
-    """Container image of the worker pods (the slotfleet image plus your task code)."""
+    image: ImageRef = "ghcr.io/slotfleet/slotfleet:0.1.0"
+    """Container image of the worker pods: the slotfleet image plus your task code, e.g.
+    an image built FROM it (see examples/Dockerfile)."""
     image_pull_policy: Annotated[
         Literal["Always", "IfNotPresent", "Never"], Field(alias="imagePullPolicy")
     ] = "IfNotPresent"
     """Always, IfNotPresent or Never."""
-    imports: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
-        default_factory=list, max_length=64
-    )
-    """Python modules the worker imports at start (your task modules)."""
+    imports: list[ModuleName] = Field(default_factory=list, max_length=64)
+    """Python modules the worker imports at start (your task modules, e.g. myapp.tasks)."""
+    functions: FunctionPolicy = FunctionPolicy.REGISTERED
+    """Which functions the workers run: registered (only functions decorated with @job,
+    the default) or any (any importable callable a job names, as Chancy does)."""
     queue_name: (
         Annotated[
             str,
@@ -183,35 +205,32 @@ class QueueSpec(_Spec):
     """Executor kind and slots per pod."""
     store: StoreSpec
     """The job store shared by the fleet."""
-    replicas: Annotated[int, Field(ge=0, le=1000)] = 1
-    """Worker pods wanted; the /scale subresource target (kubectl scale, an HPA or the operator)."""
     autoscaling: AutoscalingSpec = Field(default_factory=AutoscalingSpec)
     """How the fleet follows demand."""
+    replicas: Annotated[int, Field(ge=0, le=1000)] = Field(default_factory=_initial_replicas)
+    """Worker pods wanted; the /scale subresource target (kubectl scale, an HPA or the
+    operator). Unset, the operator sets it: minReplicas when an autoscaler sizes the
+    fleet (a new idle queue starts no worker), 1 with autoscaling.mode off."""
     env: list[EnvVar] = Field(
         default_factory=list,
         max_length=256,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
-    """Extra environment variables for worker containers."""
-    resources: dict[
-        str, Annotated[dict[str, Annotated[str, Field(max_length=64)]], Field(max_length=32)]
-    ] = Field(
-        default_factory=dict,
-        max_length=2,
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                _cel(
-                    "self.all(k, k == 'requests' || k == 'limits')",
-                    "resources may only have requests and limits",
-                ),
-                _cel(
-                    "self.all(k, self[k].all(r, isQuantity(self[k][r])))",
-                    "resources: every amount must be a quantity such as 500m, 2 or 1Gi",
-                ),
-            ]
-        },
-    )
-    """Container resources (requests/limits), as in a pod spec."""
+    """Environment variables of the worker container (value, or valueFrom a Secret,
+    ConfigMap or pod field), after the operator's own."""
+    env_from: list[EnvFromSource] = Field(default_factory=list, max_length=32)
+    """Secrets or ConfigMaps whose keys become environment variables (env wins)."""
+    resources: Resources | None = None
+    """Requests and limits of the worker container, as in a pod spec."""
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, max_length=32)
+    """Volumes of template.spec.volumes mounted into the worker container."""
+    template: PodTemplate | None = None
+    """Pod labels, annotations and pod-level settings (scheduling, pull secrets, volumes,
+    security context) merged onto the worker pod the operator builds."""
+    service_account: ServiceAccountSpec | None = None
+    """The worker ServiceAccount's annotations (cloud workload identity)."""
+    pod_disruption_budget: DisruptionBudget | None = None
+    """A PodDisruptionBudget over the worker pods; unset: none."""
     polling_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
     """Seconds between fetches when nothing wakes a worker earlier."""
     rate_limit: RateLimit | None = Field(default=None)
@@ -241,6 +260,10 @@ class QueueSpec(_Spec):
         scaling = self.autoscaling
         if scaling.mode is AutoscalingMode.OPERATOR and self.replicas > scaling.max_replicas:
             raise ValueError(REPLICAS_LE_MAX["message"])
+        volumes = self.template.spec.volumes or [] if self.template else []
+        names = {volume.name for volume in volumes}
+        if any(mount.name not in names for mount in self.volume_mounts):
+            raise ValueError(VOLUME_MOUNTS_EXIST["message"])
         return self
 
     def effective_queue_name(self, resource_name: str) -> str:

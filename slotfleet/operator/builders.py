@@ -12,7 +12,9 @@ Per Queue ``NAME`` in namespace ``NS``:
   one Queue (``resourceNames``; list/watch work through ``fieldSelector=metadata.name``),
   and a RoleBinding between them: a worker can see its Queue's cancellations and
   ``paused`` flag, and nothing else (no Secrets, no other Queues, no writes);
-* Deployment ``NAME-worker`` running ``slotfleet worker``, its replicas = ``spec.replicas``;
+* Deployment ``NAME-worker`` running ``slotfleet worker``, its replicas = ``spec.replicas``
+  (its pod template: ``slotfleet.operator.workerpod``);
+* optionally a PodDisruptionBudget ``NAME-worker`` (``spec.podDisruptionBudget``);
 * optionally a headless Service ``NAME-metrics``, a PodMonitor ``NAME`` and, in
   ``autoscaling.mode: hpa``, a HorizontalPodAutoscaler ``NAME`` on the Queue's ``/scale``.
 
@@ -25,8 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from slotfleet.models.pod import DELETION_COST_ANNOTATION
 from slotfleet.models.resource import GROUP, KIND, PLURAL, VERSION, AutoscalingMode, QueueSpec
 from slotfleet.operator.hpa import hpa_behavior, hpa_metrics
+from slotfleet.operator.workerpod import METRICS_PORT_NAME, worker_pod_template
 
 Json = dict[str, Any]
 
@@ -34,13 +38,6 @@ API_VERSION = f"{GROUP}/{VERSION}"
 WORKER_APP = "slotfleet-worker"
 QUEUE_LABEL = f"{GROUP}/queue"
 MANAGED_BY = "slotfleet-operator"
-#: Name of the worker's metrics/health container port.
-METRICS_PORT_NAME = "metrics"
-#: Annotation the ReplicaSet controller reads to pick which pods to delete first.
-DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
-#: Extra seconds of grace after the drain timeout, for the worker to hand jobs back.
-GRACE_MARGIN_SECONDS = 10
-WORKER_UID = 10001
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,12 +101,14 @@ def _metadata(queue: QueueRef, name: str) -> Json:
     }
 
 
-def build_service_account(queue: QueueRef) -> Json:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _metadata(queue, queue.worker_name),
-    }
+def build_service_account(queue: QueueRef, spec: QueueSpec) -> Json:
+    """The workers' identity; ``spec.serviceAccount.annotations`` bind it to a cloud
+    identity (workload identity)."""
+    metadata = _metadata(queue, queue.worker_name)
+    annotations = spec.service_account.annotations if spec.service_account else None
+    if annotations:
+        metadata["annotations"] = dict(annotations)
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": metadata}
 
 
 def build_role(queue: QueueRef) -> Json:
@@ -145,101 +144,11 @@ def build_role_binding(queue: QueueRef) -> Json:
     }
 
 
-def worker_command(queue: QueueRef, spec: QueueSpec) -> list[str]:
-    """The worker container's command. ``$(VAR)`` is expanded by the kubelet."""
-    queue_name = spec.effective_queue_name(queue.name)
-    command = [
-        "slotfleet",
-        "worker",
-        "--queue",
-        f"{queue_name}:{spec.executor.kind.value}:{spec.executor.concurrency}",
-        "--queue-resource",
-        queue.resource,
-        "--worker-id",
-        "$(POD_NAME)",
-        "--metrics-host",
-        "$(POD_IP)",
-        "--metrics-port",
-        str(spec.metrics_port),
-        "--drain-timeout",
-        str(spec.drain_timeout_seconds),
-        "--lease-seconds",
-        str(spec.lease_seconds),
-        "--polling-interval",
-        _number(spec.polling_interval),
-    ]
-    if spec.rate_limit is not None:
-        limit = spec.rate_limit
-        command += ["--rate-limit", f"{limit.count}/{_number(limit.period)}"]
-    for module in spec.imports:
-        command += ["--import", module]
-    return command
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-def worker_env(spec: QueueSpec) -> list[Json]:
-    """The DSN from the Secret, the pod's identity from the downward API, then the user's."""
-
-    def field(path: str) -> Json:
-        return {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}
-
-    secret = spec.store.secret_ref
-    env: list[Json] = [
-        {
-            "name": "SLOTFLEET_DSN",
-            "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
-        },
-        {"name": "POD_NAME", "valueFrom": field("metadata.name")},
-        {"name": "POD_NAMESPACE", "valueFrom": field("metadata.namespace")},
-        {"name": "POD_IP", "valueFrom": field("status.podIP")},
-    ]
-    reserved = {e["name"] for e in env}
-    env += [{"name": e.name, "value": e.value} for e in spec.env if e.name not in reserved]
-    return env
-
-
-def _probe(path: str, period: int, failures: int) -> Json:
-    return {
-        "httpGet": {"path": path, "port": METRICS_PORT_NAME},
-        "periodSeconds": period,
-        "timeoutSeconds": 3,
-        "failureThreshold": failures,
-    }
-
-
 def build_deployment(queue: QueueRef, spec: QueueSpec) -> Json:
     """The worker Deployment. Replicas follow ``spec.replicas`` in every mode: the
     autoscaler and HPAs write ``spec.replicas`` through the Queue's ``/scale``. A paused
-    Queue keeps its pods; the workers stop fetching when they see ``spec.paused``."""
-    labels = child_labels(queue)
-    container: Json = {
-        "name": "worker",
-        "image": spec.image,
-        "imagePullPolicy": spec.image_pull_policy,
-        "command": worker_command(queue, spec),
-        "env": worker_env(spec),
-        "ports": [
-            {"name": METRICS_PORT_NAME, "containerPort": spec.metrics_port, "protocol": "TCP"}
-        ],
-        "readinessProbe": _probe("/readyz", period=5, failures=2),
-        "livenessProbe": {**_probe("/healthz", period=10, failures=3), "initialDelaySeconds": 10},
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": WORKER_UID,
-            "runAsGroup": WORKER_UID,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        # the root filesystem is read-only; Python and process pools want a writable /tmp
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-    }
-    if spec.resources:
-        container["resources"] = {k: dict(v) for k, v in spec.resources.items()}
+    Queue keeps its pods; the workers stop fetching when they see ``spec.paused``. The
+    pod template is :func:`slotfleet.operator.workerpod.worker_pod_template`."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -252,24 +161,29 @@ def build_deployment(queue: QueueRef, spec: QueueSpec) -> Json:
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
             },
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "serviceAccountName": queue.worker_name,
-                    "automountServiceAccountToken": True,
-                    "terminationGracePeriodSeconds": spec.drain_timeout_seconds
-                    + GRACE_MARGIN_SECONDS,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": WORKER_UID,
-                        "runAsGroup": WORKER_UID,
-                        "fsGroup": WORKER_UID,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [container],
-                    "volumes": [{"name": "tmp", "emptyDir": {}}],
-                },
-            },
+            "template": worker_pod_template(
+                spec.effective_queue_name(queue.name),
+                queue.resource,
+                spec,
+                service_account=queue.worker_name,
+                labels=child_labels(queue),
+            ),
+        },
+    }
+
+
+def build_pod_disruption_budget(queue: QueueRef, spec: QueueSpec) -> Json | None:
+    """A PodDisruptionBudget over the worker pods, when ``spec.podDisruptionBudget`` asks."""
+    budget = spec.pod_disruption_budget
+    if budget is None:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(queue, queue.worker_name),
+        "spec": {
+            "selector": {"matchLabels": selector_labels(queue)},
+            **budget.model_dump(by_alias=True, exclude_none=True),
         },
     }
 
@@ -333,11 +247,14 @@ def build_children(queue: QueueRef, spec: QueueSpec, *, pod_monitor_available: b
     """Every child the Queue should have now, in the order they are applied (identity
     and RBAC before the pods that use them)."""
     children = [
-        build_service_account(queue),
+        build_service_account(queue, spec),
         build_role(queue),
         build_role_binding(queue),
         build_deployment(queue, spec),
     ]
+    budget = build_pod_disruption_budget(queue, spec)
+    if budget is not None:
+        children.append(budget)
     if spec.metrics_service:
         children.append(build_metrics_service(queue, spec))
     if spec.pod_monitor and pod_monitor_available:

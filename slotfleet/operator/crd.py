@@ -9,6 +9,9 @@ that the API server accepts and enforces:
   ``nullable: true``;
 * ``title`` and ``additionalProperties: false`` are dropped: a structural schema prunes
   unknown fields, and ``kubectl`` (strict field validation) reports them to the user;
+* ``additionalProperties: true`` (a ``dict[str, Any]``, a model that allows extra fields)
+  becomes ``x-kubernetes-preserve-unknown-fields: true``, and ``int | str`` becomes
+  ``x-kubernetes-int-or-string: true``;
 * JSON Schema 2020's numeric ``exclusiveMinimum: 0`` becomes the OpenAPI v3 pair
   ``minimum: 0, exclusiveMinimum: true``;
 * an optional sub-object whose fields all have defaults gets those defaults as its own
@@ -59,11 +62,24 @@ PRINTER_COLUMNS: tuple[Json, ...] = (
     {"name": "Pending", "type": "integer", "jsonPath": ".status.pending"},
     {"name": "Paused", "type": "boolean", "jsonPath": ".status.paused"},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.autoscaling.mode"},
+    # the Ready condition's reason: WorkersReady, ScaledToZero, WorkersStarting,
+    # SecretNotFound, StoreUnreachable, ChildRejected, ...
+    {
+        "name": "Status",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {
         "name": "Desired",
         "type": "integer",
         "jsonPath": ".spec.replicas",
+        "priority": 1,
+    },
+    {
+        "name": "Message",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].message',
         "priority": 1,
     },
 )
@@ -110,6 +126,9 @@ def _structural(node: Json, defs: Json, seen: tuple[str, ...] = ()) -> Json:
     if "anyOf" in node:
         options = node.pop("anyOf")
         real = [o for o in options if o != {"type": "null"}]
+        if sorted(o.get("type", "") for o in real) == ["integer", "string"]:
+            # int | str: Kubernetes' IntOrString (a PodDisruptionBudget's minAvailable)
+            real = [{"x-kubernetes-int-or-string": True}]
         if len(real) != 1:
             raise SchemaConversionError(
                 "only optional fields (X or null) are supported, not unions: " + repr(options)
@@ -127,6 +146,10 @@ def _structural(node: Json, defs: Json, seen: tuple[str, ...] = ()) -> Json:
             continue  # an unset optional field; "default: null" only confuses defaulting
         if key == "additionalProperties":
             if value is False:
+                continue
+            if value is True:
+                # any fields (a dict[str, Any], a model with extra="allow"): kept as given
+                out["x-kubernetes-preserve-unknown-fields"] = True
                 continue
             out[key] = _structural(value, defs, seen)
         elif key == "properties":

@@ -12,8 +12,9 @@ no effect and tests or embedders can build their own registry.
   references), so deleting a Queue never waits for the operator.
 
 Error policy: an API error is a ``TemporaryError`` (kopf retries with a delay); a spec
-the model refuses is a ``PermanentError`` (retrying cannot help; the Event and the
-Degraded condition say why).
+the model refuses, or a child the API server refuses as invalid (422), is a
+``PermanentError`` (retrying the same spec cannot help; the Event and the Degraded
+condition say why, and the reconciler tries again when the Queue or its Secret changes).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pydantic import ValidationError
 
 from slotfleet.models.resource import GROUP, PLURAL, VERSION
 from slotfleet.operator.kube import KubeApiError
-from slotfleet.operator.reconciler import QueueReconciler
+from slotfleet.operator.reconciler import ChildRejected, QueueReconciler
 from slotfleet.operator.stores import StoreCache
 
 #: Seconds before kopf retries a handler that hit an API error.
@@ -61,6 +62,8 @@ def register(
             await reconciler.apply_children(body)
         except ValidationError as exc:
             raise kopf.PermanentError(str(exc).splitlines()[0]) from exc
+        except ChildRejected as exc:  # retried when the Queue or its Secret changes
+            raise kopf.PermanentError(str(exc)) from exc
         except KubeApiError as exc:
             raise kopf.TemporaryError(str(exc), delay=RETRY_DELAY) from exc
 

@@ -41,6 +41,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): "rolebindings",
     ("apps/v1", "Deployment"): "deployments",
     ("autoscaling/v2", "HorizontalPodAutoscaler"): "horizontalpodautoscalers",
+    ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
     ("slotfleet.dev/v1alpha1", "Queue"): "queues",
 }
@@ -49,9 +50,16 @@ PLURALS: dict[tuple[str, str], str] = {
 class KubeApiError(SlotfleetError):
     """A Kubernetes API request failed."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
+        self.detail = detail or message
+        """The server's own message (``Deployment.apps "x" is invalid: ...``)."""
+
+    @property
+    def invalid(self) -> bool:
+        """The server refused the object itself (422): sending it again cannot help."""
+        return self.status == 422
 
 
 def resource_path(
@@ -108,7 +116,8 @@ class KubeClient:
             if exc.status == 404 and method in ("GET", "DELETE"):
                 return None
             what = f"{method} {path}"
-            raise KubeApiError(f"{what}: {exc.status} {_server_message(exc)}", exc.status) from exc
+            detail = _server_message(exc)
+            raise KubeApiError(f"{what}: {exc.status} {detail}", exc.status, detail) from exc
         if not response.data:
             return {}
         data: Json = json.loads(response.data)

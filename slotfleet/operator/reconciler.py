@@ -18,14 +18,15 @@ call :class:`QueueReconciler`. Two entry points:
 
 Errors the user can fix become conditions and Events, never crashes: a missing Secret
 is ``Degraded/SecretNotFound``; an unreachable database is ``StoreReachable=False``
-with the driver's one-line error, and recovers on a later tick by itself.
+with the driver's one-line error (the DSN's password scrubbed from it), and recovers on
+a later tick by itself. A child the API server refuses (422: the spec asks for a pod it
+will never accept) is permanent: ``Degraded/ChildRejected`` with the server's message,
+one Warning Event, and no retry until the Queue or its Secret changes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from collections.abc import Mapping
@@ -35,9 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from slotfleet.models import (
-    describe_validation_error,
-)
+from slotfleet.models import SlotfleetError, describe_validation_error
 from slotfleet.models.resource import (
     PURGE_BATCH,
     RETENTION_CHECK_SECONDS,
@@ -48,8 +47,10 @@ from slotfleet.operator import status as st
 from slotfleet.operator.builders import API_VERSION, QueueRef, build_children, selector_string
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
+from slotfleet.operator.secrets import read_dsn
 from slotfleet.operator.sizing import EventSink, SizingMemory, autoscale, update_deletion_costs
 from slotfleet.operator.stores import StoreCache, StoreView, purge_finished, read_view
+from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import one_line
 
 Json = dict[str, Any]
@@ -66,10 +67,18 @@ class _QueueMemory:
 
     applied_generation: int | None = None
     apply_error: str | None = None
+    rejected: tuple[int, str | None] | None = None
+    """``(generation, Secret resourceVersion)`` when the API server last refused a child
+    (422): applying again waits until either changes."""
     sizing: SizingMemory = field(default_factory=SizingMemory)
     pod_monitor_warned: int | None = None
     last_purge: float | None = None
     """``time.monotonic()`` of the last retention purge."""
+
+
+class ChildRejected(SlotfleetError):
+    """The API server refused a child of the Queue as invalid (422); retrying the same
+    spec cannot help."""
 
 
 class QueueReconciler:
@@ -141,6 +150,10 @@ class QueueReconciler:
     # ------------------------------------------------------------------ children
 
     async def apply_children(self, body: Mapping[str, Any]) -> None:
+        """Apply every child the spec wants and remove the others; fill in
+        ``spec.replicas`` when the spec leaves it out. Raises :class:`ChildRejected`
+        (permanent) when the API server refuses a child as invalid, ``KubeApiError``
+        (worth a retry) for any other API failure."""
         ref = self.ref_of(body)
         memory = self._mem(ref)
         generation = int(body["metadata"].get("generation", 0))
@@ -161,11 +174,35 @@ class QueueReconciler:
             )
         try:
             for child in build_children(ref, spec, pod_monitor_available=monitor_api):
-                await self.kube.apply(child)
+                try:
+                    await self.kube.apply(child)
+                except KubeApiError as exc:
+                    if not exc.invalid:
+                        raise
+                    kind, name = child["kind"], child["metadata"]["name"]
+                    raise ChildRejected(
+                        f"the API server refused {kind} {name}: {exc.detail}"
+                    ) from exc
             await self._remove_unwanted(ref, spec, monitor_api)
-        except KubeApiError as exc:
-            memory.apply_error = str(exc)
-            self.events.warn(body, "ApplyFailed", str(exc))
+            if "replicas" not in (body.get("spec") or {}):
+                # the schema has no default: the first size depends on the mode
+                await self.kube.merge_patch(
+                    API_VERSION,
+                    "Queue",
+                    ref.namespace,
+                    ref.name,
+                    {"spec": {"replicas": spec.replicas}},
+                    subresource="scale",
+                )
+        except (ChildRejected, KubeApiError) as exc:
+            message = str(exc)
+            reason = "ApplyFailed"
+            if isinstance(exc, ChildRejected):
+                reason = "ChildRejected"
+                memory.rejected = (generation, (await read_dsn(self.kube, ref, spec)).version)
+            if message != memory.apply_error:  # one Event per failure, not per retry
+                self.events.warn(body, reason, message)
+            memory.apply_error = message
             raise
         if memory.applied_generation != generation:
             self.events.info(
@@ -173,6 +210,7 @@ class QueueReconciler:
             )
         memory.applied_generation = generation
         memory.apply_error = None
+        memory.rejected = None
 
     async def _has_pod_monitor_api(self) -> bool:
         if self._pod_monitor_api is None:
@@ -186,6 +224,8 @@ class QueueReconciler:
 
     async def _remove_unwanted(self, ref: QueueRef, spec: QueueSpec, monitor_api: bool) -> None:
         unwanted: list[tuple[str, str, str]] = []
+        if spec.pod_disruption_budget is None:
+            unwanted.append(("policy/v1", "PodDisruptionBudget", ref.worker_name))
         if spec.autoscaling.mode is not AutoscalingMode.HPA:
             unwanted.append(("autoscaling/v2", "HorizontalPodAutoscaler", ref.name))
         if not spec.metrics_service:
@@ -200,31 +240,6 @@ class QueueReconciler:
 
     # ------------------------------------------------------------------ observe
 
-    async def _read_dsn(
-        self, ref: QueueRef, spec: QueueSpec
-    ) -> tuple[str | None, st.ConditionUpdate | None]:
-        secret_ref = spec.store.secret_ref
-        where = f"Secret {ref.namespace}/{secret_ref.name}"
-        secret = await self.kube.get("v1", "Secret", ref.namespace, secret_ref.name)
-        if secret is None:
-            return None, st.ConditionUpdate(
-                st.DEGRADED, True, "SecretNotFound", f"{where} (spec.store.secretRef) not found"
-            )
-        raw = (secret.get("data") or {}).get(secret_ref.key)
-        if raw is None:
-            return None, st.ConditionUpdate(
-                st.DEGRADED, True, "SecretKeyNotFound", f"{where} has no key {secret_ref.key!r}"
-            )
-        try:
-            dsn = base64.b64decode(raw).decode("utf-8").strip()
-        except (binascii.Error, UnicodeDecodeError):
-            dsn = ""
-        if not dsn:
-            return None, st.ConditionUpdate(
-                st.DEGRADED, True, "SecretKeyInvalid", f"{where} key {secret_ref.key!r} is empty"
-            )
-        return dsn, None
-
     async def observe(self, body: Mapping[str, Any]) -> None:
         """One tick: gather, decide, write. Called by the timer."""
         ref = self.ref_of(body)
@@ -237,9 +252,13 @@ class QueueReconciler:
 
         deployment = await self.kube.get("apps/v1", "Deployment", ref.namespace, ref.worker_name)
         pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
-        dsn, degraded = await self._read_dsn(ref, spec)
+        secret = await read_dsn(self.kube, ref, spec)
+        dsn, degraded = secret.dsn, secret.problem
+        if memory.rejected is not None and memory.rejected != (generation, secret.version):
+            await self._reapply_after_rejection(body)
         if degraded is None and memory.apply_error:
-            degraded = st.ConditionUpdate(st.DEGRADED, True, "ApplyFailed", memory.apply_error)
+            reason = "ChildRejected" if memory.rejected else "ApplyFailed"
+            degraded = st.ConditionUpdate(st.DEGRADED, True, reason, memory.apply_error)
         if degraded is None:
             degraded = st.worker_problem(pods)
         view = (
@@ -254,7 +273,9 @@ class QueueReconciler:
                 st.STORE_REACHABLE, None, "NoDSN", "the store DSN cannot be read"
             )
         elif view.error is not None:
-            store_cond = st.ConditionUpdate(st.STORE_REACHABLE, False, "StoreError", view.error)
+            store_cond = st.ConditionUpdate(
+                st.STORE_REACHABLE, False, "StoreError", scrub(view.error, dsn)
+            )
         else:
             store_cond = st.ConditionUpdate(st.STORE_REACHABLE, True, "Connected", "")
 
@@ -336,6 +357,17 @@ class QueueReconciler:
                 subresource="status",
             )
 
+    async def _reapply_after_rejection(self, body: Mapping[str, Any]) -> None:
+        """The Queue or its Secret changed since the API server refused a child: try
+        once more (kopf retries a spec change by itself; a Secret change only shows here)."""
+        ref = self.ref_of(body)
+        where = f"{ref.namespace}/{ref.name}"
+        logger.info("Queue %s or its Secret changed: applying its children again", where)
+        try:
+            await self.apply_children(body)
+        except (ChildRejected, KubeApiError, ValidationError) as exc:
+            logger.warning("applying Queue %s failed again: %s", where, exc)
+
     def _report_transitions(
         self,
         body: Mapping[str, Any],
@@ -352,7 +384,8 @@ class QueueReconciler:
             bad = (cond.type == st.DEGRADED and cond.status) or (
                 cond.type == st.STORE_REACHABLE and cond.status is False
             )
-            if bad:
+            if bad and cond.reason not in ("ApplyFailed", "ChildRejected"):
+                # (apply_children posted those itself, once per failure)
                 self.events.warn(body, cond.reason, cond.message)
             elif st.condition_status(old, cond.type) is not None and cond.status is not None:
                 self.events.info(body, cond.reason, f"{cond.type} is {cond.status_text} again")
@@ -373,7 +406,8 @@ class QueueReconciler:
                 self.stores, dsn, queue, older_than, self.store_timeout, PURGE_BATCH, PURGE_BATCHES
             )
         except Exception as exc:  # the next round tries again; status reports the store
-            logger.warning("purging finished jobs of %s failed: %s", ref.name, one_line(exc))
+            error = scrub(one_line(exc), dsn)
+            logger.warning("purging finished jobs of %s failed: %s", ref.name, error)
             return
         if total:
             logger.info("purged %d finished jobs of Queue %s/%s", total, ref.namespace, ref.name)

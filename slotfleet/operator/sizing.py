@@ -8,7 +8,9 @@ Two steps each tick, in this order (:meth:`QueueReconciler.observe` calls them):
   first;
 * :func:`autoscale` runs the shared autoscaler (``slotfleet.scaling.decide``) and writes
   ``spec.replicas`` through the Queue's ``/scale``: the fleet never shrinks below the
-  pods running jobs, and a scale-down waits a tick while a cost was just changed.
+  pods running jobs, and a scale-down waits a tick while a cost was just changed. A
+  ``spec.replicas`` someone else wrote (``kubectl scale``) is put back with a Warning
+  Event, ``ScaleReverted``, and the ``Scaling`` condition saying why.
 
 What this module is not: it reads no store (the caller passes the store's view) and
 owns no status; it is the only place the operator resizes a fleet.
@@ -78,22 +80,37 @@ async def autoscale(
     if memory.scaler_spec != spec.autoscaling:
         memory.scaler_spec = spec.autoscaling
         memory.scaler = ScalerState(last_active=memory.scaler.last_active)
+    # the operator's last word differs from spec.replicas: someone else (kubectl scale, an
+    # edit of the Queue) changed it. Mode operator puts it back, and says so; the outside
+    # number is not what the autoscaler sized, so it decides from its own.
+    last = memory.last_decision
+    overridden = last is not None and last.replicas != spec.replicas
     observation = Observation(
         at=time.monotonic(),
-        replicas=spec.replicas,
+        replicas=last.replicas if last is not None and overridden else spec.replicas,
         slots_per_pod=spec.executor.concurrency,
         busy=stats.running,
         ready_pending=0 if paused else stats.ready,
         busy_pods=busy_pods,
     )
     decision, memory.scaler = decide(memory.scaler, observation, spec.autoscaling)
-    if decision.replicas < spec.replicas and not costs_settled:
+    held = decision.replicas < spec.replicas and not costs_settled
+    if held:
         decision = Decision(
             spec.replicas,
             f"holding: marking busy pods before scaling down ({decision.reason})",
             decision.desired,
         )
-    memory.last_decision = decision
+    if overridden and decision.replicas != spec.replicas:
+        decision = Decision(
+            decision.replicas,
+            f"reverted spec.replicas {spec.replicas}, set outside the operator: "
+            f"autoscaling.mode is operator, so the operator sizes this Queue "
+            f'(set autoscaling.mode: "off" to size it by hand); {decision.reason}',
+            decision.desired,
+        )
+    # a hold keeps the outside number for a tick; it does not make it the operator's
+    memory.last_decision = last if overridden and held else decision
     if decision.replicas != spec.replicas:
         await kube.merge_patch(
             API_VERSION,
@@ -103,11 +120,11 @@ async def autoscale(
             {"spec": {"replicas": decision.replicas}},
             subresource="scale",
         )
-        events.info(
-            body,
-            "Scaled",
-            f"replicas {spec.replicas} -> {decision.replicas}: {decision.reason}",
-        )
+        message = f"replicas {spec.replicas} -> {decision.replicas}: {decision.reason}"
+        if overridden:
+            events.warn(body, "ScaleReverted", message)
+        else:
+            events.info(body, "Scaled", message)
     return decision
 
 

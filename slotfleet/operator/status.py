@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slotfleet.models import QueuedJob, QueueStats
+from slotfleet.models.pod import DELETION_COST_ANNOTATION
 from slotfleet.models.resource import MAX_CANCELLATIONS
-from slotfleet.operator.builders import DELETION_COST_ANNOTATION
 
 Json = dict[str, Any]
 

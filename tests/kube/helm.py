@@ -197,6 +197,7 @@ OPERATOR_PERMISSIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
             ("rbac.authorization.k8s.io", "roles"),
             ("rbac.authorization.k8s.io", "rolebindings"),
             ("autoscaling", "horizontalpodautoscalers"),
+            ("policy", "poddisruptionbudgets"),
             ("monitoring.coreos.com", "podmonitors"),
         )
     ),

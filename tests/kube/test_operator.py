@@ -84,7 +84,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     ("pull-policy", {"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy"),
     ("empty-image", {"image": ""}, "spec.image"),
     ("unknown-field", {"replica": 3}, 'unknown field "spec.replica"'),
-    ("resources-key", {"resources": {"limitz": {"cpu": "1"}}}, "only have requests and limits"),
+    (
+        "resources-key",
+        {"resources": {"limitz": {"cpu": "1"}}},
+        'unknown field "spec.resources.limitz"',
+    ),
     ("resources-qty", {"resources": {"limits": {"cpu": "lots"}}}, "must be a quantity"),
 ]
 
@@ -148,6 +152,7 @@ def test_valid_queue_gets_defaults_and_shows_in_get(
         "PENDING",
         "PAUSED",
         "MODE",
+        "STATUS",
         "AGE",
     ]
 

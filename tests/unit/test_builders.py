@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 
 from slotfleet.models import JobId, QueuedJob, QueueStats, WorkerHeartbeat
+from slotfleet.models.container import OPERATOR_ENV
+from slotfleet.models.pod import DELETION_COST_ANNOTATION
 from slotfleet.models.resource import MAX_CANCELLATIONS, QueueSpec
 from slotfleet.operator import builders as b
 from slotfleet.operator import status as st
@@ -90,7 +92,7 @@ def test_deployment_runs_the_worker_for_this_queue() -> None:
             replicas=3,
             drainTimeoutSeconds=30,
             leaseSeconds=6,
-            env=[{"name": "LOG_LEVEL", "value": "debug"}, {"name": "POD_IP", "value": "x"}],
+            env=[{"name": "LOG_LEVEL", "value": "debug"}],
             resources={"limits": {"memory": "1Gi"}},
         ),
     )
@@ -117,7 +119,7 @@ def test_deployment_runs_the_worker_for_this_queue() -> None:
     assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert env["LOG_LEVEL"] == {"name": "LOG_LEVEL", "value": "debug"}
-    assert [e["name"] for e in container["env"]].count("POD_IP") == 1
+    assert [e["name"] for e in container["env"]][:4] == list(OPERATOR_ENV)
     assert container["ports"] == [{"name": "metrics", "containerPort": 9464, "protocol": "TCP"}]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -345,9 +347,9 @@ def test_degraded_makes_not_ready() -> None:
 
 def test_deletion_costs_follow_busy_slots_by_pod_name() -> None:
     pods: list[dict[str, Any]] = [
-        {"metadata": {"name": "p1", "annotations": {b.DELETION_COST_ANNOTATION: "2"}}},
+        {"metadata": {"name": "p1", "annotations": {DELETION_COST_ANNOTATION: "2"}}},
         {"metadata": {"name": "p2"}},
-        {"metadata": {"name": "p3", "annotations": {b.DELETION_COST_ANNOTATION: "5"}}},
+        {"metadata": {"name": "p3", "annotations": {DELETION_COST_ANNOTATION: "5"}}},
         {"metadata": {"name": "p4", "deletionTimestamp": "x"}},
     ]
     workers = [
@@ -381,7 +383,12 @@ def test_deletion_cost_counts_jobs_claimed_since_the_last_heartbeat() -> None:
     }
 
 
+def command(queue_spec: QueueSpec) -> list[str]:
+    pod = b.build_deployment(REF, queue_spec)["spec"]["template"]["spec"]
+    return list(pod["containers"][0]["command"])
+
+
 def test_rate_limit_is_passed_to_the_workers() -> None:
-    cmd = b.worker_command(REF, spec(rateLimit={"count": 10, "period": 2}))
+    cmd = command(spec(rateLimit={"count": 10, "period": 2}))
     assert cmd[cmd.index("--rate-limit") + 1] == "10/2"
-    assert "--rate-limit" not in b.worker_command(REF, spec())
+    assert "--rate-limit" not in command(spec())

@@ -47,10 +47,28 @@ def test_schema_is_structural_no_refs_titles_or_unions(schema: dict[str, Any]) -
 
 
 def test_every_property_has_a_type(schema: dict[str, Any]) -> None:
+    """A type everywhere but IntOrString (a CEL rule cannot see an untyped field)."""
     for path, key, value in walk(schema):
         if key == "properties":
             for name, sub in value.items():
-                assert "type" in sub, f"{path}.{name} has no type"
+                typed = "type" in sub or sub.get("x-kubernetes-int-or-string") is True
+                assert typed, f"{path}.{name} has no type"
+
+
+def test_only_deep_kubernetes_types_keep_unknown_fields(schema: dict[str, Any]) -> None:
+    kept = sorted(
+        path.replace(".properties", "").replace(".items", "[]")
+        for path, key, value in walk(schema)
+        if key == "x-kubernetes-preserve-unknown-fields" and value is True
+    )
+    pod = ".spec.template.spec"
+    assert kept == [
+        f"{pod}.affinity",
+        f"{pod}.containers[]",
+        f"{pod}.initContainers[]",
+        f"{pod}.topologySpreadConstraints[]",
+        f"{pod}.volumes[]",
+    ]
 
 
 def test_optional_fields_are_nullable_without_null_default(schema: dict[str, Any]) -> None:
@@ -83,11 +101,14 @@ def test_cel_rules_and_bounds_are_carried(schema: dict[str, Any]) -> None:
     assert props["store"]["required"] == ["secretRef"]
 
 
-def test_resources_is_a_map_of_maps_of_strings(schema: dict[str, Any]) -> None:
+def test_resources_are_requests_and_limits_of_quantities(schema: dict[str, Any]) -> None:
     resources = schema["properties"]["spec"]["properties"]["resources"]
     assert resources["type"] == "object"
-    assert resources["additionalProperties"]["type"] == "object"
-    assert resources["additionalProperties"]["additionalProperties"]["type"] == "string"
+    assert set(resources["properties"]) == {"requests", "limits"}
+    amount = resources["properties"]["limits"]["additionalProperties"]
+    assert amount["type"] == "string"
+    assert amount["x-kubernetes-validations"][0]["rule"] == "isQuantity(self)"
+    assert "compareTo" in resources["x-kubernetes-validations"][0]["rule"]
 
 
 def test_nested_defaults_are_materialized(schema: dict[str, Any]) -> None:
@@ -118,8 +139,20 @@ def test_subresources_names_and_printer_columns() -> None:
         "statusReplicasPath": ".status.replicas",
         "labelSelectorPath": ".status.selector",
     }
-    columns = [c["name"] for c in version["additionalPrinterColumns"]]
-    assert columns[:8] == ["Replicas", "Ready", "Busy", "Free", "Pending", "Paused", "Mode", "Age"]
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    assert list(columns)[:9] == [
+        "Replicas",
+        "Ready",
+        "Busy",
+        "Free",
+        "Pending",
+        "Paused",
+        "Mode",
+        "Status",
+        "Age",
+    ]
+    assert columns["Status"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
+    assert columns["Message"]["priority"] == 1
 
 
 def test_chart_template_is_guarded_and_kept() -> None:

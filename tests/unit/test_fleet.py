@@ -16,6 +16,7 @@ from slotfleet.cli.common import Parser
 from slotfleet.fleet import (
     LocalFleet,
     QueueManifest,
+    SubprocessLauncher,
     choose_victims,
     load_queue_manifest,
     parse_override,
@@ -328,16 +329,16 @@ async def test_run_stops_after_duration() -> None:
 
 
 def test_worker_command() -> None:
-    argv = worker_command(manifest(), "sqlite:///x.db", "fleet-3")
+    argv = worker_command(manifest(), "fleet-3")
     assert argv[:4] == [sys.executable, "-m", "slotfleet.cli.main", "worker"]
     text = " ".join(argv[4:])
-    assert "--dsn sqlite:///x.db --queue emails:async:10 --worker-id fleet-3" in text
+    assert "--queue emails:async:10 --worker-id fleet-3" in text
     assert "--metrics-port 0" in text
     assert "--drain-timeout 5 --lease-seconds 15" in text
     assert text.endswith("--import examples.tasks")
     m = manifest()
     limited = QueueManifest(m.name, m.spec.model_copy(update={"rate_limit": RateLimit(count=5)}))
-    assert "--rate-limit 5/1 --import" in " ".join(worker_command(limited, "x", "w"))
+    assert "--rate-limit 5/1 --import" in " ".join(worker_command(limited, "w"))
     assert "--paused" not in argv
 
 
@@ -346,7 +347,17 @@ def test_a_paused_manifest_starts_paused_workers() -> None:
     now start with --paused, as a cluster's workers follow spec.paused."""
     m = manifest()
     paused = QueueManifest(m.name, m.spec.model_copy(update={"paused": True}))
-    assert "--paused --import examples.tasks" in " ".join(worker_command(paused, "x", "w"))
+    assert "--paused --import examples.tasks" in " ".join(worker_command(paused, "w"))
+
+
+def test_local_workers_get_the_dsn_in_their_environment_not_their_argv() -> None:
+    """Regression: the local fleet put --dsn on every worker's command line, where ps
+    shows the password to every user of the machine."""
+    dsn = "postgresql://app:planted-secret@db/app"
+    launcher = SubprocessLauncher(manifest(), dsn, {"PATH": "/bin"})
+    assert "planted-secret" not in " ".join(worker_command(launcher.manifest, "fleet-1"))
+    assert launcher.environment()["SLOTFLEET_DSN"] == dsn
+    assert launcher.environment()["PATH"] == "/bin"
 
 
 def test_example_manifest_is_valid() -> None:

@@ -60,6 +60,9 @@ CONTROLLERS = (
     "root-ca-cert-publisher",
     "endpointslice",
     "ttl-after-finished",
+    # folds ClusterRoles labelled aggregate-to-view/edit/admin into the built-in roles
+    # (the chart adds Queues to them)
+    "clusterrole-aggregation",
 )
 
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"

@@ -80,8 +80,8 @@ def test_cluster_scope_renders_one_cluster_role_watching_all_namespaces(helm: He
     assert container["args"] == [
         "--all-namespaces",
         "--standalone",
-        "--liveness=http://0.0.0.0:8080/healthz",
-        "--metrics-host=0.0.0.0",
+        "--liveness=http://$(POD_IP):8080/healthz",
+        "--metrics-host=$(POD_IP)",
         "--metrics-port=8081",
     ]
     assert {"name": "metrics", "containerPort": 8081, "protocol": "TCP"} in container["ports"]
@@ -111,11 +111,14 @@ def test_namespaced_scope_renders_a_role_per_watched_namespace(helm: Helm) -> No
     assert args[:2] == ["--namespace=team-a", "--namespace=team-b"]
     assert "--all-namespaces" not in args
 
-    without_discovery = helm.template(
-        {**NAMESPACED, "rbac": {"scope": "namespaced", "discovery": False}}
+    without_cluster_rbac = helm.template(
+        {
+            **NAMESPACED,
+            "rbac": {"scope": "namespaced", "discovery": False, "aggregateToDefaultRoles": False},
+        }
     )
-    assert not find(without_discovery, "ClusterRole")
-    assert not find(without_discovery, "ClusterRoleBinding")
+    assert not find(without_cluster_rbac, "ClusterRole")
+    assert not find(without_cluster_rbac, "ClusterRoleBinding")
 
 
 def test_namespaced_scope_defaults_to_the_release_namespace(helm: Helm) -> None:
@@ -136,7 +139,7 @@ def test_peering_switches_standalone_off_and_grants_peering_objects(helm: Helm) 
     args = operator_container(docs)["args"]
     assert "--peering=slotfleet" in args
     assert "--standalone" not in args
-    rules = one(docs, "ClusterRole")["rules"]
+    rules = one(docs, "ClusterRole", "sf-slotfleet")["rules"]
     assert rules_allow(rules, "zalando.org", "clusterkopfpeerings", "", "patch")
     assert rules_allow(rules, "zalando.org", "kopfpeerings", "", "patch")
 
@@ -163,6 +166,31 @@ def test_operator_deployment_is_single_restricted_and_probed(helm: Helm) -> None
     assert container["image"] == "ghcr.io/slotfleet/slotfleet:0.1.0"
 
 
+def test_queues_are_aggregated_into_the_default_user_roles(helm: Helm) -> None:
+    """Namespace users bound to the built-in view/edit/admin roles see (and edit) Queues."""
+    docs = helm.template({}, release="sf")
+    view = one(docs, "ClusterRole", "sf-slotfleet-queues-view")
+    edit = one(docs, "ClusterRole", "sf-slotfleet-queues-edit")
+    aggregate = "rbac.authorization.k8s.io/aggregate-to-"
+    assert {k for k, v in view["metadata"]["labels"].items() if v == "true"} == {
+        f"{aggregate}view",
+        f"{aggregate}edit",
+        f"{aggregate}admin",
+    }
+    assert {k for k, v in edit["metadata"]["labels"].items() if v == "true"} == {
+        f"{aggregate}edit",
+        f"{aggregate}admin",
+    }
+    for verb in ("get", "list", "watch"):
+        assert rules_allow(view["rules"], "slotfleet.dev", "queues", "", verb)
+    assert not rules_allow(view["rules"], "slotfleet.dev", "queues", "", "patch")
+    for verb in ("create", "patch", "delete"):
+        assert rules_allow(edit["rules"], "slotfleet.dev", "queues", "", verb)
+    assert rules_allow(edit["rules"], "slotfleet.dev", "queues", "scale", "patch")
+    off = helm.template({"rbac": {"aggregateToDefaultRoles": False}}, release="sf")
+    assert not find(off, "ClusterRole", "sf-slotfleet-queues-view")
+
+
 def test_crd_template_is_kept_on_uninstall_and_toggled(helm: Helm) -> None:
     crd = one(helm.template({}), "CustomResourceDefinition", "queues.slotfleet.dev")
     assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
@@ -172,6 +200,8 @@ def test_crd_template_is_kept_on_uninstall_and_toggled(helm: Helm) -> None:
 def test_optional_monitoring_objects(helm: Helm) -> None:
     assert [d["kind"] for d in helm.template({"crds": {"install": False}})] == [
         "ServiceAccount",
+        "ClusterRole",
+        "ClusterRole",
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",

@@ -48,7 +48,13 @@ from slotfleet.operator.builders import API_VERSION, QueueRef, build_children, s
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
 from slotfleet.operator.secrets import read_dsn
-from slotfleet.operator.sizing import EventSink, SizingMemory, autoscale, update_deletion_costs
+from slotfleet.operator.sizing import (
+    EventSink,
+    SizingMemory,
+    autoscale,
+    update_deletion_costs,
+    write_replicas,
+)
 from slotfleet.operator.stores import StoreCache, StoreView, purge_finished, read_view
 from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import one_line
@@ -186,14 +192,7 @@ class QueueReconciler:
             await self._remove_unwanted(ref, spec, monitor_api)
             if "replicas" not in (body.get("spec") or {}):
                 # the schema has no default: the first size depends on the mode
-                await self.kube.merge_patch(
-                    API_VERSION,
-                    "Queue",
-                    ref.namespace,
-                    ref.name,
-                    {"spec": {"replicas": spec.replicas}},
-                    subresource="scale",
-                )
+                await write_replicas(self.kube, ref, spec.replicas)
         except (ChildRejected, KubeApiError) as exc:
             message = str(exc)
             reason = "ApplyFailed"

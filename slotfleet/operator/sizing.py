@@ -112,20 +112,26 @@ async def autoscale(
     # a hold keeps the outside number for a tick; it does not make it the operator's
     memory.last_decision = last if overridden and held else decision
     if decision.replicas != spec.replicas:
-        await kube.merge_patch(
-            API_VERSION,
-            "Queue",
-            ref.namespace,
-            ref.name,
-            {"spec": {"replicas": decision.replicas}},
-            subresource="scale",
-        )
+        await write_replicas(kube, ref, decision.replicas)
         message = f"replicas {spec.replicas} -> {decision.replicas}: {decision.reason}"
         if overridden:
             events.warn(body, "ScaleReverted", message)
         else:
             events.info(body, "Scaled", message)
     return decision
+
+
+async def write_replicas(kube: KubeClient, ref: QueueRef, replicas: int) -> None:
+    """``spec.replicas`` through the Queue's ``/scale``: how the operator sizes a fleet
+    (the Deployment follows by the same path as ``kubectl scale`` or an HPA)."""
+    await kube.merge_patch(
+        API_VERSION,
+        "Queue",
+        ref.namespace,
+        ref.name,
+        {"spec": {"replicas": replicas}},
+        subresource="scale",
+    )
 
 
 async def update_deletion_costs(

@@ -12,6 +12,7 @@ import pytest
 
 from slotfleet.models import Job, JobState
 from slotfleet.store import open_store
+from tests.fixtures.secrets import command_lines, with_password
 from tests.integration.test_local_fleet import MANIFEST, ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -19,21 +20,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 PASSWORD = "Planted-Pw-4e8a17"
 
 
-def command_lines() -> list[str]:
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            found.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue
-    return found
-
-
 async def test_the_local_fleet_never_shows_the_password(postgres_dsn: str, tmp_path: Path) -> None:
     """Regression: the fleet printed the DSN and passed --dsn to every worker."""
-    scheme, _, rest = postgres_dsn.partition("://")
-    user, _, host = rest.partition("@")
-    dsn = f"{scheme}://{user}:{PASSWORD}@{host}"  # the test server trusts local clients
+    dsn = with_password(postgres_dsn, PASSWORD)
+    user = postgres_dsn.partition("://")[2].partition("@")[0]
     manifest = tmp_path / "queue.yaml"
     manifest.write_text(MANIFEST)
     store = open_store(dsn)

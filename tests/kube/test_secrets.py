@@ -8,10 +8,11 @@ DSN works or is malformed (libpq echoes a malformed DSN whole into its error).""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from kubernetes import client
+
+from tests.fixtures.secrets import command_lines, with_password
 
 from .fixtures import KubeAdmin
 from .operator_helpers import (
@@ -29,25 +30,6 @@ from .testnode import TestNode
 pytestmark = pytest.mark.kube
 
 PASSWORD = "Planted-Pw-7f3c91"
-
-
-def with_password(dsn: str) -> str:
-    """``postgresql://user@host...`` with the planted password (the test server trusts
-    every local connection, so the DSN still works)."""
-    scheme, _, rest = dsn.partition("://")
-    user, _, host = rest.partition("@")
-    return f"{scheme}://{user}:{PASSWORD}@{host}"
-
-
-def command_lines() -> list[str]:
-    """Every process's command line on this machine."""
-    lines = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            lines.append(cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-        except OSError:
-            continue  # gone meanwhile
-    return lines
 
 
 def leaks(admin: KubeAdmin, namespace: str, operator: OperatorProcess, node: TestNode) -> list[str]:
@@ -78,7 +60,7 @@ def test_a_planted_password_shows_nowhere(
     postgres_dsn: str,
 ) -> None:
     # a working DSN: the operator reads the store, a worker runs
-    create_secret(kube_admin, namespace, with_password(postgres_dsn))
+    create_secret(kube_admin, namespace, with_password(postgres_dsn, PASSWORD))
     apply_queue(kube_admin, namespace, queue_manifest("secretive", replicas=1))
     wait_for("a worker pod running", lambda: running_pods(kube_admin, namespace, "secretive"), 60)
     wait_for(

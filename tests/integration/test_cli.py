@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -129,3 +131,39 @@ def test_pause_and_resume_a_queue(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert (code, out.strip()) == (0, "queue emails was not paused in the store; nothing to do")
     code, out, _ = run(capsys, "queues", "emails", "--dsn", dsn)
     assert out.splitlines()[1].split()[-1] == "-"
+
+
+def test_worker_runs_only_job_functions_unless_told_functions_any(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``slotfleet worker`` refuses an undecorated function by default, with the error
+    in the job, and runs it with ``--functions any``."""
+    dsn = f"sqlite:///{tmp_path / 'policy.db'}"
+
+    def burst(*extra: str) -> None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "slotfleet.cli.main", "worker", "--dsn", dsn, "--burst",
+             "--metrics-port", "0", "--queue", "q", *extra],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+
+    def enqueue() -> str:
+        code, out, _ = run(
+            capsys, "enqueue", "--dsn", dsn, "tests.tasks:plain_async_add", "a=1", "b=2",
+            "--queue", "q",
+        )  # fmt: skip
+        assert code == 0
+        return out.strip()
+
+    refused = enqueue()
+    burst()
+    done = json.loads(run(capsys, "jobs", "--dsn", dsn, refused)[1])
+    assert done["state"] == "failed"
+    assert done["errors"][0]["error"].startswith(
+        "FunctionNotAllowedError: 'tests.tasks:plain_async_add' is not registered with @job"
+    )
+    allowed = enqueue()
+    burst("--functions", "any")
+    done = json.loads(run(capsys, "jobs", "--dsn", dsn, allowed)[1])
+    assert (done["state"], done["result"]) == ("succeeded", 3)

@@ -120,6 +120,12 @@ CASES: tuple[Case, ...] = (
         pod(serviceAccountName="admin"),
         "serviceAccountName is set by the operator",
     ),
+    Case("spec-command", {"command": ["sh", "-c", "env"]}, "command is set by the operator"),
+    Case(
+        "spec-security-context",
+        {"securityContext": {"privileged": True}},
+        "securityContext is set by the operator: workers never run as root",
+    ),
     Case("template-host-network", pod(hostNetwork=True), "hostNetwork is set by the operator"),
     Case(
         "template-grace",

@@ -32,9 +32,9 @@ from pydantic import AfterValidator, ConfigDict, Field, field_validator, model_v
 
 from slotfleet.models.container import TMP_PATH, TMP_VOLUME
 from slotfleet.models.rules import (
-    Json,
     LabelValue,
     ObjectName,
+    OwnedFields,
     SpecModel,
     VolumeName,
     cel,
@@ -180,35 +180,26 @@ class PullSecret(SpecModel):
 
 #: template.spec fields the operator owns: present in the schema only to be refused with
 #: a message (an unknown field would be pruned without a word by non-strict clients).
-_OWNED_POD_FIELDS = {
-    "containers": "set env, envFrom, resources and volumeMounts on the Queue's spec; "
-    "command, image, probes and the container's security context are the operator's",
-    "initContainers": "the worker pod has no init containers",
-    "serviceAccountName": "the worker ServiceAccount <queue>-worker; annotate it with "
-    "spec.serviceAccount.annotations",
-    "automountServiceAccountToken": "workers read their own Queue with it",
-    "terminationGracePeriodSeconds": "it follows spec.drainTimeoutSeconds",
-    "hostNetwork": "workers never share the node's network",
-    "hostPID": "workers never share the node's processes",
-    "hostIPC": "workers never share the node's IPC",
-}
-
-
-def owned_message(field: str) -> str:
-    """Why ``template.spec.<field>`` is refused."""
-    return f"{field} is set by the operator: {_OWNED_POD_FIELDS[field]}"
-
-
-def _operator_owned(field: str) -> Json:
-    return cel(f"!has(self.{field})", owned_message(field), field_path=f".{field}")
+OWNED_POD_FIELDS = OwnedFields(
+    {
+        "containers": "set env, envFrom, resources and volumeMounts on the Queue's spec; "
+        "command, image, probes and the container's security context are the operator's",
+        "initContainers": "the worker pod has no init containers",
+        "serviceAccountName": "the worker ServiceAccount <queue>-worker; annotate it with "
+        "spec.serviceAccount.annotations",
+        "automountServiceAccountToken": "workers read their own Queue with it",
+        "terminationGracePeriodSeconds": "it follows spec.drainTimeoutSeconds",
+        "hostNetwork": "workers never share the node's network",
+        "hostPID": "workers never share the node's processes",
+        "hostIPC": "workers never share the node's IPC",
+    }
+)
 
 
 class PodSpecOverrides(SpecModel):
     """Pod-level settings merged onto the worker pod the operator builds."""
 
-    model_config = ConfigDict(
-        json_schema_extra=cel_extra(*(_operator_owned(f) for f in _OWNED_POD_FIELDS))
-    )
+    model_config = ConfigDict(json_schema_extra=cel_extra(*OWNED_POD_FIELDS.cel()))
 
     image_pull_secrets: list[PullSecret] | None = Field(default=None, max_length=16)
     """Secrets for pulling a private task image, e.g. [{name: regcred}]."""
@@ -247,9 +238,7 @@ class PodSpecOverrides(SpecModel):
 
     @model_validator(mode="after")
     def _owned(self) -> PodSpecOverrides:
-        for name, info in type(self).model_fields.items():
-            if info.alias in _OWNED_POD_FIELDS and getattr(self, name) is not None:
-                raise ValueError(owned_message(info.alias))
+        OWNED_POD_FIELDS.check(self)
         return self
 
 

@@ -31,6 +31,7 @@ from slotfleet.models.rules import (
     KeyName,
     ModuleName,
     ObjectName,
+    OwnedFields,
     SpecModel,
     cel,
     cel_extra,
@@ -64,6 +65,19 @@ REPLICAS_LE_MAX = cel(
 MODE_QUOTED_MESSAGE = (
     'autoscaling.mode must be a string: quote it, as in mode: "off" (YAML reads an '
     "unquoted off or on as a boolean)"
+)
+#: Container fields a user may try on the Queue's spec: the operator owns the container.
+OWNED_SPEC_FIELDS = OwnedFields(
+    {
+        "command": "workers run slotfleet worker with this Queue's settings; name your task "
+        "modules in imports and set executor, env and the rest of the spec",
+        "args": "workers run slotfleet worker with this Queue's settings; name your task "
+        "modules in imports and set executor, env and the rest of the spec",
+        "livenessProbe": "it probes the worker's /healthz on metricsPort",
+        "readinessProbe": "it probes the worker's /readyz on metricsPort",
+        "securityContext": "workers never run as root, drop every capability and have a "
+        "read-only root; set their user and groups in template.spec.securityContext",
+    }
 )
 VOLUME_MOUNTS_EXIST = cel(
     "!has(self.volumeMounts) || self.volumeMounts.all(m, has(self.template) && "
@@ -175,7 +189,9 @@ def _initial_replicas(data: dict[str, Any]) -> int:
 class QueueSpec(SpecModel):
     """The desired state of a queue's worker fleet."""
 
-    model_config = ConfigDict(json_schema_extra=cel_extra(REPLICAS_LE_MAX, VOLUME_MOUNTS_EXIST))
+    model_config = ConfigDict(
+        json_schema_extra=cel_extra(REPLICAS_LE_MAX, VOLUME_MOUNTS_EXIST, *OWNED_SPEC_FIELDS.cel())
+    )
 
     image: ImageRef = "ghcr.io/slotfleet/slotfleet:0.1.0"
     """Container image of the worker pods: the slotfleet image plus your task code, e.g.
@@ -255,8 +271,21 @@ class QueueSpec(SpecModel):
     pod_monitor: bool = Field(default=False)
     """Create a Prometheus Operator PodMonitor (needs its CRD installed)."""
 
+    # Typed (a CEL rule cannot see an untyped field), present only to be refused.
+    command: list[str] | None = Field(default=None, max_length=64)
+    """Refused: the operator sets the worker's command."""
+    args: list[str] | None = Field(default=None, max_length=64)
+    """Refused: the operator sets the worker's arguments."""
+    liveness_probe: dict[str, Any] | None = None
+    """Refused: the operator sets the probes."""
+    readiness_probe: dict[str, Any] | None = None
+    """Refused: the operator sets the probes."""
+    security_context: dict[str, Any] | None = None
+    """Refused: the operator's floor; see template.spec.securityContext."""
+
     @model_validator(mode="after")
     def _cross_field(self) -> QueueSpec:
+        OWNED_SPEC_FIELDS.check(self)
         scaling = self.autoscaling
         if scaling.mode is AutoscalingMode.OPERATOR and self.replicas > scaling.max_replicas:
             raise ValueError(REPLICAS_LE_MAX["message"])

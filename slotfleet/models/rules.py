@@ -54,6 +54,32 @@ def cel_extra(*rules: Json) -> Json:
 
 
 @dataclass(frozen=True, slots=True)
+class OwnedFields:
+    """Fields of a model that the operator sets: declared (typed, or a CEL rule could not
+    see them, and a structural schema would prune them without a word) only to be
+    refused, each with why and what to do instead."""
+
+    why: dict[str, str]
+    """Field name (camelCase, as in the manifest) -> the reason after "is set by the
+    operator: "."""
+
+    def message(self, field: str) -> str:
+        return f"{field} is set by the operator: {self.why[field]}"
+
+    def cel(self) -> list[Json]:
+        return [
+            cel(f"!has(self.{field})", self.message(field), field_path=f".{field}")
+            for field in self.why
+        ]
+
+    def check(self, model: BaseModel) -> None:
+        """Raise the message of the first owned field ``model`` sets."""
+        for name, info in type(model).model_fields.items():
+            if info.alias in self.why and getattr(model, name) is not None:
+                raise ValueError(self.message(info.alias))
+
+
+@dataclass(frozen=True, slots=True)
 class PatternRule:
     """A string that must match ``pattern`` completely, with one message for both checkers."""
 

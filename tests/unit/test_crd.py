@@ -63,6 +63,9 @@ def test_only_deep_kubernetes_types_keep_unknown_fields(schema: dict[str, Any]) 
     )
     pod = ".spec.template.spec"
     assert kept == [
+        ".spec.livenessProbe",
+        ".spec.readinessProbe",
+        ".spec.securityContext",
         f"{pod}.affinity",
         f"{pod}.containers[]",
         f"{pod}.initContainers[]",

@@ -513,3 +513,25 @@ async def test_no_retention_no_purge() -> None:
     r.store.finished = 10
     await r.fleet.step()
     assert r.store.purges == []
+
+
+def test_the_fleet_says_what_of_a_pod_spec_it_cannot_use_locally() -> None:
+    m = manifest()
+    spec = QueueSpec.model_validate(
+        {
+            **m.spec.model_dump(by_alias=True, exclude_none=True),
+            "env": [
+                {"name": "PLAIN", "value": "1"},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "s", "key": "t"}}},
+            ],
+            "envFrom": [{"configMapRef": {"name": "settings"}}],
+        }
+    )
+    local = QueueManifest(m.name, spec)
+    assert fleet_cmd.local_notes(local) == [
+        "env TOKEN is valueFrom a Secret, ConfigMap or pod field: not set locally",
+        "envFrom (Secrets, ConfigMaps) is for pods: not used locally",
+    ]
+    launcher = SubprocessLauncher(local, "sqlite:///x.db", {})
+    assert launcher.environment() == {"PLAIN": "1", "SLOTFLEET_DSN": "sqlite:///x.db"}
+    assert fleet_cmd.local_notes(manifest()) == []

@@ -23,7 +23,10 @@ from urllib.parse import unquote
 MASK = "***"
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/*")
-_KEYWORD = re.compile(r"""\bpassword\s*=\s*('(?:\\.|[^'\\])*'|[^\s&]+)""", re.IGNORECASE)
+#: libpq's keyword/value form (``host=db password='a b'``) and a URI's query parameter
+#: (``?password=x&port=5432``)
+_KEYWORD = re.compile(r"""\bpassword\s*=\s*('(?:\\.|[^'\\])*'|\S+)""", re.IGNORECASE)
+_QUERY = re.compile(r"[?&]password=([^&#\s]*)", re.IGNORECASE)
 _URL_SECRET = re.compile(r"(://[^:/@\s\"']*:)[^@\s\"']*@")
 _KEYWORD_SECRET = re.compile(r"""(\bpassword\s*=\s*)('(?:\\.|[^'\\])*'|[^\s&"]+)""", re.IGNORECASE)
 
@@ -43,6 +46,7 @@ def _secrets(dsn: str) -> set[str]:
         if value.startswith("'") and value.endswith("'") and len(value) >= 2:
             value = re.sub(r"\\(.)", r"\1", value[1:-1])
         found.add(value)
+    found.update(match.group(1) for match in _QUERY.finditer(dsn))
     found |= {unquote(s) for s in found}
     found.discard("")
     return found

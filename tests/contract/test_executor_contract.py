@@ -287,6 +287,37 @@ async def test_functions_not_registered_with_job_are_refused_and_never_run(
     assert (await worker.completion(ok.id)).result == 3
 
 
+async def test_a_process_job_stopped_while_its_module_imports_never_starts(
+    worker: FakeWorker, tmp_path: Path
+) -> None:
+    """Regression: a SIGTERM (timeout, cancel) that reached a child while it imported the
+    job's module was dropped, and the job then ran on until its SIGKILL. A task module
+    that imports slotfleet (``@job``) takes long enough to import for that to happen."""
+    from tests.slow_import_tasks import IMPORT_SECONDS
+
+    queue = QueueSettings(name="slow", executor=ExecutorKind.PROCESSES, concurrency=1)
+    executor = ProcessExecutor(worker, queue)
+    executor.kill_grace_seconds = IMPORT_SECONDS + 5  # the child answers; nobody kills it
+    try:
+        warm = make_job("tests.tasks:add", kwargs={"a": 1, "b": 1})
+        await executor.push(warm)  # a child is running and idle
+        assert (await worker.completion(warm.id)).result == 2
+        marker = tmp_path / "ran"
+        timeout = IMPORT_SECONDS / 4  # fires while the child imports the module
+        slow = make_job(
+            "tests.slow_import_tasks:mark", kwargs={"path": str(marker)}, timeout=timeout
+        )
+        await executor.push(slow)
+        done = await worker.completion(slow.id, timeout=IMPORT_SECONDS + 10)
+        assert done.outcome is Outcome.FAILED
+        assert done.error is not None
+        assert done.error.error == f"timed out after {timeout:g}s"
+        assert not marker.exists(), "the job started after its timeout"
+        assert executor.processes == 1  # the child answered; it was not killed
+    finally:
+        await executor.stop()
+
+
 async def test_a_queue_that_runs_any_function_runs_an_unregistered_one(
     kind: ExecutorKind, worker: FakeWorker
 ) -> None:

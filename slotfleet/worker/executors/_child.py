@@ -9,9 +9,11 @@ into a ``QueuedJob`` only for a function with a keyword-only parameter annotated
 ``QueuedJob`` (see ``instance.py``), and then ``meta`` is ``("meta", meta_json)`` (what
 the job left in ``meta``) or ``("problem", why)`` when that cannot be stored; otherwise
 ``None``. SIGTERM while a job runs sets the job's cancel token and raises
-:class:`JobCancelled` inside the job's code; between jobs it is ignored (the parent
-decides what happens next). SIGINT is ignored: a Ctrl-C in a terminal reaches the whole
-process group, and the parent drains.
+:class:`JobCancelled` inside the job's code; while the child is still importing the job's
+module it only sets the token, and the job never starts (raising inside an import would
+leave it half done); between jobs it is ignored (the parent decides what happens next).
+SIGINT is ignored: a Ctrl-C in a terminal reaches the whole process group, and the parent
+drains.
 
 A child never outlives its worker: on Linux it asks the kernel for SIGKILL when its
 parent dies (``PR_SET_PDEATHSIG``). A worker killed on its own (the OOM killer picks one
@@ -42,19 +44,28 @@ from slotfleet.worker.executors.instance import instance_params, meta_problem
 if TYPE_CHECKING:
     from slotfleet.models.jobs import QueuedJob
 
-_running: list[CancelToken] = []
+
+class _Current:
+    """The job this child has taken: its token, and whether its own code runs yet."""
+
+    token: CancelToken | None = None
+    in_code = False
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    if _running:
-        _running[0].cancel("cancelled")
+    token = _Current.token
+    if token is None:
+        return
+    token.cancel("cancelled")
+    if _Current.in_code:
         raise JobCancelled("job stopped by SIGTERM")
 
 
 def _run(path: str, kwargs_json: str, job_json: str, any_callable: bool) -> tuple[Any, ...]:
-    token = CancelToken()
+    token = _Current.token = CancelToken()
     instance: QueuedJob | None = None
     try:
+        # a SIGTERM while the job's module imports only sets the token ...
         func = resolve_function(path, any_callable=any_callable)
         kwargs = json.loads(kwargs_json)
         names = instance_params(func)
@@ -62,17 +73,20 @@ def _run(path: str, kwargs_json: str, job_json: str, any_callable: bool) -> tupl
             instance = _instance(job_json, kwargs)
             for name in names:
                 kwargs[name] = instance
-        _running.append(token)
+        _Current.in_code = True
         try:
+            token.raise_if_cancelled()  # ... and the job never starts
             with use_token(token):
                 result = func(**kwargs)
                 if inspect.isawaitable(result):
                     result = asyncio.run(_await(result))
         finally:
-            _running.clear()
+            _Current.in_code = False
         return ("ok", encode_result(result), _meta(instance))
     except BaseException as exc:  # the job's SystemExit too: report it, keep serving
         return ("err", type(exc).__name__, *_describe(exc), _meta(instance))
+    finally:
+        _Current.token = None
 
 
 def _instance(job_json: str, kwargs: dict[str, Any]) -> QueuedJob:

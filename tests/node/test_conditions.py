@@ -1,7 +1,8 @@
 """What the kubelet refuses reaches the Queue: an image it cannot use becomes
 ``Degraded=True`` with reason ``ImageUnusable`` and the kubelet's own words, ``Ready``
-follows, and both recover once the image is fixed. No registry is contacted: one image is
-absent with ``imagePullPolicy: Never``, the other's name is not a valid reference."""
+follows, and both recover once the image is fixed. No registry is contacted: the image is
+absent with ``imagePullPolicy: Never``. (A name that is not a valid reference never
+reaches the kubelet: the Queue's schema refuses it, ``tests/kube/test_queue_validation.py``.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ pytestmark = pytest.mark.node
 
 CASES = {
     "absent": ("localhost/slotfleet-absent:0", "Never", "ErrImageNeverPull"),
-    "invalid": ("localhost/Not/A:Valid:Reference", "IfNotPresent", "InvalidImageName"),
 }
 
 

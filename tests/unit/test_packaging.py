@@ -15,7 +15,7 @@ from slotfleet.cli.operator_cmd import liveness_url
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 #: What a SQLite client must not install.
-HEAVY = {"kopf", "kubernetes", "psycopg", "psycopg-pool", "aiohttp"}
+HEAVY = {"kopf", "kubernetes", "psycopg", "psycopg-pool", "aiohttp", "starlette", "uvicorn"}
 
 
 def names(requirements: list[str]) -> set[str]:
@@ -29,7 +29,8 @@ def test_the_core_needs_no_database_driver_and_no_kubernetes() -> None:
     assert names(extras["postgres"]) == {"psycopg", "psycopg-pool"}
     assert names(extras["operator"]) == {"kopf", "kubernetes", "slotfleet"}
     assert "slotfleet[postgres]" in extras["operator"]
-    assert extras["all"] == ["slotfleet[postgres,operator]"]
+    assert names(extras["dashboard"]) == {"starlette", "uvicorn", "jinja2", "rich"}
+    assert extras["all"] == ["slotfleet[postgres,operator,dashboard]"]
     assert "slotfleet[all]" in extras["dev"]
     # the installed metadata says the same (an extra marker on every heavy requirement)
     for requirement in metadata.requires("slotfleet") or []:

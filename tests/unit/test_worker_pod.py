@@ -158,6 +158,7 @@ def test_a_new_queue_without_replicas_starts_at_what_its_mode_wants() -> None:
     assert replicas(mode="operator", minReplicas=0) == 0  # nothing queued: no worker
     assert replicas(mode="operator", minReplicas=2) == 2
     assert replicas(mode="hpa", minReplicas=3) == 3
+    assert replicas(mode="hpa", minReplicas=0) == 0  # an HPA scales from zero (1.37)
     assert replicas(mode="off") == 1
     given = {"store": {"secretRef": {"name": "db"}}, "replicas": 4, "autoscaling": {"mode": "off"}}
     assert QueueSpec.model_validate(given).replicas == 4

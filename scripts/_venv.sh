@@ -14,7 +14,9 @@ fi
 if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
   echo "==> installing slotfleet${extras:+[$extras]} into $VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}"
+  # setuptools warns about every editable install on stderr; a new user need not read it
+  PYTHONWARNINGS="ignore:Editable installation" \
+    "$VENV/bin/python" -m pip install -q -e "$ROOT${extras:+[$extras]}"
   echo "$want" > "$stamp"
 fi
 export PATH="$VENV/bin:$PATH"

@@ -44,6 +44,18 @@ def test_the_core_installs_alone_and_runs_jobs_on_sqlite(tmp_path: Path) -> None
         for p in json.loads(run([python, "-m", "pip", "list", "--format=json"], tmp_path, env))
     }
     assert "slotfleet" in installed
+    # Every file of the package that is not Python (the dashboard's templates and static
+    # files, the migrations, py.typed) is installed too: the image is built by the same
+    # `pip install`, and a file missing there fails only when a page or a migration needs it.
+    where = run([python, "-c", "import slotfleet; print(slotfleet.__file__)"], tmp_path, env)
+    package = Path(where.strip()).parent
+    tracked = subprocess.run(
+        ["git", "ls-files", "slotfleet"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    data = {Path(f).relative_to("slotfleet") for f in tracked if not f.endswith(".py")}
+    assert data, "git ls-files found no package data: the check would prove nothing"
+    missing = sorted(str(f) for f in data if not (package / f).is_file())
+    assert not missing, f"pip install left out package data: {missing}"
     extras = {name.replace("_", "-") for name in EXTRAS_PACKAGES} | {"psycopg-binary"}
     assert not installed & extras, f"the core pulled in {sorted(installed & extras)}"
 

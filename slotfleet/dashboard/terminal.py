@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 
+from rich import box
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -30,6 +31,10 @@ def _rate(value: float | None) -> str:
 
 def _age(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds < 120 else f"{seconds / 60:.0f}m"
+
+
+def _table(title: str) -> Table:
+    return Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
 
 
 def render(ov: Overview) -> RenderableType:
@@ -51,31 +56,42 @@ def render(ov: Overview) -> RenderableType:
         (sparkline([b.total for b in t.buckets]), "green"),
         f"  (per {t.bucket_seconds}s)",
     )
-    queues = Table(title="queues", title_justify="left", expand=False)
-    for name in ("queue", "ready", "sched", "running", "succeeded", "failed", "cancelled"):
-        queues.add_column(name, justify="left" if name == "queue" else "right")
-    for name in ("workers", "busy/slots", "free", "jobs/min", "fail %"):
-        queues.add_column(name, justify="right")
+    # Two narrow tables rather than one wide one, without vertical rules: both fit an
+    # 80-column terminal (a bastion host's) with whole headers; a long name wraps.
+    backlog = _table("queues")
+    backlog.add_column("queue", overflow="fold")
+    for name in ("ready", "scheduled", "running", "succeeded", "failed", "cancelled"):
+        backlog.add_column(name, justify="right", no_wrap=True)
+    capacity = _table("slots and throughput")
+    capacity.add_column("queue", overflow="fold")
+    for name in ("workers", "busy", "slots", "free", "jobs/min", "failure"):
+        capacity.add_column(name, justify="right", no_wrap=True)
     for q in ov.queues:
-        queues.add_row(
-            f"{q.queue} (paused)" if q.paused else q.queue,
+        name = f"{q.queue} (paused)" if q.paused else q.queue
+        backlog.add_row(
+            name,
             str(q.ready),
             str(q.scheduled),
             str(q.running),
             str(q.succeeded),
             Text(str(q.failed), style="red" if q.failed else ""),
             str(q.cancelled),
+        )
+        capacity.add_row(
+            name,
             str(q.workers),
-            f"{q.slots_busy}/{q.slots_total}",
+            str(q.slots_busy),
+            str(q.slots_total),
             str(q.slots_free),
             f"{q.recent.per_minute:.1f}",
             _rate(q.recent.failure_rate),
         )
-    workers = Table(title="workers", title_justify="left", expand=False)
-    for name in ("worker", "host/pid", "slots (busy/total per queue)", "busy", "free"):
-        workers.add_column(name, justify="right" if name in ("busy", "free") else "left")
-    workers.add_column("heartbeat", justify="right")
-    workers.add_column("state")
+    workers = _table("workers")
+    for name in ("worker", "host/pid", "busy/total per queue"):
+        workers.add_column(name, overflow="fold")
+    for name in ("busy", "free", "heartbeat"):
+        workers.add_column(name, justify="right", no_wrap=True)
+    workers.add_column("state", no_wrap=True)
     for w in ov.workers:
         state = Text("no heartbeat", "red") if w.stale else Text("draining", "yellow")
         if not w.stale and not w.draining:
@@ -89,7 +105,8 @@ def render(ov: Overview) -> RenderableType:
             _age(w.heartbeat_age_seconds),
             state,
         )
-    parts: list[RenderableType] = [head, spark, queues if ov.queues else Text("no queues yet")]
+    tables: list[RenderableType] = [backlog, capacity] if ov.queues else [Text("no queues yet")]
+    parts: list[RenderableType] = [head, spark, *tables]
     parts.append(workers if ov.workers else Text("no worker is sending heartbeats"))
     return Group(*parts)
 

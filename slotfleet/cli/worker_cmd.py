@@ -103,6 +103,13 @@ def _apply(queue: QueueSettings, args: argparse.Namespace) -> QueueSettings:
 
 
 def _import_modules(names: list[str]) -> None:
+    """Import the ``--import`` modules, the working directory first: ``slotfleet worker``
+    finds a project's own modules when run from its root, as ``python -m`` does (and as
+    the local fleet's workers, started with ``-m``, always did); jobs' functions resolve
+    the same way."""
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
     for name in names:
         try:
             importlib.import_module(name)

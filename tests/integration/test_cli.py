@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,31 @@ def test_worker_runs_only_job_functions_unless_told_functions_any(
     burst("--functions", "any")
     done = json.loads(run(capsys, "jobs", "--dsn", dsn, allowed)[1])
     assert (done["state"], done["result"]) == ("succeeded", 3)
+
+
+def test_the_worker_command_imports_a_projects_modules_from_where_it_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``slotfleet worker --import myapp_tasks`` from the project's root, through the
+    console script as a user types it (not ``python -m``, which puts the directory on the
+    path by itself). Regression: only the local fleet's workers (started with ``-m``)
+    found the project's modules; the command said ``No module named ...``."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "myapp_tasks.py").write_text(
+        "from slotfleet import job\n\n\n@job\n"
+        "async def shout(text: str) -> str:\n    return text.upper()\n"
+    )
+    dsn = f"sqlite:///{tmp_path / 'here.db'}"
+    code, out, _ = run(capsys, "enqueue", "--dsn", dsn, "myapp_tasks:shout", "text=hi")
+    assert code == 0, out
+    script = Path(sys.executable).with_name("slotfleet")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [str(script), "worker", "--dsn", dsn, "--burst", "--metrics-port", "0",
+         "--import", "myapp_tasks"],
+        cwd=project, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(run(capsys, "jobs", "--dsn", dsn, out.strip())[1])
+    assert (done["state"], done["result"]) == ("succeeded", "HI")

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, NoReturn, TypeVar
 
-from slotfleet.app.durations import parse_duration
 from slotfleet.models import InvalidSettingsError, SlotfleetError
 
 T = TypeVar("T")
@@ -42,6 +41,8 @@ def port_arg(text: str) -> int:
 def duration_arg(text: str) -> timedelta:
     """A duration option (``--older-than``, ``--window``): seconds, or a number with s, m,
     h or d (``90``, ``15m``, ``7d``)."""
+    from slotfleet.app.durations import parse_duration  # the client: not for every command
+
     try:
         return parse_duration(text)
     except InvalidSettingsError as exc:

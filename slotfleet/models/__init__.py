@@ -3,44 +3,97 @@
 This package is the bottom of the stack. It performs no I/O and imports nothing else
 from slotfleet, so the store, the worker, the operator and the CLI can all speak in
 the same terms without depending on one another.
+
+Names are loaded on first use (PEP 562): ``from slotfleet.models import JobId`` loads
+only the pydantic-free ``values`` module, so a worker that never validates a model never
+imports pydantic for it (``claimed``, ``values`` and ``errors`` need none).
 """
 
-from slotfleet.models.errors import (
-    FunctionNotAllowedError,
-    InvalidJobError,
-    InvalidSettingsError,
-    JobNotFoundError,
-    SlotfleetError,
-    StoreError,
-    StoreUnavailableError,
-    UnknownFunctionError,
-    describe_validation_error,
-)
-from slotfleet.models.jobs import (
-    SUMMARY_ERROR_CHARS,
-    TERMINAL_STATES,
-    Completion,
-    FinishedCounts,
-    Job,
-    JobError,
-    JobId,
-    JobState,
-    JobSummary,
-    Outcome,
-    QueuedJob,
-    Reference,
-    RetryPolicy,
-)
-from slotfleet.models.queues import (
-    ExecutorKind,
-    FunctionPolicy,
-    QueuePause,
-    QueueSettings,
-    QueueStats,
-    RateLimit,
-    WorkerHeartbeat,
-    WorkerId,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slotfleet.models.errors import (
+        FunctionNotAllowedError,
+        InvalidJobError,
+        InvalidSettingsError,
+        JobNotFoundError,
+        SlotfleetError,
+        StoreError,
+        StoreUnavailableError,
+        UnknownFunctionError,
+        describe_validation_error,
+    )
+    from slotfleet.models.jobs import (
+        SUMMARY_ERROR_CHARS,
+        TERMINAL_STATES,
+        Completion,
+        FinishedCounts,
+        Job,
+        JobError,
+        JobId,
+        JobState,
+        JobSummary,
+        Outcome,
+        QueuedJob,
+        Reference,
+        RetryPolicy,
+    )
+    from slotfleet.models.queues import (
+        ExecutorKind,
+        FunctionPolicy,
+        QueuePause,
+        QueueSettings,
+        QueueStats,
+        RateLimit,
+        WorkerHeartbeat,
+        WorkerId,
+    )
+
+_WHERE = {
+    "Completion": "slotfleet.models.values",
+    "ExecutorKind": "slotfleet.models.queues",
+    "FinishedCounts": "slotfleet.models.jobs",
+    "FunctionNotAllowedError": "slotfleet.models.errors",
+    "FunctionPolicy": "slotfleet.models.queues",
+    "InvalidJobError": "slotfleet.models.errors",
+    "InvalidSettingsError": "slotfleet.models.errors",
+    "Job": "slotfleet.models.jobs",
+    "JobError": "slotfleet.models.jobs",
+    "JobId": "slotfleet.models.values",
+    "JobNotFoundError": "slotfleet.models.errors",
+    "JobState": "slotfleet.models.values",
+    "JobSummary": "slotfleet.models.jobs",
+    "Outcome": "slotfleet.models.values",
+    "QueuePause": "slotfleet.models.queues",
+    "QueueSettings": "slotfleet.models.queues",
+    "QueueStats": "slotfleet.models.queues",
+    "QueuedJob": "slotfleet.models.jobs",
+    "RateLimit": "slotfleet.models.queues",
+    "Reference": "slotfleet.models.jobs",
+    "RetryPolicy": "slotfleet.models.jobs",
+    "SUMMARY_ERROR_CHARS": "slotfleet.models.jobs",
+    "SlotfleetError": "slotfleet.models.errors",
+    "StoreError": "slotfleet.models.errors",
+    "StoreUnavailableError": "slotfleet.models.errors",
+    "TERMINAL_STATES": "slotfleet.models.values",
+    "UnknownFunctionError": "slotfleet.models.errors",
+    "WorkerHeartbeat": "slotfleet.models.queues",
+    "WorkerId": "slotfleet.models.queues",
+    "describe_validation_error": "slotfleet.models.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "SUMMARY_ERROR_CHARS",

@@ -11,11 +11,8 @@ refused before it reaches a store.
 from __future__ import annotations
 
 import functools
-import json
-import math
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Annotated, Any, NewType
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -24,12 +21,49 @@ from pydantic import (
     JsonValue,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 from slotfleet.models.queues import QUEUE_NAME_PATTERN
+from slotfleet.models.values import (
+    MAX_PAYLOAD_BYTES,
+    MAX_PAYLOAD_DEPTH,
+    TERMINAL_STATES,
+    Completion,
+    JobId,
+    JobState,
+    Outcome,
+    backoff_delay,
+    check_json_payload,
+    encode_json_payload,
+)
 
-JobId = NewType("JobId", int)
+__all__ = [
+    "MAX_ERROR_CHARS",
+    "MAX_JOB_ID",
+    "MAX_PAYLOAD_BYTES",
+    "MAX_PAYLOAD_DEPTH",
+    "MAX_SCHEDULED_AT",
+    "MAX_TRACEBACK_CHARS",
+    "MIN_SCHEDULED_AT",
+    "SUMMARY_ERROR_CHARS",
+    "TERMINAL_STATES",
+    "TRUSTED_ROW",
+    "Completion",
+    "FinishedCounts",
+    "Job",
+    "JobError",
+    "JobId",
+    "JobState",
+    "JobSummary",
+    "Outcome",
+    "QueuedJob",
+    "Reference",
+    "RetryPolicy",
+    "check_json_payload",
+    "check_moment",
+    "encode_json_payload",
+    "storable_text",
+]
 
 #: Largest job id: ids are PostgreSQL ``bigint`` and SQLite ``INTEGER`` (signed 64-bit).
 MAX_JOB_ID = 2**63 - 1
@@ -45,30 +79,9 @@ MAX_SCHEDULED_AT = datetime(9999, 12, 30, tzinfo=UTC)
 MAX_ERROR_CHARS = 4_000
 MAX_TRACEBACK_CHARS = 32_000
 
-#: Largest encoded kwargs (or meta) accepted at enqueue; bigger payloads belong in
-#: object storage with a reference in the kwargs.
-MAX_PAYLOAD_BYTES = 1 << 20
-
 #: Validation context marking data read back from a store, whose payloads were checked
 #: at enqueue: ``QueuedJob.model_validate(row, context={TRUSTED_ROW: True})``.
 TRUSTED_ROW = "slotfleet.trusted_row"
-
-#: Deepest nesting of kwargs accepted at enqueue (JSON parsers and jsonb have limits).
-MAX_PAYLOAD_DEPTH = 64
-
-
-class JobState(StrEnum):
-    """Where a job is in its life. ``retrying`` is a pending job with a failed attempt."""
-
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    RETRYING = "retrying"
-    CANCELLED = "cancelled"
-
-
-TERMINAL_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 
 
 class RetryPolicy(BaseModel):
@@ -92,63 +105,7 @@ class RetryPolicy(BaseModel):
 
         ``rand`` is a number in [0, 1) supplied by the caller, so this stays pure.
         """
-        exponent = max(attempt - 1, 0)
-        try:
-            raw = self.base * self.factor**exponent
-        except OverflowError:  # 100.0 ** 999: past any cap
-            raw = math.inf
-        delay = min(self.cap, raw)
-        spread = delay * self.jitter * (2 * rand - 1)
-        return max(0.0, delay + spread)
-
-
-def _walk(value: Any, limit: int) -> tuple[int, bool]:
-    """Nesting depth of a JSON-like value (giving up past ``limit``) and whether any
-    string or key holds a NUL character (PostgreSQL's jsonb refuses those).
-
-    Raises ``ValueError`` for a key that is not a string at any depth: ``json.dumps``
-    would silently turn ``{1: "x", "1": "y"}`` into ``{"1": "y"}`` and lose a value.
-    """
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    deepest, has_nul = 0, False
-    while stack:
-        item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            break
-        if isinstance(item, str):
-            has_nul = has_nul or "\x00" in item
-        elif isinstance(item, dict):
-            for key in item:
-                if not isinstance(key, str):
-                    raise ValueError(f"keys must be strings, not {type(key).__name__} ({key!r})")
-                has_nul = has_nul or "\x00" in key
-            stack.extend((v, level + 1) for v in item.values())
-        elif isinstance(item, list | tuple):
-            stack.extend((v, level + 1) for v in item)
-    return deepest, has_nul
-
-
-def check_json_payload(value: Any, what: str) -> None:
-    """Refuse ``value`` unless it encodes as strict JSON within the size and depth limits."""
-    try:
-        depth, has_nul = _walk(value, MAX_PAYLOAD_DEPTH)
-    except ValueError as exc:
-        raise ValueError(f"{what}: {exc}") from None
-    if depth > MAX_PAYLOAD_DEPTH:
-        raise ValueError(f"{what} is nested deeper than {MAX_PAYLOAD_DEPTH} levels")
-    if has_nul:
-        raise ValueError(f"{what} must not contain NUL characters")
-    try:
-        encoded = json.dumps(value, allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{what} must be JSON-serializable: {exc}") from None
-    try:
-        size = len(encoded.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ValueError(f"{what} contains a lone surrogate (not valid Unicode)") from None
-    if size > MAX_PAYLOAD_BYTES:
-        raise ValueError(f"{what} is {size} bytes encoded; the limit is {MAX_PAYLOAD_BYTES}")
+        return backoff_delay(self.base, self.factor, self.cap, self.jitter, attempt, rand)
 
 
 def check_moment(value: datetime, what: str) -> datetime:
@@ -357,46 +314,3 @@ class Reference(BaseModel):
 
     def __str__(self) -> str:
         return str(self.identifier)
-
-
-class Outcome(StrEnum):
-    """How an attempt ended, as the worker reports it to the store."""
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    RETRY = "retry"
-    CANCELLED = "cancelled"
-    RELEASED = "released"
-    """Handed back unfinished (drain): pending again, the attempt not counted."""
-
-
-class Completion(BaseModel):
-    """The end of one attempt, written by the worker that holds the job's lease.
-
-    The store applies it only while the job is still ``running`` under the claim
-    ``token`` of this attempt, so a late write from a worker that lost the job (a
-    paused process, a restarted container, an earlier attempt) changes nothing.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    job_id: JobId
-    worker_id: str
-    token: str
-    """The attempt's claim token (:attr:`QueuedJob.lease_token`)."""
-    attempt: int = 0
-    """The attempt this ends (the job's ``attempts`` when it was claimed)."""
-    outcome: Outcome
-    result: JsonValue = None
-    error: JobError | None = None
-    retry_delay: Annotated[float, Field(ge=0)] | None = None
-    """For ``RETRY``: seconds from the store's clock until the job is ready again."""
-    meta: dict[str, Any] | None = None
-    """The job's ``meta`` as the attempt left it, when the job was handed its instance
-    (checked against the payload limits by the executor); ``None`` keeps the stored one."""
-
-    @model_validator(mode="after")
-    def _check(self) -> Completion:
-        if self.outcome is Outcome.RETRY and self.retry_delay is None:
-            raise ValueError("a retry needs retry_delay")
-        return self

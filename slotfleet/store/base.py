@@ -29,6 +29,7 @@ from slotfleet.models import (
     QueueStats,
     WorkerHeartbeat,
 )
+from slotfleet.models.claimed import ClaimedJob
 
 #: Seconds a fetched job's lease lasts unless its worker's heartbeat extends it. A job
 #: whose worker died is back in the queue within about this long.
@@ -108,7 +109,7 @@ class Store(Protocol):
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
-    ) -> list[QueuedJob]:
+    ) -> list[ClaimedJob]:
         """Claim up to ``limit`` ready jobs of ``queue`` for ``worker_id`` under the claim
         token ``claim`` (a fresh random string per call: see :meth:`release_claim`).
 

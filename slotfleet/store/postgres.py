@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import psycopg
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, RowMaker
 from psycopg.types.json import Jsonb
 
 from slotfleet.models import (
@@ -32,12 +32,14 @@ from slotfleet.models import (
     StoreError,
     WorkerHeartbeat,
 )
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import postgres_sql as sql
 from slotfleet.store import rows
 from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS, Lease
 from slotfleet.store.postgres_db import (
     Conn,
     completion_document,
+    copy_rows,
     enqueue_document,
     job_row,
     pause_row,
@@ -64,8 +66,18 @@ log = logging.getLogger(__name__)
 #: down (see :meth:`PostgresStore.fetch`).
 FETCH_POOL_WAIT_SECONDS = 2.0
 
+#: Batches without unique keys of at least this many jobs are written with COPY (fewer
+#: and they go in one INSERT: COPY's transaction costs three more round trips).
+COPY_MIN_JOBS = 200
+
 #: What reading a claimed row may raise when a value in it cannot be represented.
 UNDECODABLE: tuple[type[Exception], ...] = (*rows.UNDECODABLE, psycopg.DataError)
+
+
+def _claimed_row_maker(cursor: object) -> RowMaker[ClaimedJob]:
+    """Row factory of a fetch: a :class:`ClaimedJob` per row, nothing validated (the row
+    was checked at enqueue; a value that cannot even be decoded raises ``DataError``)."""
+    return ClaimedJob.from_values
 
 
 class PostgresStore(PostgresReads):
@@ -115,7 +127,7 @@ class PostgresStore(PostgresReads):
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
-    ) -> list[QueuedJob]:
+    ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
         params = {
@@ -126,10 +138,11 @@ class PostgresStore(PostgresReads):
             "lease_seconds": float(lease_seconds),
         }
 
-        async def body(conn: Conn) -> list[QueuedJob]:
-            cur = await conn.execute(sql.FETCH, params)
+        async def body(conn: Conn) -> list[ClaimedJob]:
+            cur = conn.cursor(row_factory=_claimed_row_maker)
             try:
-                return [job_row(r) for r in await cur.fetchall()]
+                await cur.execute(sql.FETCH, params)
+                return await cur.fetchall()
             except UNDECODABLE as exc:  # the claim committed: sort the rows out one by one
                 log.warning("a claimed job could not be read: %s", one_line(exc))
                 return await self._claimed_rows(conn, worker_id, claim)
@@ -140,7 +153,7 @@ class PostgresStore(PostgresReads):
         jobs = await self._run(body, wait=FETCH_POOL_WAIT_SECONDS)
         return sorted(jobs, key=lambda j: (-j.priority, j.scheduled_at, j.id))
 
-    async def _claimed_rows(self, conn: Conn, worker_id: str, claim: str) -> list[QueuedJob]:
+    async def _claimed_rows(self, conn: Conn, worker_id: str, claim: str) -> list[ClaimedJob]:
         """The jobs claimed under ``claim``, read one at a time; a row that cannot be
         read is failed in place with a readable error."""
         cur = await conn.execute(sql.CLAIMED_IDS, {"worker_id": worker_id, "claim": claim})
@@ -149,7 +162,7 @@ class PostgresStore(PostgresReads):
             try:
                 row = await (await conn.execute(sql.GET_JOB, {"id": job_id})).fetchone()
                 if row is not None:
-                    jobs.append(job_row(row))
+                    jobs.append(ClaimedJob.of(job_row(row)))
             except UNDECODABLE as exc:
                 params = {"id": job_id, "claim": claim, "error": unreadable_message(exc)}
                 await conn.execute(sql.FAIL_UNREADABLE, params)
@@ -165,6 +178,8 @@ class PostgresStore(PostgresReads):
     async def enqueue_ids(self, jobs: Sequence[Job]) -> list[JobId]:
         if not jobs or any(job.unique_key is not None for job in jobs):
             return [job.id for job in await self.enqueue(jobs)]
+        if len(jobs) >= COPY_MIN_JOBS:
+            return await self._copy_jobs(jobs)
         params = {"jobs": enqueue_document(jobs)}
 
         async def body(conn: Conn) -> list[JobId]:
@@ -173,6 +188,23 @@ class PostgresStore(PostgresReads):
             if len(ids) != len(jobs):
                 raise StoreError(f"enqueue stored {len(ids)} of {len(jobs)} jobs")
             return ids
+
+        return await self._run(body)
+
+    async def _copy_jobs(self, jobs: Sequence[Job]) -> list[JobId]:
+        """Write a batch without unique keys with COPY (see ``sql.COPY_IDS``): ids in
+        input order, one transaction."""
+
+        async def body(conn: Conn) -> list[JobId]:
+            async with conn.transaction():
+                cur = await conn.execute(sql.COPY_IDS, {"n": len(jobs)})
+                row = await cur.fetchone()
+                assert row is not None
+                ids = sorted(int(i) for i in row["ids"])
+                text = copy_rows(jobs, ids, row["now"])
+                async with conn.cursor().copy(sql.COPY_JOBS) as copy:
+                    await copy.write(text)
+            return [JobId(i) for i in ids]
 
         return await self._run(body)
 

@@ -149,6 +149,43 @@ def enqueue_document(jobs: Sequence[Job]) -> str:
     )
 
 
+def copy_rows(jobs: Sequence[Job], ids: Sequence[int], now: datetime) -> str:
+    """The rows of ``sql.COPY_JOBS`` in COPY's text format, job ``i`` under ``ids[i]``;
+    ``scheduled_at`` unset means ``now`` (the transaction's now(), as the default).
+
+    JSON is written as ``json.dumps`` writes it (ASCII, as the INSERT's document did), so
+    only backslashes need COPY's escaping; queue names and import paths hold none of
+    COPY's special characters (the models' patterns). The columns every job of a batch
+    usually shares (queue, function, priority, attempts, retry policy, timeout) are
+    formatted once per distinct combination."""
+    now_text = now.isoformat()
+    shared: dict[tuple[Any, ...], str] = {}
+    retries: dict[int, str] = {}
+    lines = []
+    for job_id, job in zip(ids, jobs, strict=True):
+        retry = retries.get(id(job.retry))
+        if retry is None:
+            retry = _copy_json(job.retry.model_dump(mode="json"))
+            retries[id(job.retry)] = retry
+        key = (job.queue, job.func, job.priority, job.max_attempts, retry, job.timeout)
+        middle = shared.get(key)
+        if middle is None:
+            timeout = "\\N" if job.timeout is None else repr(float(job.timeout))
+            middle = f"{job.queue}\t{job.func}\t{job.priority}\t{job.max_attempts}\t{retry}\t{timeout}"
+            shared[key] = middle
+        kwargs = _copy_json(job.kwargs) if job.kwargs else "{}"
+        meta = _copy_json(job.meta) if job.meta else "{}"
+        when = now_text if job.scheduled_at is None else job.scheduled_at.isoformat()
+        lines.append(f"{job_id}\t{middle}\t{kwargs}\t{meta}\t{when}\n")
+    return "".join(lines)
+
+
+def _copy_json(value: Any) -> str:
+    """``value`` as JSON text escaped for COPY's text format (ASCII JSON has no control
+    characters, so doubling backslashes is all it needs)."""
+    return json.dumps(value, separators=(",", ":")).replace("\\", "\\\\")
+
+
 def place_enqueued(jobs: Sequence[Job], rows: Sequence[DictRow]) -> dict[int, QueuedJob]:
     """Input position -> job, from the rows ``ENQUEUE`` returned: the inserted ones
     (``new``) and the stored non-terminal jobs holding one of the batch's keys. Ids follow
@@ -177,19 +214,25 @@ def place_enqueued(jobs: Sequence[Job], rows: Sequence[DictRow]) -> dict[int, Qu
 
 
 def completion_document(batch: Sequence[Completion]) -> str:
-    """The completions as one JSON array of objects (see :func:`enqueue_document`)."""
-    return json.dumps(
-        [
+    """The completions as one JSON array of objects (see :func:`enqueue_document`). A
+    result the executor already encoded (``result_json``) is written as that text, not
+    decoded and encoded again."""
+    items = []
+    for c in batch:
+        item = _ENCODE(
             {
                 "id": c.job_id,
                 "token": c.token,
                 "outcome": c.outcome.value,
-                "result": c.result,
                 "error": error_json(c),
                 "retry_delay": c.retry_delay,
                 "meta": c.meta,
             }
-            for c in batch
-        ],
-        separators=(",", ":"),
-    )
+        )
+        if c.result_json is not None or c.result is not None:
+            item = f'{item[:-1]},"result":{c.result_text()}}}'
+        items.append(item)
+    return "[" + ",".join(items) + "]"
+
+
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode

@@ -9,6 +9,7 @@ jobs back in a queue (``complete`` for retry/release, ``recover_expired``).
 
 from __future__ import annotations
 
+from slotfleet.models.claimed import CLAIMED_COLUMNS
 from slotfleet.store.rows import JOB_COLUMNS
 
 CHANNEL = "slotfleet_jobs"
@@ -119,6 +120,20 @@ ENQUEUE_NO_KEYS = _ENQUEUE_NO_KEYS.format(returning=", ".join(JOB_COLUMNS))
 #: The same insert for callers that want ids only: no row comes back to be decoded.
 ENQUEUE_NO_KEYS_IDS = _ENQUEUE_NO_KEYS.format(returning="id")
 
+# A large batch without unique keys is written with COPY (``PostgresStore.enqueue_ids``):
+# in one transaction, this takes the batch's ids from the sequence and the transaction's
+# now() (what ``scheduled_at``'s default would be), then COPY writes the rows with those
+# ids in input order (FIFO follows input order, as with the INSERT). COPY fires the
+# statement-level insert trigger, so idle workers are woken the same way.
+COPY_IDS = """
+SELECT now() AS now,
+    array(SELECT nextval('slotfleet_jobs_id_seq') FROM generate_series(1, %(n)s)) AS ids
+"""
+COPY_JOBS = (
+    "COPY slotfleet_jobs (id, queue, func, priority, max_attempts, retry, timeout, kwargs,"
+    " meta, scheduled_at) FROM STDIN"
+)
+
 # Used only when a concurrent enqueue committed a key after ENQUEUE took its snapshot.
 FIND_ACTIVE_BY_KEYS = """
 SELECT * FROM slotfleet_jobs
@@ -131,7 +146,9 @@ GET_JOB = "SELECT * FROM slotfleet_jobs WHERE id = %(id)s"
 # LOCKED lets concurrent fetches pass each other's claimed rows instead of waiting. A
 # queue paused in the store yields nothing: the pause check names no job column, so it
 # runs once per statement (a one-time filter over a primary-key lookup), not per row.
-FETCH = """
+# It returns the columns a worker reads (``CLAIMED_COLUMNS``, in that order: the store's
+# row maker builds a ``ClaimedJob`` straight from them), not result or completed_at.
+FETCH = f"""
 UPDATE slotfleet_jobs AS j
 SET state = 'running',
     attempts = j.attempts + 1,
@@ -152,7 +169,7 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS claimed
 WHERE j.id = claimed.id
-RETURNING j.*
+RETURNING {", ".join(f"j.{name}" for name in CLAIMED_COLUMNS)}
 """
 
 # The ids of the rows a fetch claimed under a token, when its reply could not be read

@@ -39,6 +39,7 @@ from slotfleet.models import (
     QueueStats,
     WorkerHeartbeat,
 )
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import sqlite_sql as sql
 from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS, Lease
 from slotfleet.store.rows import (
@@ -54,6 +55,7 @@ from slotfleet.store.rows import (
 )
 from slotfleet.store.sqlite_conn import SQLiteConnection
 from slotfleet.store.sqlite_db import (
+    claimed_row,
     data_version,
     epoch,
     insert_jobs,
@@ -127,7 +129,7 @@ class SQLiteStore(SQLiteConnection, SQLiteReads):
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
-    ) -> list[QueuedJob]:
+    ) -> list[ClaimedJob]:
         if limit <= 0:
             return []
         params = {
@@ -138,12 +140,12 @@ class SQLiteStore(SQLiteConnection, SQLiteReads):
             "lease_seconds": lease_seconds,
         }
 
-        def body(conn: sqlite3.Connection) -> list[QueuedJob]:
+        def body(conn: sqlite3.Connection) -> list[ClaimedJob]:
             now = time.time()
             jobs = []
             for row in conn.execute(sql.FETCH, {**params, "now": now}).fetchall():
                 try:
-                    jobs.append(job_row(row))
+                    jobs.append(claimed_row(row))
                 except UNDECODABLE as exc:  # fail it in place: never strand the claim
                     failed = {
                         "id": row["id"],
@@ -183,7 +185,9 @@ class SQLiteStore(SQLiteConnection, SQLiteReads):
                         "id": c.job_id,
                         "token": c.token,
                         "outcome": c.outcome.value,
-                        "result": None if c.result is None else dump_json(c.result),
+                        "result": (
+                            None if c.result is None and c.result_json is None else c.result_text()
+                        ),
                         "error": None if error is None else dump_json(error),
                         "retry_delay": c.retry_delay,
                         "meta": None if c.meta is None else dump_json(c.meta),

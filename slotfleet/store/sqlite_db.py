@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from slotfleet.models import InvalidSettingsError, QueuedJob, QueuePause, WorkerHeartbeat
+from slotfleet.models.claimed import CLAIMED_COLUMNS, ClaimedJob
 from slotfleet.store import sqlite_sql as sql
 from slotfleet.store.rows import dump_json, job_from_record, migration_scripts
 
@@ -56,6 +57,26 @@ def job_row(row: sqlite3.Row) -> QueuedJob:
         if record[name] is not None:
             record[name] = datetime.fromtimestamp(record[name], UTC)
     return job_from_record(record)
+
+
+_CLAIMED_JSON = frozenset({"kwargs", "retry", "meta", "errors"})
+_CLAIMED_TIMES = frozenset(_TIME_COLUMNS)
+
+
+def claimed_row(row: sqlite3.Row) -> ClaimedJob:
+    """A claimed job from a row (JSON decoded, times as UTC datetimes), unvalidated: the
+    row was checked at enqueue. Raises ``ValueError``/``OverflowError`` for a value that
+    cannot be represented (see ``rows.UNDECODABLE``)."""
+    values: list[Any] = []
+    for name in CLAIMED_COLUMNS:
+        value = row[name]
+        if value is not None:
+            if name in _CLAIMED_JSON:
+                value = {} if value == "{}" else [] if value == "[]" else json.loads(value)
+            elif name in _CLAIMED_TIMES:
+                value = datetime.fromtimestamp(value, UTC)
+        values.append(value)
+    return ClaimedJob.from_values(values)
 
 
 def worker_row(row: sqlite3.Row) -> WorkerHeartbeat:

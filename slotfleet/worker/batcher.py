@@ -159,14 +159,12 @@ class CompletionBatcher:
             error=f"the store refused this attempt's {completion.outcome.value} outcome: {refusal}",
             at=self._clock(),
         )
-        failure = completion.model_copy(
-            update={
-                "outcome": Outcome.FAILED,
-                "result": None,
-                "error": error,
-                "retry_delay": None,
-                "meta": None,  # the failure must be storable: keep the stored meta
-            }
+        failure = completion.replace(
+            outcome=Outcome.FAILED,
+            result=None,
+            error=error,
+            retry_delay=None,
+            meta=None,  # the failure must be storable: keep the stored meta
         )
         try:
             return await self._store.complete([failure])

@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from slotfleet.models import QueuedJob
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import Store
 from slotfleet.worker.executors import Executor
 
@@ -57,7 +57,7 @@ class QueueLoop:
         lease_seconds: float,
         global_free: Callable[[], int],
         stopping: asyncio.Event,
-        on_fetched: Callable[[QueuedJob], None],
+        on_fetched: Callable[[ClaimedJob], None],
     ) -> None:
         self.store = store
         self.executor = executor
@@ -126,7 +126,7 @@ class QueueLoop:
                     self.queue.name,
                 )
 
-    async def _claim(self, limit: int) -> list[QueuedJob] | None:
+    async def _claim(self, limit: int) -> list[ClaimedJob] | None:
         await self.settle()
         rate = self.queue.rate_limit
         if rate is not None:

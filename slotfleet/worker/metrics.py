@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from slotfleet.models import QueuedJob
+from slotfleet.models.claimed import ClaimedJob
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900)
 PICKUP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
@@ -99,7 +99,7 @@ class WorkerMetrics:
         self._duration_by_queue: dict[str, Histogram] = {}
         self._jobs_by_key: dict[tuple[str, str], Counter] = {}
 
-    def job_started(self, job: QueuedJob) -> None:
+    def job_started(self, job: ClaimedJob) -> None:
         if job.started_at is None:
             return
         ready = max(job.created_at, job.scheduled_at) if job.scheduled_at else job.created_at

@@ -38,11 +38,11 @@ from slotfleet.models import (
     Completion,
     InvalidSettingsError,
     JobId,
-    QueuedJob,
     QueueSettings,
     Reference,
     WorkerHeartbeat,
 )
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import DEFAULT_LEASE_SECONDS, Store
 from slotfleet.worker.batcher import CompletionBatcher
 from slotfleet.worker.cancel import CancelSource, StoreCancelSource
@@ -147,11 +147,11 @@ class Worker:
     def now(self) -> datetime:
         return self._clock()
 
-    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
+    def job_completed(self, job: ClaimedJob, completion: Completion, duration: float) -> None:
         self._batcher.add(completion)
         self.metrics.job_completed(job.queue, completion.outcome.value, duration)
 
-    def lease_lost(self, job: QueuedJob) -> None:
+    def lease_lost(self, job: ClaimedJob) -> None:
         log.warning(
             "job %s (attempt %d) lost its lease: this worker stops it; another attempt owns it",
             job.id,

@@ -30,6 +30,7 @@ from slotfleet.models import (
     RetryPolicy,
     StoreUnavailableError,
 )
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import Store
 from slotfleet.worker import Worker
 from slotfleet.worker.executors import Executor, ProcessExecutor, executor_class
@@ -59,7 +60,7 @@ class FakeWorker:
 
     def __init__(self) -> None:
         self.completions: list[Completion] = []
-        self.lost: list[QueuedJob] = []
+        self.lost: list[ClaimedJob] = []
         self.durations: list[float] = []
         self.freed = 0
         self._changed = asyncio.Event()
@@ -67,7 +68,7 @@ class FakeWorker:
     def now(self) -> datetime:
         return datetime.now(UTC)
 
-    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
+    def job_completed(self, job: ClaimedJob, completion: Completion, duration: float) -> None:
         self.completions.append(completion)
         self.durations.append(duration)
         self._changed.set()
@@ -76,7 +77,7 @@ class FakeWorker:
         self.freed += 1
         self._changed.set()
 
-    def lease_lost(self, job: QueuedJob) -> None:
+    def lease_lost(self, job: ClaimedJob) -> None:
         self.lost.append(job)
         self._changed.set()
 
@@ -94,7 +95,7 @@ class FakeWorker:
 _ids = iter(range(1, 1_000_000))
 
 
-def make_job(func: str, **fields: Any) -> QueuedJob:
+def make_job(func: str, **fields: Any) -> ClaimedJob:
     data: dict[str, Any] = {
         "id": JobId(next(_ids)),
         "lease_token": f"claim-{next(_ids)}",
@@ -105,7 +106,7 @@ def make_job(func: str, **fields: Any) -> QueuedJob:
         "retry": RetryPolicy(base=10, jitter=0),
     }
     data.update(fields)
-    return QueuedJob.model_validate(data)
+    return ClaimedJob.of(QueuedJob.model_validate(data))
 
 
 @pytest.fixture(params=KINDS, ids=[k.value for k in KINDS])
@@ -666,7 +667,7 @@ class LosesOneFetchReply:
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
-    ) -> list[QueuedJob]:
+    ) -> list[ClaimedJob]:
         got = await self._store.fetch(queue, worker_id, limit, lease_seconds, claim=claim)
         if got and not self.lost:
             self.lost = [j.id for j in got]

@@ -34,10 +34,10 @@ from slotfleet.models import (
     Job,
     JobId,
     JobState,
-    QueuedJob,
     QueueSettings,
     RetryPolicy,
 )
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.models.jobs import MAX_PAYLOAD_BYTES
 from slotfleet.store import Store
 from slotfleet.worker import Worker
@@ -103,7 +103,7 @@ class CountsFetches:
 
     async def fetch(
         self, queue: str, worker_id: str, limit: int, lease_seconds: float, *, claim: str
-    ) -> list[QueuedJob]:
+    ) -> list[ClaimedJob]:
         got = await self._store.fetch(queue, worker_id, limit, lease_seconds, claim=claim)
         self.fetches += 1
         return got

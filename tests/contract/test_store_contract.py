@@ -11,6 +11,7 @@ import contextlib
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
@@ -24,6 +25,7 @@ from slotfleet.models import (
     QueuedJob,
     WorkerHeartbeat,
 )
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import Store
 from slotfleet.store import sqlite as sqlite_store
 from tests.fixtures.stores import StoreFactory
@@ -40,17 +42,17 @@ def claim() -> str:
     return secrets.token_hex(8)
 
 
-def done(claimed: QueuedJob, outcome: Outcome = Outcome.SUCCEEDED, **kw: object) -> Completion:
+def done(
+    claimed: ClaimedJob | QueuedJob, outcome: Outcome = Outcome.SUCCEEDED, **kw: Any
+) -> Completion:
     """The completion of the attempt ``claimed`` (as a fetch returned it)."""
-    return Completion.model_validate(
-        {
-            "job_id": claimed.id,
-            "worker_id": claimed.lease_owner or "",
-            "token": claimed.lease_token or "",
-            "attempt": claimed.attempts,
-            "outcome": outcome,
-            **kw,
-        }
+    return Completion(
+        job_id=claimed.id,
+        worker_id=claimed.lease_owner or "",
+        token=claimed.lease_token or "",
+        attempt=claimed.attempts,
+        outcome=outcome,
+        **kw,
     )
 
 
@@ -230,7 +232,7 @@ async def test_fetch_claims_and_counts_the_attempt(store: Store) -> None:
     assert got.started_at is not None
     assert got.lease_expires_at is not None
     assert got.lease_expires_at > got.started_at + timedelta(seconds=LEASE - 5)
-    assert await store.get(queued.id) == got
+    assert await store.get(queued.id) == got.instance()
 
 
 async def test_complete_succeeded_stores_result(store: Store) -> None:
@@ -249,7 +251,7 @@ async def test_complete_is_fenced_by_claim_token_and_state(store: Store) -> None
     [queued] = await store.enqueue([job()])
     assert await store.complete([done(queued)]) == []  # not running yet
     [got] = await store.fetch("default", "w1", 1, LEASE, claim=claim())
-    intruder = got.model_copy(update={"lease_token": "not-this-attempt"})
+    intruder = ClaimedJob.of(got.instance().model_copy(update={"lease_token": "not-this-attempt"}))
     assert await store.complete([done(intruder)]) == []
     assert await store.complete([done(got, Outcome.FAILED, error=error(1))]) == [queued.id]
     assert await store.complete([done(got)]) == []  # already terminal

@@ -13,10 +13,12 @@ import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from slotfleet.models import Completion, Job, JobError, JobState, Outcome, QueuedJob
+from slotfleet.models import Completion, Job, JobError, JobState, Outcome
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import Store, open_store
 from tests.fixtures.waiting import until
 
@@ -27,24 +29,22 @@ def job(**changes: object) -> Job:
     return Job.model_validate({"func": "tests.tasks:add", **changes})
 
 
-async def fetch(store: Store, queue: str = "default", limit: int = 10) -> list[QueuedJob]:
+async def fetch(store: Store, queue: str = "default", limit: int = 10) -> list[ClaimedJob]:
     return await store.fetch(queue, "w1", limit, LEASE, claim=secrets.token_hex(8))
 
 
-def done(claimed: QueuedJob, outcome: Outcome, **kw: object) -> Completion:
+def done(claimed: ClaimedJob, outcome: Outcome, **kw: Any) -> Completion:
     if outcome in (Outcome.RETRY, Outcome.FAILED):
         kw.setdefault("error", JobError(attempt=1, error="boom", at=datetime.now(UTC)))
     if outcome is Outcome.RETRY:
         kw.setdefault("retry_delay", 3600.0)
-    return Completion.model_validate(
-        {
-            "job_id": claimed.id,
-            "worker_id": "w1",
-            "token": claimed.lease_token or "",
-            "attempt": claimed.attempts,
-            "outcome": outcome,
-            **kw,
-        }
+    return Completion(
+        job_id=claimed.id,
+        worker_id="w1",
+        token=claimed.lease_token or "",
+        attempt=claimed.attempts,
+        outcome=outcome,
+        **kw,
     )
 
 
@@ -99,9 +99,7 @@ async def test_meta_of_a_stale_attempt_is_not_written(store: Store) -> None:
     nothing, its meta included."""
     [queued] = await store.enqueue([job(meta={"v": 1})])
     [claimed] = await fetch(store)
-    stale = done(claimed, Outcome.SUCCEEDED, meta={"v": "stale"}).model_copy(
-        update={"token": "another-attempt"}
-    )
+    stale = done(claimed, Outcome.SUCCEEDED, meta={"v": "stale"}).replace(token="another-attempt")
     assert await store.complete([stale]) == []
     found = await store.get(queued.id)
     assert found is not None

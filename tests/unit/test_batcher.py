@@ -34,15 +34,13 @@ class FlakyStore:
 
 
 def completion(n: int, result: object = None) -> Completion:
-    return Completion.model_validate(
-        {
-            "job_id": n,
-            "worker_id": "w",
-            "token": f"t{n}",
-            "attempt": 1,
-            "outcome": Outcome.SUCCEEDED,
-            "result": n if result is None else result,
-        }
+    return Completion(
+        job_id=JobId(n),
+        worker_id="w",
+        token=f"t{n}",
+        attempt=1,
+        outcome=Outcome.SUCCEEDED,
+        result=n if result is None else result,
     )
 
 
@@ -154,7 +152,7 @@ async def test_the_failure_replacing_a_refused_completion_leaves_meta_alone() ->
     batcher = batcher_for(store)
     task = asyncio.create_task(batcher.run())
     try:
-        batcher.add(completion(1).model_copy(update={"meta": {"progress": 1}}))
+        batcher.add(completion(1).replace(meta={"progress": 1}))
         batcher.add(completion(2))
         assert await batcher.flush(timeout=5)
     finally:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import pytest
 
 from slotfleet.models import JobId, JobState, QueuedJob
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.models.jobs import MAX_PAYLOAD_BYTES
 from slotfleet.worker.executors import Executor
 from slotfleet.worker.executors import instance as instance_module
@@ -124,8 +125,8 @@ def test_each_function_is_inspected_once(monkeypatch: pytest.MonkeyPatch) -> Non
     assert calls == [fresh]
 
 
-def make_job(func: str, **fields: Any) -> QueuedJob:
-    return QueuedJob.model_validate(
+def make_job(func: str, **fields: Any) -> ClaimedJob:
+    queued = QueuedJob.model_validate(
         {
             "id": JobId(7),
             "func": func,
@@ -134,6 +135,7 @@ def make_job(func: str, **fields: Any) -> QueuedJob:
             **fields,
         }
     )
+    return ClaimedJob.of(queued)
 
 
 def test_get_function_and_kwargs_hands_the_job_itself() -> None:
@@ -145,8 +147,9 @@ def test_get_function_and_kwargs_hands_the_job_itself() -> None:
     )
     func, kwargs = Executor.get_function_and_kwargs(job)
     assert func.__name__ == "job_with_instance_under_other_names"
-    assert kwargs == {"steps": 2, "job": job, "also": job}
-    assert kwargs["job"] is job
+    instance = job.instance()
+    assert kwargs == {"steps": 2, "job": instance, "also": instance}
+    assert kwargs["job"] is instance
     assert job.kwargs == {"steps": 2, "job": "given"}
 
 

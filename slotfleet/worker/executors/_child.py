@@ -1,19 +1,20 @@
 """The child side of the process executor: a loop that runs one job at a time.
 
-A child receives ``(func_path, kwargs_json, job_json, any_callable)`` on its pipe, runs
-the function (an ``async def`` one with ``asyncio.run``) and answers ``("ok", result_json,
+A child receives ``(func_path, kwargs_json, any_callable)`` on its pipe, runs the
+function (an ``async def`` one with ``asyncio.run``) and answers ``("ok", result_json,
 meta)`` or ``("err", type_name, message, traceback, meta)``; ``None`` or a closed pipe
 ends it. ``any_callable`` lets it run a function not registered with ``@job`` (the queue's
-``functions: any``). ``job_json`` is the job's instance without its kwargs: it is decoded
-into a ``QueuedJob`` only for a function with a keyword-only parameter annotated
-``QueuedJob`` (see ``instance.py``), and then ``meta`` is ``("meta", meta_json)`` (what
-the job left in ``meta``) or ``("problem", why)`` when that cannot be stored; otherwise
-``None``. SIGTERM while a job runs sets the job's cancel token and raises
-:class:`JobCancelled` inside the job's code; while the child is still importing the job's
-module it only sets the token, and the job never starts (raising inside an import would
-leave it half done); between jobs it is ignored (the parent decides what happens next).
-SIGINT is ignored: a Ctrl-C in a terminal reaches the whole process group, and the parent
-drains.
+``functions: any``). The result is checked against the payload limits and encoded here,
+once: the parent stores this text. A function with a keyword-only parameter annotated
+``QueuedJob`` (see ``instance.py``) makes the child ask for the job's fields first (it
+sends ``("instance?",)`` and reads the instance without its kwargs as JSON text), and
+then ``meta`` is ``("meta", meta_json)`` (what the job left in ``meta``) or
+``("problem", why)`` when that cannot be stored; otherwise ``None``. SIGTERM while a job
+runs sets the job's cancel token and raises :class:`JobCancelled` inside the job's code;
+while the child is still importing the job's module it only sets the token, and the job
+never starts (raising inside an import would leave it half done); between jobs it is
+ignored (the parent decides what happens next). SIGINT is ignored: a Ctrl-C in a terminal
+reaches the whole process group, and the parent drains.
 
 A child never outlives its worker: on Linux it asks the kernel for SIGKILL when its
 parent dies (``PR_SET_PDEATHSIG``). A worker killed on its own (the OOM killer picks one
@@ -37,6 +38,7 @@ from multiprocessing.connection import Connection
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from slotfleet.models.values import check_encoded_payload
 from slotfleet.worker.context import CancelToken, JobCancelled, use_token
 from slotfleet.worker.executors.functions import encode_result, resolve_function
 from slotfleet.worker.executors.instance import instance_params, meta_problem
@@ -61,7 +63,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
         raise JobCancelled("job stopped by SIGTERM")
 
 
-def _run(path: str, kwargs_json: str, job_json: str, any_callable: bool) -> tuple[Any, ...]:
+def _run(conn: Connection, path: str, kwargs_json: str, any_callable: bool) -> tuple[Any, ...]:
     token = _Current.token = CancelToken()
     instance: QueuedJob | None = None
     try:
@@ -70,7 +72,8 @@ def _run(path: str, kwargs_json: str, job_json: str, any_callable: bool) -> tupl
         kwargs = json.loads(kwargs_json)
         names = instance_params(func)
         if names:
-            instance = _instance(job_json, kwargs)
+            conn.send(("instance?",))
+            instance = _instance(conn.recv(), kwargs)
             for name in names:
                 kwargs[name] = instance
         _Current.in_code = True
@@ -82,7 +85,9 @@ def _run(path: str, kwargs_json: str, job_json: str, any_callable: bool) -> tupl
                     result = asyncio.run(_await(result))
         finally:
             _Current.in_code = False
-        return ("ok", encode_result(result), _meta(instance))
+        encoded = encode_result(result)
+        check_encoded_payload(result, encoded, "result")
+        return ("ok", encoded, _meta(instance))
     except BaseException as exc:  # the job's SystemExit too: report it, keep serving
         return ("err", type(exc).__name__, *_describe(exc), _meta(instance))
     finally:
@@ -156,7 +161,7 @@ def main(conn: Connection, parent_pid: int | None = None) -> None:
             return
         if message is None:
             return
-        reply = _run(*message)
+        reply = _run(conn, *message)
         try:
             conn.send(reply)
         except (BrokenPipeError, OSError):

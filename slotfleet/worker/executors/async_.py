@@ -19,7 +19,8 @@ import asyncio
 import inspect
 from typing import Any
 
-from slotfleet.models import QueuedJob, Reference
+from slotfleet.models import Reference
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.models.errors import SlotfleetError
 from slotfleet.worker.context import JobCancelled, context_with_token
 from slotfleet.worker.executors.base import Executor, Run
@@ -36,7 +37,7 @@ class AsyncExecutor(Executor):
     def get_default_concurrency(self) -> int:
         return 100
 
-    async def push(self, job: QueuedJob) -> None:
+    async def push(self, job: ClaimedJob) -> None:
         job = await self.on_job_starting(job)
         run = self.begin(job)
         run.task = asyncio.get_running_loop().create_task(
@@ -65,7 +66,7 @@ class AsyncExecutor(Executor):
         result: Any = None
         try:
             func, kwargs = self.get_function_and_kwargs(run.job, any_callable=self.any_callable)
-            run.instance = any(value is run.job for value in kwargs.values())
+            run.instance = run.job.has_instance
             if not inspect.iscoroutinefunction(func):
                 raise NotACoroutineError(
                     f"{run.job.func} is not an async function; the async executor runs "

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from slotfleet.models import Completion, QueuedJob
+from slotfleet.models.claimed import ClaimedJob
+from slotfleet.models.values import Completion
 from slotfleet.store import Lease
 from slotfleet.worker.context import CancelToken
 
 
-def lease_of(job: QueuedJob) -> Lease:
+def lease_of(job: ClaimedJob) -> Lease:
     """The ``(job id, claim token)`` pair naming one attempt of ``job``."""
     return (job.id, job.lease_token or "")
 
@@ -34,7 +35,7 @@ class ExecutorHost(Protocol):
         """The current time (timezone-aware), for retry times and error records."""
         ...
 
-    def job_completed(self, job: QueuedJob, completion: Completion, duration: float) -> None:
+    def job_completed(self, job: ClaimedJob, completion: Completion, duration: float) -> None:
         """Take a finished attempt: batch its completion and count it in the metrics."""
         ...
 
@@ -42,7 +43,7 @@ class ExecutorHost(Protocol):
         """A slot of ``queue`` became free: the fetch loop may take another job."""
         ...
 
-    def lease_lost(self, job: QueuedJob) -> None:
+    def lease_lost(self, job: ClaimedJob) -> None:
         """An attempt's lease was lost (see :meth:`Executor.lose`): count it."""
         ...
 
@@ -51,7 +52,7 @@ class ExecutorHost(Protocol):
 class Run:
     """One attempt in an executor: its job, cancel token and supervising task."""
 
-    job: QueuedJob
+    job: ClaimedJob
     token: CancelToken = field(default_factory=CancelToken)
     task: asyncio.Task[None] | None = None
     deadline: asyncio.TimerHandle | None = None

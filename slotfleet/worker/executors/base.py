@@ -55,7 +55,6 @@ jobs to push; that is the worker's loop.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import time
@@ -63,17 +62,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
-from slotfleet.models import (
-    Completion,
-    FunctionPolicy,
-    JobError,
-    JobId,
-    Outcome,
-    QueuedJob,
-    QueueSettings,
-    Reference,
-)
-from slotfleet.models.jobs import check_json_payload
+from slotfleet.models import FunctionPolicy, JobId, QueueSettings, Reference
+from slotfleet.models.claimed import ClaimedJob
+from slotfleet.models.values import Completion, Outcome, check_encoded_payload
 from slotfleet.store import Lease
 from slotfleet.worker.context import JobCancelled
 from slotfleet.worker.executors.attempt import ExecutorHost, Run, lease_of
@@ -134,7 +125,7 @@ class Executor(ABC):
         """Slots when the queue's settings leave ``concurrency`` unset."""
 
     @abstractmethod
-    async def push(self, job: QueuedJob) -> None:
+    async def push(self, job: ClaimedJob) -> None:
         """Start running ``job`` (already claimed by the worker); return at once."""
 
     @abstractmethod
@@ -147,18 +138,22 @@ class Executor(ABC):
 
     @staticmethod
     def get_function_and_kwargs(
-        job: QueuedJob, *, any_callable: bool = False
+        job: ClaimedJob, *, any_callable: bool = False
     ) -> tuple[Callable[..., Any], dict[str, Any]]:
         """The callable behind ``job.func`` (unwrapping ``@job``) and its kwargs, with
-        ``job`` itself under every keyword-only parameter annotated ``QueuedJob``
-        (whatever its name; see :mod:`~slotfleet.worker.executors.instance`). What the
-        job writes into ``job.meta`` is stored with the attempt's completion. A function
-        not registered with ``@job`` is refused unless ``any_callable`` (the executors
-        pass their queue's ``functions: any``)."""
+        the job's own :class:`~slotfleet.models.QueuedJob` (``job.instance()``, built only
+        here) under every keyword-only parameter annotated ``QueuedJob`` (whatever its
+        name; see :mod:`~slotfleet.worker.executors.instance`). What the job writes into
+        its instance's ``meta`` is stored with the attempt's completion. A function not
+        registered with ``@job`` is refused unless ``any_callable`` (the executors pass
+        their queue's ``functions: any``)."""
         func = resolve_function(job.func, any_callable=any_callable)
         kwargs = dict(job.kwargs)
-        for name in instance_params(func):
-            kwargs[name] = job
+        names = instance_params(func)
+        if names:
+            instance = job.instance()
+            for name in names:
+                kwargs[name] = instance
         return func, kwargs
 
     @property
@@ -166,13 +161,18 @@ class Executor(ABC):
         """Whether this queue's jobs may name any importable callable."""
         return self.queue.functions is FunctionPolicy.ANY
 
-    async def on_job_starting(self, job: QueuedJob) -> QueuedJob:
+    async def on_job_starting(self, job: ClaimedJob) -> ClaimedJob:
         """Called before a job runs; marks the attempt open so it is reported once."""
         self._open[lease_of(job)] = time.monotonic()
         return job
 
     async def on_job_completed(
-        self, *, job: QueuedJob, exc: Exception | None = None, result: Any = None
+        self,
+        *,
+        job: ClaimedJob,
+        exc: Exception | None = None,
+        result: Any = None,
+        result_json: str | None = None,
     ) -> None:
         """Decide the attempt's outcome and hand it to the worker. Reported once:
         later calls for the same attempt (a timed-out thread returning, an attempt
@@ -186,9 +186,11 @@ class Executor(ABC):
             if run is not None and run.instance:
                 problem = run.state.get("meta_problem") or meta_problem(job.meta)
                 meta = None if problem else job.meta
-                completion = self.decide(job, exc, result, meta=meta, meta_problem=problem)
+                completion = self.decide(
+                    job, exc, result, meta=meta, meta_problem=problem, result_json=result_json
+                )
             else:
-                completion = self.decide(job, exc, result)
+                completion = self.decide(job, exc, result, result_json=result_json)
         except Exception as bad:  # never leave the job running for want of a verdict
             completion = self.undecided(job, bad)
         self.worker.job_completed(job, completion, time.monotonic() - started)
@@ -228,14 +230,18 @@ class Executor(ABC):
 
     def decide(
         self,
-        job: QueuedJob,
+        job: ClaimedJob,
         exc: Exception | None,
         result: Any,
         *,
         meta: dict[str, Any] | None = None,
         meta_problem: str | None = None,
+        result_json: str | None = None,
     ) -> Completion:
         """The completion for an attempt that ended with ``exc`` or ``result``.
+
+        The result is encoded once, here (or, given as ``result_json``, not at all: a
+        process executor's child encoded and checked it), and the store writes that text.
 
         ``meta`` (checked) is stored with it whatever the outcome. ``meta_problem`` says
         why the job's meta cannot be: it fails an attempt that succeeded otherwise, is
@@ -247,60 +253,70 @@ class Executor(ABC):
             exc = UnstorableMetaError(meta_problem)
         if exc is None:
             try:
-                normalized = json.loads(encode_result(result))
-                check_json_payload(normalized, "result")
+                if result_json is None and result is not None:
+                    result_json = encode_result(result)
+                    check_encoded_payload(result, result_json, "result")
             except (TypeError, ValueError) as bad:
                 exc = bad
             else:
-                # Every value is known-good: the id comes from a validated job, the result
-                # was just round-tripped through strict JSON and checked, so skip validation.
-                return Completion.model_construct(
+                return Completion(
                     job_id=job.id,
                     worker_id=worker_id,
                     token=token,
                     attempt=job.attempts,
                     outcome=Outcome.SUCCEEDED,
-                    result=normalized,
+                    result=result,
+                    result_json=result_json,
                     meta=meta,
                 )
-        ids = {
-            "job_id": job.id,
-            "worker_id": worker_id,
-            "token": token,
-            "attempt": job.attempts,
-            "meta": meta,
-        }
         if isinstance(exc, JobCancelled | JobReleased):
             if meta_problem is not None:
                 log.warning("job %s: %s; the stored meta is kept", job.id, meta_problem)
             outcome = Outcome.CANCELLED if isinstance(exc, JobCancelled) else Outcome.RELEASED
-            return Completion(**ids, outcome=outcome)
+        else:
+            outcome = Outcome.FAILED
+        ended = Completion(
+            job_id=job.id,
+            worker_id=worker_id,
+            token=token,
+            attempt=job.attempts,
+            outcome=outcome,
+            meta=meta,
+        )
+        if outcome is not Outcome.FAILED:
+            return ended
         text, tb = describe_error(exc)
         if meta_problem is not None and not isinstance(exc, UnstorableMetaError):
             text = f"{text} (and {meta_problem})"
+        from slotfleet.models.jobs import JobError  # a failure's record: off the hot path
+
         error = JobError(attempt=job.attempts, error=text, traceback=tb, at=self.worker.now())
         if job.attempts < job.max_attempts:
             delay = job.retry.delay(job.attempts, random.random())
-            return Completion(**ids, outcome=Outcome.RETRY, error=error, retry_delay=delay)
-        return Completion(**ids, outcome=Outcome.FAILED, error=error)
+            return ended.replace(outcome=Outcome.RETRY, error=error, retry_delay=delay)
+        return ended.replace(error=error)
 
-    def undecided(self, job: QueuedJob, bad: Exception) -> Completion:
+    def undecided(self, job: ClaimedJob, bad: Exception) -> Completion:
         """The completion of an attempt whose outcome could not be decided (``bad`` was
         raised while deciding): a failure saying so, retried after the policy's cap
         while attempts remain. Built from values known to be valid, so it cannot fail."""
         text = f"the attempt's outcome could not be recorded: {type(bad).__name__}: {safe_str(bad)}"
-        error = JobError(attempt=job.attempts, error=text, at=self.worker.now())
-        ids = {
-            "job_id": job.id,
-            "worker_id": self.worker.worker_id,
-            "token": job.lease_token or "",
-            "attempt": job.attempts,
-        }
-        if job.attempts < job.max_attempts:
-            return Completion(**ids, outcome=Outcome.RETRY, error=error, retry_delay=job.retry.cap)
-        return Completion(**ids, outcome=Outcome.FAILED, error=error)
+        from slotfleet.models.jobs import JobError
 
-    def begin(self, job: QueuedJob) -> Run:
+        error = JobError(attempt=job.attempts, error=text, at=self.worker.now())
+        failed = Completion(
+            job_id=job.id,
+            worker_id=self.worker.worker_id,
+            token=job.lease_token or "",
+            attempt=job.attempts,
+            outcome=Outcome.FAILED,
+            error=error,
+        )
+        if job.attempts < job.max_attempts:
+            return failed.replace(outcome=Outcome.RETRY, retry_delay=job.retry.cap)
+        return failed
+
+    def begin(self, job: ClaimedJob) -> Run:
         """Occupy a slot for ``job`` and arm its timeout."""
         run = Run(job=job)
         self._runs[lease_of(job)] = run
@@ -310,20 +326,26 @@ class Executor(ABC):
             run.deadline = loop.call_later(job.timeout, self._on_deadline, run)
         return run
 
-    async def finish(self, run: Run, exc: Exception | None, result: Any = None) -> None:
+    async def finish(
+        self, run: Run, exc: Exception | None, result: Any = None, result_json: str | None = None
+    ) -> None:
         """Report the attempt (the token's reason wins over what the code did) and free
         its slot."""
         if run.deadline is not None:
             run.deadline.cancel()
         reason = run.token.reason
+        if reason:
+            result, result_json = None, None
         if reason == "cancelled":
-            exc, result = JobCancelled(), None
+            exc = JobCancelled()
         elif reason == "released":
-            exc, result = JobReleased(), None
+            exc = JobReleased()
         elif reason == "timeout":
-            exc, result = self.timeout_error(run.job), None
+            exc = self.timeout_error(run.job)
         try:
-            await self.on_job_completed(job=run.job, exc=exc, result=result)
+            await self.on_job_completed(
+                job=run.job, exc=exc, result=result, result_json=result_json
+            )
         finally:
             self._runs.pop(lease_of(run.job), None)
             self._busy -= 1
@@ -333,7 +355,7 @@ class Executor(ABC):
         return [r for k, r in self._runs.items() if k[0] == job_id]
 
     @staticmethod
-    def timeout_error(job: QueuedJob) -> JobTimeout:
+    def timeout_error(job: ClaimedJob) -> JobTimeout:
         return JobTimeout(f"timed out after {format_seconds(job.timeout or 0)}")
 
     def interrupt(self, run: Run, reason: str) -> None:

@@ -12,11 +12,14 @@ is simply replaced by the next job that needs one.
 - A child that dies while running a job (``os._exit``, a segfault, the OOM killer):
   the attempt fails with "worker process exited with code X" and counts, so a poison
   job ends ``failed`` after ``max_attempts``.
-- Kwargs and the job's own instance go to the child, and results and the instance's
-  ``meta`` come back, as JSON text, so nothing but JSON ever crosses the pipe. A job that
-  asks for its instance (``get_function_and_kwargs``) gets one rebuilt in the child;
-  what it writes into ``meta`` is sent back with the outcome (unless the child dies) and
-  stored with the completion, as on the other executors.
+- Kwargs go to the child, and results and the instance's ``meta`` come back, as JSON
+  text, so nothing but JSON ever crosses the pipe. A job that asks for its instance
+  (``get_function_and_kwargs``) gets one rebuilt in the child: the child asks for the
+  job's fields (``("instance?",)``) only then, so other jobs cost no encoding of them.
+  What it writes into ``meta`` is sent back with the outcome (unless the child dies)
+  and stored with the completion, as on the other executors.
+- The result is encoded (and checked against the payload limits) once, in the child;
+  the parent decodes it once for the completion and the store writes the child's text.
 - A worker that dies takes its children with it (``_child.die_with_parent``), so a
   job never keeps running in an orphan while the store gives it to another worker.
 
@@ -37,13 +40,11 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from slotfleet.models import QueuedJob, QueueSettings
+from slotfleet.models import QueueSettings
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.worker.executors import _child
 from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Run
 from slotfleet.worker.executors.outcomes import AttemptError, RemoteJobError
-
-#: Left out of the instance sent to a child: the kwargs travel as their own JSON text.
-_KWARGS: set[str] = {"kwargs"}
 
 
 class ChildExitedError(AttemptError):
@@ -77,15 +78,15 @@ class _Child:
         self._lock = threading.Lock()
         threading.Thread(target=self._read, name=f"{name}-reader", daemon=True).start()
 
-    def call(
-        self, path: str, kwargs_json: str, job_json: str, any_callable: bool
-    ) -> asyncio.Future[tuple[Any, ...]]:
+    def call(self, message: tuple[Any, ...] | str) -> asyncio.Future[tuple[Any, ...]]:
+        """Send ``message`` (a job, or the instance a running job asked for) and return
+        the future of the child's next reply."""
         future: asyncio.Future[tuple[Any, ...]] = self.loop.create_future()
         with self._lock:
             self.reply = future
         # A dead child: the reader thread sees EOF and fails the future with the exit code.
         with contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send((path, kwargs_json, job_json, any_callable))
+            self.conn.send(message)
         return future
 
     def _read(self) -> None:
@@ -153,7 +154,7 @@ class ProcessExecutor(ConcurrentExecutor):
         """Live child processes (idle and busy)."""
         return sum(1 for c in self._children if not c.dead)
 
-    async def push(self, job: QueuedJob) -> None:
+    async def push(self, job: ClaimedJob) -> None:
         job = await self.on_job_starting(job)
         run = self.begin(job)
         run.task = asyncio.get_running_loop().create_task(
@@ -240,6 +241,7 @@ class ProcessExecutor(ConcurrentExecutor):
     async def _supervise(self, run: Run) -> None:
         exc: Exception | None = None
         result: Any = None
+        result_json: str | None = None
         child: _Child | None = None
         reusable = True
         try:
@@ -249,14 +251,12 @@ class ProcessExecutor(ConcurrentExecutor):
             if child is not None and not run.token.cancelled:
                 run.state["child"] = child
                 job = run.job
-                # The instance without its kwargs (they travel once, as their own text);
-                # the child rebuilds it only for a job that asks for it.
-                instance = job.model_dump_json(exclude=_KWARGS)
-                reply = await child.call(
-                    job.func, json.dumps(job.kwargs), instance, self.any_callable
-                )
+                reply = await child.call((job.func, json.dumps(job.kwargs), self.any_callable))
+                if reply[0] == "instance?":  # the job asks for its own instance
+                    reply = await child.call(job.instance_json())
                 if reply[0] == "ok":
-                    result = json.loads(reply[1])
+                    result_json = reply[1]
+                    result = json.loads(result_json)
                 else:
                     exc = RemoteJobError(reply[1], reply[2], reply[3])
                 self._take_meta(run, reply[-1])
@@ -266,4 +266,4 @@ class ProcessExecutor(ConcurrentExecutor):
             run.state.pop("child", None)
             if child is not None:
                 await self._release(child, reusable)
-        await self.finish(run, exc, result)
+        await self.finish(run, exc, result, result_json)

@@ -30,7 +30,8 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from slotfleet.models import QueuedJob, QueueSettings
+from slotfleet.models import QueueSettings
+from slotfleet.models.claimed import ClaimedJob
 from slotfleet.worker.context import use_token
 from slotfleet.worker.executors.base import ConcurrentExecutor, ExecutorHost, Run
 from slotfleet.worker.executors.outcomes import JobReleased, await_job, call_job
@@ -42,7 +43,7 @@ def _call(run: Run, any_callable: bool) -> Any:
     Marks the run when the job is handed its own instance (its meta is then stored)."""
     with use_token(run.token):
         func, kwargs = ThreadedExecutor.get_function_and_kwargs(run.job, any_callable=any_callable)
-        run.instance = any(value is run.job for value in kwargs.values())
+        run.instance = run.job.has_instance
         if inspect.iscoroutinefunction(func):
             return asyncio.run(await_job(func(**kwargs)))
         return call_job(func, kwargs)
@@ -62,7 +63,7 @@ class ThreadedExecutor(ConcurrentExecutor):
     def get_default_concurrency(self) -> int:
         return min(32, (os.cpu_count() or 1) + 4)
 
-    async def push(self, job: QueuedJob) -> None:
+    async def push(self, job: ClaimedJob) -> None:
         job = await self.on_job_starting(job)
         run = self.begin(job)
         run.task = asyncio.get_running_loop().create_task(

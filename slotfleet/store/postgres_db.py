@@ -171,7 +171,8 @@ def copy_rows(jobs: Sequence[Job], ids: Sequence[int], now: datetime) -> str:
         middle = shared.get(key)
         if middle is None:
             timeout = "\\N" if job.timeout is None else repr(float(job.timeout))
-            middle = f"{job.queue}\t{job.func}\t{job.priority}\t{job.max_attempts}\t{retry}\t{timeout}"
+            fields = (job.queue, job.func, job.priority, job.max_attempts, retry, timeout)
+            middle = "\t".join(str(field) for field in fields)
             shared[key] = middle
         kwargs = _copy_json(job.kwargs) if job.kwargs else "{}"
         meta = _copy_json(job.meta) if job.meta else "{}"

@@ -1,9 +1,13 @@
-"""slotfleet's own figures (issue 2, "Measure"): enqueue throughput, drain throughput
-per executor with one and two worker processes, pickup latency on an idle worker,
-drain at a large backlog, and peak worker RSS, on a throwaway PostgreSQL and on SQLite.
+"""slotfleet's own figures (issues 2 and 14): enqueue throughput (building the jobs
+included, and with the jobs built beforehand), drain throughput per executor with one
+and two worker processes, pickup latency on an idle worker, drain at a large backlog
+(200k; with ``--large``, a million), spawn -> first job started, worker CPU per 10k
+jobs, and worker memory (idle, and peak while draining), on a throwaway PostgreSQL and
+on SQLite.
 
     .venv/bin/python -m bench.core            # the default run (a few minutes)
     .venv/bin/python -m bench.core --quick    # smoke run (about a minute)
+    .venv/bin/python -m bench.core --large    # adds the 1M-job backlog (about 3 more min)
 
 Writes bench/results/core-*.json and the "core" section of docs/benchmarks.md. Each
 figure is the median of ``--runs`` runs, with the range. Not a test: nothing asserts.
@@ -34,15 +38,22 @@ from bench.drivers import SlotfleetDriver, slotfleet_cli_available
 #: (executor kind, concurrency per worker) as in the issue.
 EXECUTORS = [("async", 100), ("threads", 16), ("processes", 2)]
 
-#: Targets for a 2-core machine with PostgreSQL on loopback (issue 2).
+#: Targets for a 2-core machine with PostgreSQL on loopback (issues 2 and 14).
 TARGETS = {
     "enqueue": 40_000.0,
+    "enqueue_built": 100_000.0,
     "async": 15_000.0,
+    "async2": 25_000.0,
     "threads": 5_000.0,
     "p50": 2.0,
     "p99": 5.0,
     "rss": 40.0,
+    "cpu": 0.5,
+    "start": 0.15,
 }
+
+#: Rows of the million-job backlog (``--large``).
+LARGE = 1_000_000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=10_000, help="enqueue size and drain backlog")
     p.add_argument("--big", type=int, default=200_000, help="large backlog (async, postgres)")
     p.add_argument("--big-runs", type=int, default=1, help="runs of the large backlog")
+    p.add_argument("--large", action="store_true", help=f"also drain a {LARGE:,}-job backlog")
+    p.add_argument("--idle-settle", type=float, default=5.0, help="seconds an idle worker idles")
     p.add_argument("--pickups", type=int, default=200, help="pickup samples per run")
     p.add_argument("--backends", default="postgres,sqlite", help="comma-separated")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per scenario")
@@ -60,6 +73,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.jobs, args.big, args.big_runs, args.pickups = 1, 2_000, 20_000, 1, 40
+        args.idle_settle = 2.0
     return args
 
 
@@ -79,6 +93,8 @@ def run_backend(
     try:
         for run in range(args.runs):
             record(scenarios.enqueue(driver, pg, n=args.jobs, batch=1000), run)
+            record(scenarios.enqueue_built(driver, pg, n=args.jobs, batch=1000), run)
+            record(scenarios.idle(driver, pg, settle=args.idle_settle), run)
             for kind, conc in EXECUTORS:
                 for workers in (1, 2):
                     res = scenarios.drain(
@@ -88,12 +104,14 @@ def run_backend(
                     record(res, run)
             record(scenarios.pickup(driver, pg, samples=args.pickups), run)
         if backend == "postgres":
+            sizes = [args.big] + ([LARGE] if args.large else [])
             for run in range(args.big_runs):
-                res = scenarios.drain(
-                    driver, pg, backlog=args.big, kind="async", concurrency=100,
-                    workers=1, timeout=max(args.timeout, 600),
-                )  # fmt: skip
-                record(res, run)
+                for size in sizes:
+                    res = scenarios.drain(
+                        driver, pg, backlog=size, kind="async", concurrency=100,
+                        workers=1, timeout=max(args.timeout, 600 if size < LARGE else 1800),
+                    )  # fmt: skip
+                    record(res, run)
     finally:
         driver.close()
     return out
@@ -135,6 +153,11 @@ def render(
     rows.append((f"enqueue {args.jobs:,} no-op jobs, batches of 1,000 (jobs/s)",
                  [_cell(enq[b]) for b in backends], "≥ 40,000",
                  verdict(med(enq.get("postgres", [])), TARGETS["enqueue"], True)))  # fmt: skip
+    built = {b: _pick(results, b, "jobs_per_s", scenario="enqueue_built") for b in backends}
+    rows.append((f"enqueue {args.jobs:,}, batches of 1,000, jobs built beforehand (jobs/s)",
+                 [_cell(built[b]) for b in backends], "≥ 100,000",
+                 verdict(med(built.get("postgres", [])), TARGETS["enqueue_built"],
+                         True)))  # fmt: skip
     for kind, conc in EXECUTORS:
         for workers in (1, 2):
             vals = {
@@ -142,21 +165,41 @@ def render(
                          workers=workers, backlog=args.jobs)
                 for b in backends
             }  # fmt: skip
-            target = TARGETS.get(kind)
-            tgt = f"≥ {target:,.0f}" if target and workers == 1 else ""
+            target = TARGETS.get(kind if workers == 1 else f"{kind}{workers}")
+            tgt = f"≥ {target:,.0f}" if target else ""
             ver = verdict(med(vals.get("postgres", [])), target, True) if tgt and target else ""
             label = f"drain {args.jobs:,}, {kind} x{conc}, {workers} worker{'s' * (workers > 1)}"
             rows.append((label + " (jobs/s)", [_cell(vals[b]) for b in backends], tgt, ver))
-    big = _pick(results, "postgres", "jobs_per_s", scenario="drain", backlog=args.big)
-    if big:
-        small = med(_pick(results, "postgres", "jobs_per_s", scenario="drain", kind="async",
-                          workers=1, backlog=args.jobs))  # fmt: skip
+    small = med(_pick(results, "postgres", "jobs_per_s", scenario="drain", kind="async",
+                      workers=1, backlog=args.jobs))  # fmt: skip
+    for size in (args.big, LARGE):
+        big = _pick(results, "postgres", "jobs_per_s", scenario="drain", backlog=size)
+        if not big:
+            continue
         ratio = med(big) / small if small else float("nan")
-        rows.append((f"drain {args.big:,}, async x100, 1 worker (jobs/s)",
+        rows.append((f"drain {size:,}, async x100, 1 worker (jobs/s)",
                      [_cell(big)] + ["not run"] * (len(backends) - 1),
-                     "≥ 15,000, flat",
+                     "≥ 15,000, flat within 10 %",
                      f"{verdict(med(big), TARGETS['async'], True)};"
                      f" {ratio:.2f}x the {args.jobs:,} rate"))  # fmt: skip
+    starts = {b: _pick(results, b, "spawn_to_first_start_s", scenario="drain", kind="async",
+                       workers=1, backlog=args.jobs) for b in backends}  # fmt: skip
+    rows.append(("spawn -> first job started, async worker (s)",
+                 [_cell(starts[b], 3) for b in backends], "≤ 0.15",
+                 verdict(med(starts.get("postgres", [])), TARGETS["start"], False)))  # fmt: skip
+    idle_cpu = {b: med(_pick(results, b, "cpu_s", scenario="idle")) for b in backends}
+    cpu = {b: [(c - idle_cpu[b]) / args.jobs * 10_000 if idle_cpu[b] == idle_cpu[b] else c
+               for c in _pick(results, b, "cpu_s", scenario="drain", kind="async", workers=1,
+                              backlog=args.jobs)] for b in backends}  # fmt: skip
+    rows.append((f"worker CPU per 10k no-op jobs, async (s; a {args.jobs:,} drain's CPU less"
+                 " an idle worker's)", [_cell(cpu[b], 2) for b in backends], "≤ 0.5",
+                 verdict(med(cpu.get("postgres", [])), TARGETS["cpu"], False)))  # fmt: skip
+    rows.append((f"worker CPU, idle worker's whole life ({args.idle_settle:g} s idle) (s)",
+                 [_cell(_pick(results, b, "cpu_s", scenario="idle"), 2) for b in backends],
+                 "", ""))  # fmt: skip
+    rows.append((f"worker RSS, idle ({args.idle_settle:g} s after start; MiB, VmRSS)",
+                 [_cell(_pick(results, b, "idle_rss_mib", scenario="idle"), 1)
+                  for b in backends], "", ""))  # fmt: skip
     for q, key in (("p50", "p50_ms"), ("p99", "p99_ms")):
         vals = {b: _pick(results, b, key, scenario="pickup") for b in backends}
         rows.append((f"pickup latency {q}, idle worker (ms)",
@@ -205,6 +248,14 @@ def render(
             " `completed_at` - first `started_at`) read from the database, so process start-up"
             " is not counted. Pickup is `started_at - created_at` of jobs enqueued one at a"
             f" time, about 50 ms apart, on an idle async worker ({args.pickups} per run)."
+            " Spawn -> first start is the first `started_at` less the time the worker"
+            " process was spawned. CPU is user + system time of the worker processes (and"
+            " their pool children) from spawn to exit (`RUSAGE_CHILDREN`); an idle worker's"
+            f" whole life ({args.idle_settle:g} s idle on an empty queue, then SIGTERM) is"
+            " subtracted from a drain's to give what the jobs cost. Idle RSS is VmRSS after"
+            ' that idle time; peak RSS is VmHWM sampled every 0.1 s. Enqueue "jobs built'
+            ' beforehand" times `App.enqueue_many` alone on `Job` objects made before the'
+            " clock starts."
             " PostgreSQL runs on loopback with fsync off (`bench/pg.py`, the test fixture's"
             " server); SQLite is a fresh file per run. Targets apply to PostgreSQL.",
             "",

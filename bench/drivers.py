@@ -58,6 +58,8 @@ class Driver(Protocol):
     def fresh(self) -> None: ...
     def configure(self, kind: str, concurrency: int) -> None: ...
     def enqueue(self, n: int, batch: int, kind: str) -> None: ...
+    def build(self, n: int, kind: str) -> list[Any]: ...
+    def enqueue_built(self, jobs: list[Any], batch: int) -> None: ...
     def enqueue_one(self, kind: str) -> None: ...
     def worker_command(self, kind: str, concurrency: int, burst: bool) -> list[str]: ...
     def span(self) -> Span: ...
@@ -150,6 +152,16 @@ class SlotfleetDriver:
                 size = min(batch, left)
                 await self._app.enqueue_many(self._jobs(size, kind))
                 left -= size
+
+        self._loop.run_until_complete(go())
+
+    def build(self, n: int, kind: str) -> list[Any]:
+        return self._jobs(n, kind)
+
+    def enqueue_built(self, jobs: list[Any], batch: int) -> None:
+        async def go() -> None:
+            for start in range(0, len(jobs), batch):
+                await self._app.enqueue_many(jobs[start : start + batch])
 
         self._loop.run_until_complete(go())
 
@@ -299,6 +311,17 @@ class ChancyDriver:
                 async for _ in self._app.push_many(self._jobs(size, kind), batch_size=batch):
                     pass
                 left -= size
+
+        self._loop.run_until_complete(go())
+
+    def build(self, n: int, kind: str) -> list[Any]:
+        return self._jobs(n, kind)
+
+    def enqueue_built(self, jobs: list[Any], batch: int) -> None:
+        async def go() -> None:
+            for start in range(0, len(jobs), batch):
+                async for _ in self._app.push_many(jobs[start : start + batch], batch_size=batch):
+                    pass
 
         self._loop.run_until_complete(go())
 

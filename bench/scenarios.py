@@ -1,6 +1,13 @@
 """The measured scenarios, each run against one :class:`~bench.drivers.Driver` on a
-fresh store and bounded by a timeout: enqueue throughput, drain of a backlog by one or
-more worker processes, and pickup latency on an idle worker.
+fresh store and bounded by a timeout: enqueue throughput (building the jobs included, or
+with the jobs built beforehand), drain of a backlog by one or more worker processes
+(with spawn -> first start and the workers' CPU time), an idle worker's start-up cost
+and memory, and pickup latency on an idle worker.
+
+CPU time is the harness's ``RUSAGE_CHILDREN`` over the run: every worker process, and the
+pool children they reap, from spawn to exit. A counted quantity, steadier than a rate on
+a shared machine; ``idle`` measures what a worker spends without jobs (start-up,
+heartbeats, stop), so a drain's CPU minus that is what its jobs cost.
 
 Every scenario returns a plain dict (JSON-ready). A scenario that runs out of time says
 so (``timed_out``) and reports what it saw rather than hanging the run.
@@ -9,8 +16,10 @@ so (``timed_out``) and reports what it saw rather than hanging the run.
 from __future__ import annotations
 
 import random
+import resource
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import pg as pgmod
@@ -40,6 +49,74 @@ def enqueue(driver: Driver, pg: pgmod.Postgres | None, *, n: int, batch: int) ->
         "seconds": seconds,
         "jobs_per_s": n / seconds,
         "statements_per_job": None if statements is None else statements / n,
+    }
+
+
+def enqueue_built(
+    driver: Driver, pg: pgmod.Postgres | None, *, n: int, batch: int
+) -> dict[str, Any]:
+    """Time ``n`` no-op jobs enqueued in batches of ``batch``, the job objects built
+    beforehand (what the store path costs, without the caller's model building)."""
+    driver.fresh()
+    driver.configure("async", 100)
+    jobs = driver.build(n, "async")
+    if pg is not None:
+        pgmod.reset_statements(pg)
+    t0 = time.perf_counter()
+    driver.enqueue_built(jobs, batch)
+    seconds = time.perf_counter() - t0
+    statements = _statements(pg)
+    return {
+        "scenario": "enqueue_built",
+        "jobs": n,
+        "batch": batch,
+        "seconds": seconds,
+        "jobs_per_s": n / seconds,
+        "statements_per_job": None if statements is None else statements / n,
+    }
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def vm_rss_mib(pid: int) -> float | None:
+    """Current resident set size (VmRSS) of ``pid`` in MiB."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
+def idle(
+    driver: Driver, pg: pgmod.Postgres | None, *, settle: float = 5.0, kind: str = "async"
+) -> dict[str, Any]:
+    """One worker on an empty queue: its resident memory after ``settle`` seconds idle,
+    and the CPU of its whole life (start-up, ``settle`` seconds of idle heartbeats and
+    polling, stop). Not burst mode: an idle fleet member waits for work."""
+    driver.fresh()
+    driver.configure(kind, 100)
+    cpu0 = _children_cpu()
+    procs = _start_workers(driver, kind, 100, 1, burst=False)
+    proc, _ = procs[0]
+    time.sleep(settle)
+    idle_rss = vm_rss_mib(proc.pid)
+    alive = proc.poll() is None
+    peaks, errors = _stop_workers(procs)
+    return {
+        "scenario": "idle",
+        "kind": kind,
+        "settle_s": settle,
+        "idle_rss_mib": idle_rss,
+        "peak_rss_mib": peaks[0] if peaks else None,
+        "cpu_s": _children_cpu() - cpu0,
+        "timed_out": not alive,
+        "errors": errors[-3000:],
     }
 
 
@@ -92,6 +169,8 @@ def drain(
     if pg is not None:
         pgmod.reset_statements(pg)
     deadline = Deadline(timeout)
+    cpu0 = _children_cpu()
+    spawned = time.time()
     t0 = time.perf_counter()
     procs = _start_workers(driver, kind, concurrency, workers, burst=driver.burst_exits)
     span = driver.span()
@@ -104,9 +183,11 @@ def drain(
         time.sleep(0.25)
     wall = time.perf_counter() - t0
     peaks, errors = _stop_workers(procs)
+    cpu = _children_cpu() - cpu0
     span = driver.span()
     statements = _statements(pg)
     seconds = span.seconds
+    first = None if span.first_started is None else span.first_started - spawned
     return {
         "scenario": "drain",
         "kind": kind,
@@ -121,6 +202,8 @@ def drain(
         "seed_seconds": seed_seconds,
         "peak_rss_mib": max(peaks) if peaks else None,
         "peak_rss_each_mib": peaks,
+        "spawn_to_first_start_s": first,
+        "cpu_s": cpu,
         "statements_per_job": None if statements is None else statements / backlog,
         "errors": errors[-3000:],
     }

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import ValidationError
@@ -141,6 +142,27 @@ def _queue_resource_source(text: str | None) -> CancelSource | None:
     return KubeQueueSource(namespace, name)
 
 
+#: Event loops ``--event-loop`` offers; uvloop is the optional ``slotfleet[uvloop]`` extra.
+EVENT_LOOPS = ("asyncio", "uvloop")
+
+
+def _run_on(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on the chosen event loop (uvloop only when asked for: see
+    docs/decisions.md, "uvloop is an opt-in extra")."""
+    if event_loop != "uvloop":
+        run_async(main)
+        return
+    try:
+        import uvloop
+    except ImportError:
+        main.close()
+        raise InvalidSettingsError(
+            "--event-loop uvloop needs the uvloop package: pip install 'slotfleet[uvloop]'"
+        ) from None
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
+
+
 def _run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -184,7 +206,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    run_async(main())
+    _run_on(args.event_loop, main())
     log.info("worker %s stopped", worker.worker_id)
     # Threads of jobs that ignored their cancel token would keep the interpreter from
     # exiting; their jobs were already handed back, so leave without them.
@@ -214,6 +236,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=queue_arg,
         metavar="NAME[:EXECUTOR[:CONCURRENCY]]",
         help="queue to serve, e.g. emails:threads:8 (repeatable; default: default:async)",
+    )
+    p.add_argument(
+        "--event-loop",
+        choices=EVENT_LOOPS,
+        default=os.environ.get("SLOTFLEET_EVENT_LOOP", "asyncio"),
+        help="event loop: asyncio (default) or uvloop (the slotfleet[uvloop] extra; "
+        "default: $SLOTFLEET_EVENT_LOOP, else asyncio)",
     )
     p.add_argument(
         "--max-slots",

@@ -77,7 +77,13 @@ class ClaimedJob:
     are :class:`~slotfleet.models.QueuedJob`'s; ``retry`` is a :class:`Backoff`,
     ``errors`` the earlier attempts' errors as stored (JSON objects)."""
 
-    __slots__ = (*(c for c in CLAIMED_COLUMNS if c != "retry"), "_instance", "_retry", "retry_data")
+    __slots__ = (
+        *(c for c in CLAIMED_COLUMNS if c not in ("retry", "errors")),
+        "_errors",
+        "_instance",
+        "_retry",
+        "retry_data",
+    )
 
     id: JobId
     queue: str
@@ -86,13 +92,13 @@ class ClaimedJob:
     priority: int
     scheduled_at: datetime
     max_attempts: int
-    retry_data: dict[str, Any] | None
-    """The retry policy as stored (see :attr:`retry`)."""
+    retry_data: dict[str, Any] | str | None
+    """The retry policy as stored, decoded or still JSON text (see :attr:`retry`)."""
     timeout: float | None
     unique_key: str | None
     meta: dict[str, Any]
     attempts: int
-    errors: list[dict[str, Any]]
+    _errors: list[dict[str, Any]] | str
     lease_owner: str | None
     lease_token: str | None
     lease_expires_at: datetime | None
@@ -107,29 +113,32 @@ class ClaimedJob:
     completed_at = None
 
     def __init__(self, record: Mapping[str, Any]) -> None:
+        renamed = {"retry": "retry_data", "errors": "_errors"}
         for name in CLAIMED_COLUMNS:
-            setattr(self, "retry_data" if name == "retry" else name, record[name])
+            setattr(self, renamed.get(name, name), record[name])
         self._instance: QueuedJob | None = None
         self._retry: Backoff | None = None
 
     @classmethod
     def from_values(cls, values: Any) -> ClaimedJob:
-        """From a row of :data:`CLAIMED_COLUMNS` in that order (the store's row maker)."""
+        """From a row of :data:`CLAIMED_COLUMNS` in that order (the store's row maker).
+        kwargs and meta may be JSON text (decoded here), the retry policy and errors too
+        (decoded when first read)."""
         job = cls.__new__(cls)
         (
             job.id,
             job.queue,
             job.func,
-            job.kwargs,
+            kwargs,
             job.priority,
             job.scheduled_at,
             job.max_attempts,
             job.retry_data,
             job.timeout,
             job.unique_key,
-            job.meta,
+            meta,
             job.attempts,
-            job.errors,
+            job._errors,
             job.lease_owner,
             job.lease_token,
             job.lease_expires_at,
@@ -138,6 +147,8 @@ class ClaimedJob:
             job.started_at,
             job.claimed_by,
         ) = values
+        job.kwargs = _decoded(kwargs)
+        job.meta = _decoded(meta)
         job._instance = None
         job._retry = None
         return job
@@ -157,8 +168,20 @@ class ClaimedJob:
     def retry(self) -> Backoff:
         """The retry policy (read on first use: only a failed attempt needs it)."""
         if self._retry is None:
-            self._retry = Backoff(self.retry_data)
+            data = self.retry_data
+            if isinstance(data, str):
+                data = self.retry_data = json.loads(data)
+            self._retry = Backoff(data)
         return self._retry
+
+    @property
+    def errors(self) -> list[dict[str, Any]]:
+        """The earlier attempts' errors as stored (JSON objects), decoded on first use."""
+        errors = self._errors
+        if isinstance(errors, str):
+            errors = self._errors = json.loads(errors)
+        assert not isinstance(errors, str)
+        return errors
 
     def __repr__(self) -> str:
         return f"ClaimedJob(id={self.id}, func={self.func!r}, attempt={self.attempts})"
@@ -177,7 +200,10 @@ class ClaimedJob:
     def record(self) -> dict[str, Any]:
         """Every :class:`QueuedJob` field, as stored (times in UTC)."""
         data = {name: getattr(self, name) for name in CLAIMED_COLUMNS if name != "retry"}
-        data["retry"] = self.retry_data if self.retry_data is not None else dict(_DEFAULT_RETRY)
+        retry = self.retry_data
+        if isinstance(retry, str):
+            retry = self.retry_data = json.loads(retry)
+        data["retry"] = retry if retry is not None else dict(_DEFAULT_RETRY)
         for name in _TIMES:
             value = data[name]
             if value is not None:
@@ -206,6 +232,13 @@ class ClaimedJob:
         if self._instance is not None:
             data["meta"] = self._instance.meta
         return json.dumps(data, default=_iso, ensure_ascii=False)
+
+
+def _decoded(value: Any) -> Any:
+    """A JSON object column as a dict: text is decoded (``{}`` without the parser)."""
+    if isinstance(value, str):
+        return {} if value == "{}" else json.loads(value)
+    return value
 
 
 def _iso(value: Any) -> str:

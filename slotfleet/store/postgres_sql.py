@@ -18,6 +18,10 @@ CHANNEL = "slotfleet_jobs"
 MIGRATION_LOCK_KEY = 0x51_07F1_EE7
 
 
+#: Claimed columns read as JSON text (see ``FETCH``).
+_JSON_TEXT = frozenset({"kwargs", "retry", "meta", "errors"})
+
+
 def _cols(alias: str) -> str:
     return ", ".join(f"{alias}.{name}" for name in JOB_COLUMNS)
 
@@ -147,7 +151,10 @@ GET_JOB = "SELECT * FROM slotfleet_jobs WHERE id = %(id)s"
 # queue paused in the store yields nothing: the pause check names no job column, so it
 # runs once per statement (a one-time filter over a primary-key lookup), not per row.
 # It returns the columns a worker reads (``CLAIMED_COLUMNS``, in that order: the store's
-# row maker builds a ``ClaimedJob`` straight from them), not result or completed_at.
+# row maker builds a ``ClaimedJob`` straight from them), not result or completed_at. The
+# JSON columns come back as text: the claimed job decodes kwargs and meta (``{}`` without
+# the parser) and the retry policy and earlier errors only if a failure or the job's
+# instance needs them.
 FETCH = f"""
 UPDATE slotfleet_jobs AS j
 SET state = 'running',
@@ -169,7 +176,9 @@ FROM (
     FOR UPDATE SKIP LOCKED
 ) AS claimed
 WHERE j.id = claimed.id
-RETURNING {", ".join(f"j.{name}" for name in CLAIMED_COLUMNS)}
+RETURNING {
+    ", ".join(f"j.{name}::text" if name in _JSON_TEXT else f"j.{name}" for name in CLAIMED_COLUMNS)
+}
 """
 
 # The ids of the rows a fetch claimed under a token, when its reply could not be read

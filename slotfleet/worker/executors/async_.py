@@ -16,6 +16,7 @@ What this module is not: it does not protect the loop from a coroutine that bloc
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 from typing import Any
 
@@ -31,8 +32,24 @@ class NotACoroutineError(SlotfleetError, TypeError):
     """The async executor runs only coroutine functions."""
 
 
+#: Function -> whether it is a coroutine function (asked once per function, not per job).
+_is_coroutine: dict[Any, bool] = {}
+
+
+def is_coroutine_function(func: Any) -> bool:
+    try:
+        return _is_coroutine[func]
+    except KeyError:
+        found = _is_coroutine[func] = inspect.iscoroutinefunction(func)
+        return found
+    except TypeError:  # an unhashable callable
+        return inspect.iscoroutinefunction(func)
+
+
 class AsyncExecutor(Executor):
-    """Runs coroutine functions as tasks on the running event loop."""
+    """Runs coroutine functions as tasks on the running event loop: one task per job
+    (the job's own coroutine, in a context whose cancel token is the job's), reported
+    by the task's done callback, so a cancel of the job never cancels its reporting."""
 
     def get_default_concurrency(self) -> int:
         return 100
@@ -40,9 +57,24 @@ class AsyncExecutor(Executor):
     async def push(self, job: ClaimedJob) -> None:
         job = await self.on_job_starting(job)
         run = self.begin(job)
-        run.task = asyncio.get_running_loop().create_task(
-            self._supervise(run), name=f"slotfleet-job-{job.id}"
-        )
+        loop = asyncio.get_running_loop()
+        try:
+            func, kwargs = self.get_function_and_kwargs(job, any_callable=self.any_callable)
+            run.instance = job.has_instance
+            if not is_coroutine_function(func):
+                raise NotACoroutineError(
+                    f"{job.func} is not an async function; the async executor runs "
+                    "only coroutine functions (use a 'threads' or 'processes' queue)"
+                )
+            inner = loop.create_task(
+                await_job(func(**kwargs)), context=context_with_token(run.token)
+            )
+        except Exception as error:  # reported once push has returned, as a job's failure
+            loop.call_soon(self._end, run, error, None)
+            return
+        run.state["inner"] = inner
+        run.task = inner
+        inner.add_done_callback(functools.partial(self._done, run))
 
     async def cancel(self, ref: Reference) -> None:
         for run in self.find(ref.identifier):
@@ -59,35 +91,23 @@ class AsyncExecutor(Executor):
         if inner is not None:
             inner.cancel()
 
-    async def _supervise(self, run: Run) -> None:
-        # The job runs in an inner task so that cancelling it never cancels this
-        # supervisor, which must still report the outcome and free the slot.
+    def _done(self, run: Run, inner: asyncio.Task[Any]) -> None:
         exc: Exception | None = None
         result: Any = None
-        try:
-            func, kwargs = self.get_function_and_kwargs(run.job, any_callable=self.any_callable)
-            run.instance = run.job.has_instance
-            if not inspect.iscoroutinefunction(func):
-                raise NotACoroutineError(
-                    f"{run.job.func} is not an async function; the async executor runs "
-                    "only coroutine functions (use a 'threads' or 'processes' queue)"
-                )
-            if not run.token.cancelled:
-                inner = asyncio.get_running_loop().create_task(
-                    await_job(func(**kwargs)), context=context_with_token(run.token)
-                )
-                run.state["inner"] = inner
-                await asyncio.wait([inner])
-                if inner.cancelled():
-                    exc = JobCancelled()
-                else:
-                    raised = inner.exception()
-                    if isinstance(raised, Exception):
-                        exc = raised
-                    elif raised is not None:
-                        exc = RuntimeError(f"job raised {type(raised).__name__}: {raised}")
-                    else:
-                        result = inner.result()
-        except Exception as error:
-            exc = error
-        await self.finish(run, exc, result)
+        if inner.cancelled():
+            exc = JobCancelled()
+        else:
+            raised = inner.exception()
+            if isinstance(raised, Exception):
+                exc = raised
+            elif raised is not None:
+                exc = RuntimeError(f"job raised {type(raised).__name__}: {raised}")
+            else:
+                result = inner.result()
+        self._end(run, exc, result)
+
+    def _end(self, run: Run, exc: Exception | None, result: Any) -> None:
+        if self.reports_directly:
+            self.finish_now(run, exc, result)
+        else:  # a subclass's on_job_completed may await: give it a task
+            self.spawn(self.finish(run, exc, result))

@@ -177,6 +177,18 @@ class Executor(ABC):
         """Decide the attempt's outcome and hand it to the worker. Reported once:
         later calls for the same attempt (a timed-out thread returning, an attempt
         whose lease was lost) do nothing."""
+        self.report(job=job, exc=exc, result=result, result_json=result_json)
+
+    def report(
+        self,
+        *,
+        job: ClaimedJob,
+        exc: Exception | None = None,
+        result: Any = None,
+        result_json: str | None = None,
+    ) -> None:
+        """What :meth:`on_job_completed` does, called directly (not awaited) where an
+        executor finishes an attempt in a callback and the hook is not overridden."""
         lease = lease_of(job)
         started = self._open.pop(lease, None)
         if started is None:
@@ -331,25 +343,52 @@ class Executor(ABC):
     ) -> None:
         """Report the attempt (the token's reason wins over what the code did) and free
         its slot."""
+        exc, result, result_json = self._verdict(run, exc, result, result_json)
+        try:
+            await self.on_job_completed(
+                job=run.job, exc=exc, result=result, result_json=result_json
+            )
+        finally:
+            self._free(run)
+
+    def finish_now(
+        self, run: Run, exc: Exception | None, result: Any = None, result_json: str | None = None
+    ) -> None:
+        """:meth:`finish` without awaiting, for an executor that ends attempts in a done
+        callback: valid only while :meth:`on_job_completed` is not overridden (see
+        :attr:`reports_directly`)."""
+        exc, result, result_json = self._verdict(run, exc, result, result_json)
+        try:
+            self.report(job=run.job, exc=exc, result=result, result_json=result_json)
+        finally:
+            self._free(run)
+
+    @property
+    def reports_directly(self) -> bool:
+        """Whether attempts may be reported with :meth:`finish_now` (the seed API's
+        ``on_job_completed`` hook is this class's own, so nothing needs awaiting)."""
+        return type(self).on_job_completed is Executor.on_job_completed
+
+    def _verdict(
+        self, run: Run, exc: Exception | None, result: Any, result_json: str | None
+    ) -> tuple[Exception | None, Any, str | None]:
         if run.deadline is not None:
             run.deadline.cancel()
         reason = run.token.reason
-        if reason:
-            result, result_json = None, None
+        if not reason:
+            return exc, result, result_json
         if reason == "cancelled":
             exc = JobCancelled()
         elif reason == "released":
             exc = JobReleased()
         elif reason == "timeout":
             exc = self.timeout_error(run.job)
-        try:
-            await self.on_job_completed(
-                job=run.job, exc=exc, result=result, result_json=result_json
-            )
-        finally:
-            self._runs.pop(lease_of(run.job), None)
-            self._busy -= 1
-            self.worker.slot_freed(self.queue.name)
+        return exc, None, None
+
+    def _free(self, run: Run) -> None:
+        self._runs.pop(lease_of(run.job), None)
+        self._busy -= 1
+        self.worker.slot_freed(self.queue.name)
 
     def find(self, job_id: JobId) -> list[Run]:
         return [r for k, r in self._runs.items() if k[0] == job_id]

@@ -1,0 +1,139 @@
+"""The lean worker (issue 14) as real processes: ``--event-loop uvloop`` runs the same
+jobs as asyncio (results, failures with retries, a job's own instance and its meta, the
+process executor's children), an unknown or missing loop is one clear line, and
+``slotfleet worker`` imports none of the operator, YAML, the Kubernetes client or the
+dashboard. Speed is measured by ``bench/``, not here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from slotfleet.models import Job, JobState, RetryPolicy
+from tests.fixtures.stores import StoreFactory
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, "-m", "slotfleet.cli.main", "worker", "--metrics-port", "0", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO), "SLOTFLEET_DSN": dsn, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stderr
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+async def test_every_executor_runs_the_same_on_either_event_loop(
+    store_factory: StoreFactory, event_loop: str
+) -> None:
+    store = await store_factory()
+    quick = RetryPolicy(base=0, jitter=0)
+    jobs = await store.enqueue(
+        [Job(func="tests.tasks:async_add", queue="a", kwargs={"a": i, "b": 1}) for i in range(30)]
+        + [Job(func="tests.tasks:add", queue="t", kwargs={"a": i, "b": 2}) for i in range(5)]
+        + [Job(func="tests.tasks:add", queue="p", kwargs={"a": i, "b": 3}) for i in range(3)]
+        + [
+            Job(func="tests.seed_tasks:async_count_attempts", queue="a", max_attempts=2,
+                retry=quick),
+            Job(func="tests.seed_tasks:count_attempts", queue="p", max_attempts=2, retry=quick),
+        ]
+    )  # fmt: skip
+    queues = ["--queue", "a:async:10", "--queue", "t:threads:2", "--queue", "p:processes:1"]
+    run_worker(store.dsn, *queues, "--event-loop", event_loop, "--burst")
+    for job in jobs:
+        done = await store.get(job.id)
+        assert done is not None
+        if "count_attempts" in job.func:
+            assert done.state is JobState.FAILED
+            assert done.attempts == 2
+            assert done.meta == {"attempts_seen": 2}  # the instance's meta, stored per attempt
+        else:
+            assert done.state is JobState.SUCCEEDED, done.errors
+            assert done.result == job.kwargs["a"] + job.kwargs["b"]
+
+
+def test_the_event_loop_comes_from_the_environment_and_bad_names_are_refused(
+    tmp_path: Path,
+) -> None:
+    dsn = f"sqlite:///{tmp_path}/jobs.db"
+    run_worker(dsn, "--burst", env={"SLOTFLEET_EVENT_LOOP": "uvloop"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "slotfleet.cli.main", "worker", "--event-loop", "trio"],
+        env={**os.environ, "PYTHONPATH": str(REPO), "SLOTFLEET_DSN": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "invalid choice: 'trio'" in proc.stderr
+
+
+def test_without_uvloop_installed_the_option_says_which_extra_to_install(tmp_path: Path) -> None:
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "uvloop.py").write_text("raise ImportError('hidden for this test')\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "slotfleet.cli.main", "worker", "--event-loop", "uvloop",
+         "--burst", "--metrics-port", "0"],
+        env={**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{REPO}",
+             "SLOTFLEET_DSN": f"sqlite:///{tmp_path}/jobs.db"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --event-loop uvloop needs the uvloop package: pip install 'slotfleet[uvloop]'"
+    )
+
+
+def test_the_worker_command_imports_only_what_a_worker_uses() -> None:
+    """``slotfleet worker`` loads its own command module only: no operator (kopf), no
+    Kubernetes client, no YAML, no dashboard stack, no job client."""
+    code = (
+        "import sys\n"
+        "from slotfleet.cli.main import build_parser\n"
+        "build_parser(['worker']).parse_args(['worker', '--queue', 'q:async:5'])\n"
+        "import slotfleet.worker.worker, slotfleet.store.postgres, slotfleet.store.sqlite\n"
+        "import slotfleet.worker.executors.async_\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = set(proc.stdout.split())
+    for heavy in (
+        "kopf",
+        "kubernetes",
+        "yaml",
+        "aiohttp",
+        "starlette",
+        "jinja2",
+        "rich",
+        "slotfleet.operator",
+        "slotfleet.fleet",
+        "slotfleet.dashboard",
+        "slotfleet.app.client",
+        "slotfleet.models.resource",
+        "slotfleet.cli.jobs_cmd",
+    ):
+        assert heavy not in loaded, heavy

@@ -146,6 +146,19 @@ def _queue_resource_source(text: str | None) -> CancelSource | None:
 EVENT_LOOPS = ("asyncio", "uvloop")
 
 
+def event_loop_arg(text: str) -> str:
+    """An ``--event-loop`` name. Also applied to the default from
+    ``$SLOTFLEET_EVENT_LOOP`` (argparse converts string defaults, but checks ``choices``
+    only on the command line), so a misspelt variable is refused, not ignored."""
+    name = text.strip().lower()
+    if name not in EVENT_LOOPS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an event loop (choose from {', '.join(EVENT_LOOPS)};"
+            " the default comes from $SLOTFLEET_EVENT_LOOP)"
+        )
+    return name
+
+
 def _run_on(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
     """Run ``main`` on the chosen event loop (uvloop only when asked for: see
     docs/decisions.md, "uvloop is an opt-in extra")."""
@@ -239,8 +252,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     )
     p.add_argument(
         "--event-loop",
-        choices=EVENT_LOOPS,
-        default=os.environ.get("SLOTFLEET_EVENT_LOOP", "asyncio"),
+        type=event_loop_arg,
+        metavar="{" + ",".join(EVENT_LOOPS) + "}",
+        default=os.environ.get("SLOTFLEET_EVENT_LOOP") or "asyncio",
         help="event loop: asyncio (default) or uvloop (the slotfleet[uvloop] extra; "
         "default: $SLOTFLEET_EVENT_LOOP, else asyncio)",
     )

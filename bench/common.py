@@ -26,6 +26,22 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 DOC = REPO / "docs" / "benchmarks.md"
 
+#: Targets for a 2-core machine with PostgreSQL on loopback (issues 2 and 14), shared by
+#: ``bench.core`` and ``bench.compare_chancy``: jobs/s for throughput (higher is better),
+#: ms for pickup, MiB for RSS, s for CPU per 10k jobs and for spawn -> first start.
+TARGETS = {
+    "enqueue": 40_000.0,
+    "enqueue_built": 100_000.0,
+    "async": 15_000.0,
+    "async2": 25_000.0,
+    "threads": 5_000.0,
+    "p50": 2.0,
+    "p99": 5.0,
+    "rss": 40.0,
+    "cpu": 0.5,
+    "start": 0.15,
+}
+
 DOC_HEADER = """# Benchmarks
 
 Benchmarks are not tests: `bench/` measures and writes results here; no test asserts on
@@ -132,6 +148,16 @@ def machine_facts(pg_version: str | None) -> dict[str, Any]:
     }
 
 
+def warm_up() -> None:
+    """Compile slotfleet's and bench's modules before anything is measured: the first
+    worker process after a change would otherwise write the ``.pyc`` files, and its
+    start-up and CPU figures would include that once."""
+    subprocess.run(
+        [sys.executable, "-m", "compileall", "-q", str(REPO / "slotfleet"), str(REPO / "bench")],
+        check=True,
+    )
+
+
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -170,6 +196,16 @@ def write_doc_section(key: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     DOC.parent.mkdir(parents=True, exist_ok=True)
     DOC.write_text(text)
+
+
+def cpu_per_10k(drain_cpu_s: float, idle_cpu_s: Sequence[float], jobs: int) -> float | None:
+    """What ``jobs`` jobs cost a worker in CPU seconds per 10,000: a drain's CPU (spawn to
+    exit) less the median CPU of an idle worker's whole life (start-up, idling, stop) on
+    the same store. ``None`` without idle runs or jobs to divide by."""
+    idle = median_range(idle_cpu_s)[0]
+    if jobs <= 0 or idle != idle:
+        return None
+    return (drain_cpu_s - idle) / jobs * 10_000
 
 
 def fmt(value: float | None, digits: int = 0) -> str:

@@ -1,6 +1,10 @@
-"""slotfleet against Chancy (issue 6, item 1): the same no-op work through both, on one
-throwaway PostgreSQL, interleaved (slotfleet, Chancy, slotfleet, Chancy, ...), each
-figure the median of ``--runs`` runs with its range.
+"""slotfleet against Chancy (issue 6, item 1; issue 14's rows): the same no-op work
+through both, on one throwaway PostgreSQL, interleaved (slotfleet, Chancy, slotfleet,
+Chancy, ...), each figure the median of ``--runs`` runs with its range, beside the target
+where the issues set one (``bench.common.TARGETS``). Besides throughput, pickup, memory
+and statements per job it reports what issue 14 added to ``bench.core``: enqueue with the
+jobs built beforehand, spawn -> first job started, worker CPU per 10k jobs (a drain's CPU
+less an idle worker's whole life) and an idle worker's RSS and CPU.
 
     python3 -m bench.compare_chancy            # default run (about 10-15 minutes)
     python3 -m bench.compare_chancy --quick    # smoke run (a couple of minutes)
@@ -55,12 +59,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--big", type=int, default=200_000, help="large async backlog; 0 skips it")
     p.add_argument("--big-runs", type=int, default=1, help="runs of the large backlog")
     p.add_argument("--pickups", type=int, default=200, help="pickup samples per run")
+    p.add_argument("--idle-settle", type=float, default=5.0, help="seconds an idle worker idles")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per scenario")
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs or the chart")
     p.add_argument("--from-json", metavar="FILE", help="re-render docs and chart from a result")
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.jobs, args.big, args.big_runs, args.pickups = 1, 2_000, 0, 1, 40
+        args.idle_settle = 2.0
     return args
 
 
@@ -87,10 +93,11 @@ def key_of(result: dict[str, Any]) -> str:
 def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from bench import pg as pgmod
     from bench import scenarios
-    from bench.common import loadavg, machine_facts
+    from bench.common import loadavg, machine_facts, warm_up
     from bench.drivers import ChancyDriver, Driver, SlotfleetDriver
 
     results: list[dict[str, Any]] = []
+    warm_up()
     with pgmod.running() as pg:
         facts = machine_facts(pg.version)
         drivers: list[Driver] = [SlotfleetDriver(pg), ChancyDriver(pg)]
@@ -101,12 +108,18 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, A
                 res.update(lib=driver.name, run=run, key=name if name else key_of(res),
                            loadavg=loadavg())  # fmt: skip
                 results.append(res)
-                figure = res.get("jobs_per_s") or res.get("p50_ms")
+                figure = res.get("jobs_per_s") or res.get("p50_ms") or res.get("idle_rss_mib")
                 print(f"  run {run} {driver.name:9} {res['key']} -> {figure}", flush=True)
 
         try:
             for run in range(args.runs):
                 each("enqueue", run, lambda d: scenarios.enqueue(d, pg, n=args.jobs, batch=1000))
+                each(
+                    "enqueue_built",
+                    run,
+                    lambda d: scenarios.enqueue_built(d, pg, n=args.jobs, batch=1000),
+                )
+                each("idle", run, lambda d: scenarios.idle(d, pg, settle=args.idle_settle))
                 for kind, conc, workers in DRAINS:
                     each("", run, lambda d, k=kind, c=conc, w=workers: scenarios.drain(
                         d, pg, backlog=args.jobs, kind=k, concurrency=c, workers=w,
@@ -124,55 +137,90 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict[str, Any]], dict[str, A
     return results, facts
 
 
-#: (row label, result key, field, digits, higher is better)
-def rows_for(args: argparse.Namespace) -> list[tuple[str, str, str, int, bool]]:
-    rows: list[tuple[str, str, str, int, bool]] = [
+def _target(key: str, higher: bool) -> str:
+    """A row's target as text (``bench.common.TARGETS``), "" for none."""
+    from bench.common import TARGETS
+
+    value = TARGETS.get(key)
+    if value is None:
+        return ""
+    return f"{'≥' if higher else '≤'} {f'{value:,.0f}' if value >= 100 else f'{value:g}'}"
+
+
+#: (row label, result key, field, digits, higher is better, target)
+Row = tuple[str, str, str, int, bool, str]
+
+
+def rows_for(args: argparse.Namespace) -> list[Row]:
+    rows: list[Row] = [
         (f"enqueue {args.jobs:,} no-op jobs, batches of 1,000 (jobs/s)", "enqueue",
-         "jobs_per_s", 0, True),
+         "jobs_per_s", 0, True, _target("enqueue", True)),
+        (f"enqueue {args.jobs:,}, batches of 1,000, jobs built beforehand (jobs/s)",
+         "enqueue_built", "jobs_per_s", 0, True, _target("enqueue_built", True)),
     ]  # fmt: skip
     for kind, conc, workers in DRAINS:
         label = key_of({"scenario": "drain", "backlog": args.jobs, "kind": kind,
                         "concurrency": conc, "workers": workers})  # fmt: skip
-        rows.append((label + " (jobs/s)", label, "jobs_per_s", 0, True))
+        target = _target(kind if workers == 1 else f"{kind}{workers}", True)
+        rows.append((label + " (jobs/s)", label, "jobs_per_s", 0, True, target))
     if args.big:
         label = key_of({"scenario": "drain", "backlog": args.big, "kind": "async",
                         "concurrency": 100, "workers": 1})  # fmt: skip
-        rows.append((label + " (jobs/s)", label, "jobs_per_s", 0, True))
+        rows.append((label + " (jobs/s)", label, "jobs_per_s", 0, True, _target("async", True)))
     for workers in (1, 2):
         label = key_of({"scenario": "drain", "backlog": args.jobs, "kind": "async",
                         "concurrency": 100, "workers": workers})  # fmt: skip
-        rows.append((label + ", wall clock (jobs/s)", label, "wall_jobs_per_s", 0, True))
+        rows.append((label + ", wall clock (jobs/s)", label, "wall_jobs_per_s", 0, True, ""))
     if args.big:
         label = key_of({"scenario": "drain", "backlog": args.big, "kind": "async",
                         "concurrency": 100, "workers": 1})  # fmt: skip
-        rows.append((label + ", wall clock (jobs/s)", label, "wall_jobs_per_s", 0, True))
+        rows.append((label + ", wall clock (jobs/s)", label, "wall_jobs_per_s", 0, True, ""))
     for q in ("p50", "p95", "p99"):
-        rows.append((f"pickup latency {q}, idle worker (ms)", "pickup", f"{q}_ms", 2, False))
+        rows.append((f"pickup latency {q}, idle worker (ms)", "pickup", f"{q}_ms", 2, False,
+                     _target(q, False)))  # fmt: skip
     async1 = key_of({"scenario": "drain", "backlog": args.jobs, "kind": "async",
                      "concurrency": 100, "workers": 1})  # fmt: skip
+    idle = f"{args.idle_settle:g} s"
     rows += [
-        ("worker peak RSS, async drain (MiB, VmHWM)", async1, "peak_rss_mib", 1, False),
+        ("spawn -> first job started, async worker (s)", async1, "spawn_to_first_start_s", 3,
+         False, _target("start", False)),
+        (f"worker CPU per 10k no-op jobs, async (s; a {args.jobs:,} drain's CPU less an idle"
+         " worker's)", async1, "cpu_per_10k_s", 2, False, _target("cpu", False)),
+        (f"worker CPU, idle worker's whole life ({idle} idle) (s)", "idle", "cpu_s", 2, False,
+         ""),
+        (f"worker RSS, idle ({idle} after start; MiB, VmRSS)", "idle", "idle_rss_mib", 1,
+         False, ""),
+        ("worker peak RSS, async drain (MiB, VmHWM)", async1, "peak_rss_mib", 1, False,
+         _target("rss", False)),
         ("worker peak RSS, threads drain (MiB)", async1.replace("async x100", "threads x16"),
-         "peak_rss_mib", 1, False),
+         "peak_rss_mib", 1, False, ""),
         ("worker peak RSS, processes drain (MiB, main process)",
-         async1.replace("async x100", "processes x2"), "peak_rss_mib", 1, False),
-        ("DB statements per job, enqueue", "enqueue", "statements_per_job", 3, False),
-        ("DB statements per job, async drain", async1, "statements_per_job", 3, False),
+         async1.replace("async x100", "processes x2"), "peak_rss_mib", 1, False, ""),
+        ("DB statements per job, enqueue", "enqueue", "statements_per_job", 3, False, ""),
+        ("DB statements per job, async drain", async1, "statements_per_job", 3, False, ""),
         ("DB statements per job, threads drain", async1.replace("async x100", "threads x16"),
-         "statements_per_job", 3, False),
+         "statements_per_job", 3, False, ""),
     ]  # fmt: skip
     return rows
 
 
 def summarize(results: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    from bench.common import median_range
+    from bench.common import cpu_per_10k, median_range
 
+    idle_cpu = {
+        lib: [float(r["cpu_s"]) for r in results
+              if r["lib"] == lib and r["key"] == "idle" and r.get("cpu_s") is not None]
+        for lib in ("slotfleet", "chancy")
+    }  # fmt: skip
     for r in results:  # derived: including start-up and the completions' write delay
         if r.get("wall_seconds"):
             r["wall_jobs_per_s"] = r["done"] / r["wall_seconds"]
+        if r["scenario"] == "drain" and r.get("cpu_s") is not None:
+            r["cpu_per_10k_s"] = cpu_per_10k(r["cpu_s"], idle_cpu[r["lib"]], r["done"])
     table = []
-    for label, key, field, digits, higher in rows_for(args):
-        entry: dict[str, Any] = {"label": label, "digits": digits, "higher": higher}
+    for label, key, field, digits, higher, target in rows_for(args):
+        entry: dict[str, Any] = {"label": label, "digits": digits, "higher": higher,
+                                 "target": target}  # fmt: skip
         for lib in ("slotfleet", "chancy"):
             vals = [float(r[field]) for r in results
                     if r["lib"] == lib and r["key"] == key
@@ -200,8 +248,8 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
         return text
 
     lines = [
-        "| figure | slotfleet | Chancy | slotfleet ÷ Chancy | better |",
-        "|---|---:|---:|---:|---|",
+        "| figure | slotfleet | Chancy | slotfleet ÷ Chancy | better | target |",
+        "|---|---:|---:|---:|---|---|",
     ]
     for e in table:
         a, b = e["slotfleet"][0], e["chancy"][0]
@@ -212,7 +260,7 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
         elif ratio == ratio:
             better = "slotfleet" if (ratio > 1) == e["higher"] else "Chancy"
         lines.append(f"| {e['label']} | {cell(e, 'slotfleet')} | {cell(e, 'chancy')} |"
-                     f" {fmt(ratio, 2)}x | {better} |")  # fmt: skip
+                     f" {fmt(ratio, 2)}x | {better} | {e.get('target', '')} |")  # fmt: skip
     big = f"{args.big:,} (async, {args.big_runs} run(s))" if args.big else "skipped"
     return "\n".join(
         [
@@ -235,7 +283,8 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
             f"Each cell is the median of {args.runs} run(s) (range in brackets); the two libraries"
             " ran interleaved (slotfleet, Chancy, slotfleet, Chancy, ...) on one PostgreSQL, each"
             f" run on a freshly created database. Backlog {args.jobs:,}; large backlog {big};"
-            f" {args.pickups} pickup samples per run.",
+            f" {args.pickups} pickup samples per run. Targets (for slotfleet) are issue 2's and"
+            " issue 14's.",
             "",
             *lines,
             "",
@@ -246,7 +295,9 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
             "- Jobs are no-ops (`bench/tasks.py`: an `async def` for the async executor, a plain"
             " function otherwise), enqueued with each library's batch API in batches of 1,000"
             " (slotfleet `App.enqueue_many`, Chancy `Chancy.push_many(batch_size=1000)`), building"
-            " the job objects included in the enqueue time.",
+            ' the job objects included in the enqueue time; "jobs built beforehand" times the'
+            " same calls on job objects (slotfleet `Job`, Chancy `Job`) made before the clock"
+            " starts.",
             "- Workers are separate processes: `slotfleet worker --queue bench:KIND:N --burst"
             " --log-level WARNING`, and `python -m bench.chancy_worker` (`chancy.Worker(chancy)`"
             " in a `Chancy(dsn, notifications=True)` app, default plugins kept, Chancy's logger"
@@ -276,6 +327,16 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
             " `pg_stat_statements` for the measured role (the harness polls as another role),"
             " reset before the run, divided by the jobs; it includes BEGIN/COMMIT, heartbeats"
             " and polling during the run.",
+            "- Spawn -> first job started = the first `started_at` (database clock) less the"
+            " time the harness spawned the worker process, on the 10k async drain: interpreter"
+            " start, imports, connecting, the first fetch.",
+            "- CPU is user + system time of the worker processes (and the pool children they"
+            " reap) from spawn to exit, read with `getrusage(RUSAGE_CHILDREN)` around the run."
+            f" An idle worker runs {args.idle_settle:g} s on an empty queue and is stopped with"
+            " SIGTERM (its whole life's CPU and its VmRSS at the end of the idle time are the"
+            ' "idle" rows); CPU per 10k jobs is the 10k async drain\'s CPU less the median idle'
+            " life's, per 10,000 jobs. Chancy's drains include the up to 0.25 s between its"
+            " last completion and the harness noticing it (its worker idles meanwhile).",
         ]
     )
 
@@ -289,11 +350,13 @@ def chart(table: list[dict[str, Any]], facts: dict[str, Any]) -> None:
     groups = [
         ("Throughput (jobs/s, higher is better)", [e for e in table if "jobs/s" in e["label"]]),
         ("Pickup latency (ms, lower is better)", [e for e in table if "pickup" in e["label"]]),
-        ("Worker peak RSS (MiB, lower is better)", [e for e in table if "RSS" in e["label"]]),
+        ("Worker RSS (MiB, lower is better)", [e for e in table if "RSS" in e["label"]]),
+        ("Seconds: start-up and CPU (lower is better)",
+         [e for e in table if e["label"].endswith("(s)") or "(s;" in e["label"]]),
         ("DB statements per job (lower is better)",
          [e for e in table if "statements" in e["label"]]),
     ]  # fmt: skip
-    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 14))
+    fig, axes = plt.subplots(len(groups), 1, figsize=(11, 17))
     colors = {"slotfleet": "#2b6cb0", "chancy": "#dd6b20"}
     for ax, (title, entries) in zip(axes, groups, strict=True):
         labels = [e["label"].split(" (")[0] for e in entries]
@@ -336,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         facts, results, path = saved["facts"], saved["results"], Path(args.from_json)
-        args = argparse.Namespace(**{**saved["args"], "no_doc": args.no_doc})
+        args = argparse.Namespace(**{"idle_settle": 5.0, **saved["args"], "no_doc": args.no_doc})
         command = facts.get("command", "python3 -m bench.compare_chancy")
         table = summarize(results, args)
     else:

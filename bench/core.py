@@ -25,11 +25,14 @@ from typing import Any
 from bench import pg as pgmod
 from bench import scenarios
 from bench.common import (
+    TARGETS,
     command_line,
+    cpu_per_10k,
     fmt,
     loadavg,
     machine_facts,
     median_range,
+    warm_up,
     write_doc_section,
     write_json,
 )
@@ -37,20 +40,6 @@ from bench.drivers import SlotfleetDriver, slotfleet_cli_available
 
 #: (executor kind, concurrency per worker) as in the issue.
 EXECUTORS = [("async", 100), ("threads", 16), ("processes", 2)]
-
-#: Targets for a 2-core machine with PostgreSQL on loopback (issues 2 and 14).
-TARGETS = {
-    "enqueue": 40_000.0,
-    "enqueue_built": 100_000.0,
-    "async": 15_000.0,
-    "async2": 25_000.0,
-    "threads": 5_000.0,
-    "p50": 2.0,
-    "p99": 5.0,
-    "rss": 40.0,
-    "cpu": 0.5,
-    "start": 0.15,
-}
 
 #: Rows of the million-job backlog (``--large``).
 LARGE = 1_000_000
@@ -102,6 +91,8 @@ def run_backend(
                         workers=workers, timeout=args.timeout,
                     )  # fmt: skip
                     record(res, run)
+                    if kind == "async" and workers == 1 and backend == "postgres":
+                        record(_uvloop_drain(driver, pg, args), run)
             record(scenarios.pickup(driver, pg, samples=args.pickups), run)
         if backend == "postgres":
             sizes = [args.big] + ([LARGE] if args.large else [])
@@ -115,6 +106,21 @@ def run_backend(
     finally:
         driver.close()
     return out
+
+
+def _uvloop_drain(
+    driver: SlotfleetDriver, pg: pgmod.Postgres | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The async drain again with ``--event-loop uvloop``, right after the asyncio one
+    (issue 14: offer uvloop only if it measurably helps). Recorded as its own scenario."""
+    driver.event_loop = "uvloop"
+    try:
+        res = scenarios.drain(driver, pg, backlog=args.jobs, kind="async", concurrency=100,
+                              workers=1, timeout=args.timeout)  # fmt: skip
+    finally:
+        driver.event_loop = None
+    res["scenario"] = "drain_uvloop"
+    return res
 
 
 def _cell(values: list[float], digits: int = 0) -> str:
@@ -181,19 +187,36 @@ def render(
                      [_cell(big)] + ["not run"] * (len(backends) - 1),
                      "≥ 15,000, flat within 10 %",
                      f"{verdict(med(big), TARGETS['async'], True)};"
-                     f" {ratio:.2f}x the {args.jobs:,} rate"))  # fmt: skip
+                     f" {ratio:.2f}x the {args.jobs:,} rate"
+                     f" ({'flat' if ratio >= 0.9 else 'not flat'})"))  # fmt: skip
     starts = {b: _pick(results, b, "spawn_to_first_start_s", scenario="drain", kind="async",
                        workers=1, backlog=args.jobs) for b in backends}  # fmt: skip
     rows.append(("spawn -> first job started, async worker (s)",
                  [_cell(starts[b], 3) for b in backends], "≤ 0.15",
                  verdict(med(starts.get("postgres", [])), TARGETS["start"], False)))  # fmt: skip
-    idle_cpu = {b: med(_pick(results, b, "cpu_s", scenario="idle")) for b in backends}
-    cpu = {b: [(c - idle_cpu[b]) / args.jobs * 10_000 if idle_cpu[b] == idle_cpu[b] else c
-               for c in _pick(results, b, "cpu_s", scenario="drain", kind="async", workers=1,
-                              backlog=args.jobs)] for b in backends}  # fmt: skip
+
+    def jobs_cpu(backend: str, scenario: str) -> list[float]:
+        idle_cpu = _pick(results, backend, "cpu_s", scenario="idle")
+        drains = [r for r in results if r["backend"] == backend and r["scenario"] == scenario
+                  and r["kind"] == "async" and r["workers"] == 1 and r["backlog"] == args.jobs
+                  and r.get("cpu_s") is not None]  # fmt: skip
+        per = (cpu_per_10k(r["cpu_s"], idle_cpu, r["done"]) for r in drains)
+        return [c for c in per if c is not None]
+
+    cpu = {b: jobs_cpu(b, "drain") for b in backends}
     rows.append((f"worker CPU per 10k no-op jobs, async (s; a {args.jobs:,} drain's CPU less"
                  " an idle worker's)", [_cell(cpu[b], 2) for b in backends], "≤ 0.5",
                  verdict(med(cpu.get("postgres", [])), TARGETS["cpu"], False)))  # fmt: skip
+    uv = _pick(results, "postgres", "jobs_per_s", scenario="drain_uvloop")
+    if uv:
+        uv_cpu = jobs_cpu("postgres", "drain_uvloop")
+        rows.append((f"drain {args.jobs:,}, async x100, 1 worker, `--event-loop uvloop` (jobs/s)",
+                     [_cell(uv)] + ["not run"] * (len(backends) - 1), "",
+                     f"{med(uv) / small:.2f}x asyncio" if small else ""))  # fmt: skip
+        rows.append(("worker CPU per 10k no-op jobs, async, `--event-loop uvloop` (s)",
+                     [_cell(uv_cpu, 2)] + ["not run"] * (len(backends) - 1), "",
+                     f"{med(uv_cpu) / med(cpu['postgres']):.2f}x asyncio"
+                     if cpu.get("postgres") else ""))  # fmt: skip
     rows.append((f"worker CPU, idle worker's whole life ({args.idle_settle:g} s idle) (s)",
                  [_cell(_pick(results, b, "cpu_s", scenario="idle"), 2) for b in backends],
                  "", ""))  # fmt: skip
@@ -269,10 +292,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         facts, results, path = saved["facts"], saved["results"], Path(args.from_json)
-        args = argparse.Namespace(**{**saved["args"], "no_doc": args.no_doc})
+        older = {"idle_settle": 5.0, "large": False}  # results saved before issue 14
+        args = argparse.Namespace(**{**older, **saved["args"], "no_doc": args.no_doc})
         text = render(results, facts, args, facts.get("command", ".venv/bin/python -m bench.core"))
     else:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+        warm_up()
         started = time.monotonic()
         results = []
         with pgmod.running() as pg:

@@ -551,6 +551,47 @@ async def test_token_is_current_in_thread_jobs(executor: Executor, worker: FakeW
     assert (await worker.completion(job.id)).result is False
 
 
+class SeedHooks(Executor):
+    """The seed API's hooks overridden with the seed's own signatures (as a subclass
+    written for Chancy's executors does), each calling ``super()``."""
+
+    seen: list[tuple[str, JobId, Any]]
+
+    async def on_job_starting(self, job: ClaimedJob) -> ClaimedJob:
+        self.seen.append(("starting", job.id, None))
+        return await super().on_job_starting(job)
+
+    async def on_job_completed(  # type: ignore[override]  # the seed's signature, on purpose
+        self, *, job: ClaimedJob, exc: Exception | None = None, result: Any = None
+    ) -> None:
+        self.seen.append(("completed", job.id, result if exc is None else type(exc).__name__))
+        await super().on_job_completed(job=job, exc=exc, result=result)
+
+
+async def test_hooks_overridden_with_the_seed_signature_see_and_report_every_attempt(
+    kind: ExecutorKind, worker: FakeWorker
+) -> None:
+    """The base passes its own ``on_job_completed`` the result it already encoded; an
+    override with the seed's signature must not be handed that extra keyword (it raised
+    TypeError and the attempt was never reported)."""
+    hooked = cast(type[SeedHooks], type("Hooked", (SeedHooks, executor_class(kind)), {"seen": []}))
+    ex = hooked(worker, QueueSettings(name="contract", executor=kind, concurrency=2))
+    try:
+        ok = make_job(fn(kind, "add"), kwargs={"a": 2, "b": 3})
+        bad = make_job(fn(kind, "fail"), kwargs={"message": "boom"}, max_attempts=1)
+        await ex.push(ok)
+        await ex.push(bad)
+        assert (await worker.completion(ok.id, timeout=5)).result == 5
+        assert (await worker.completion(bad.id, timeout=5)).outcome is Outcome.FAILED
+        assert sorted(ex.seen) == sorted(
+            [("starting", ok.id, None), ("completed", ok.id, 5),
+             ("starting", bad.id, None), ("completed", bad.id, "RemoteJobError"
+                                          if kind is ExecutorKind.PROCESSES else "ValueError")]
+        )  # fmt: skip
+    finally:
+        await ex.stop()
+
+
 # -- through a real Worker and store ---------------------------------------------------
 
 

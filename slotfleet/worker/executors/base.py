@@ -345,9 +345,12 @@ class Executor(ABC):
         its slot."""
         exc, result, result_json = self._verdict(run, exc, result, result_json)
         try:
-            await self.on_job_completed(
-                job=run.job, exc=exc, result=result, result_json=result_json
-            )
+            if self.reports_directly:  # this class's hook: hand it the encoded result too
+                await self.on_job_completed(
+                    job=run.job, exc=exc, result=result, result_json=result_json
+                )
+            else:  # an override may have the seed's signature (job, exc, result) only
+                await self.on_job_completed(job=run.job, exc=exc, result=result)
         finally:
             self._free(run)
 
@@ -366,7 +369,9 @@ class Executor(ABC):
     @property
     def reports_directly(self) -> bool:
         """Whether attempts may be reported with :meth:`finish_now` (the seed API's
-        ``on_job_completed`` hook is this class's own, so nothing needs awaiting)."""
+        ``on_job_completed`` hook is this class's own, so nothing needs awaiting). An
+        override is called with the seed's keywords only (``job``, ``exc``, ``result``):
+        a subclass written for the seed's executors does not take ``result_json``."""
         return type(self).on_job_completed is Executor.on_job_completed
 
     def _verdict(

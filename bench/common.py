@@ -49,16 +49,22 @@ speed. Each section below is rewritten by the command named in it, between its m
 """
 
 
-def vm_hwm_kib(pid: int) -> int | None:
-    """Peak resident set size (VmHWM) of ``pid`` in KiB, or ``None`` once it is gone."""
+def proc_status_kib(pid: int, field: str) -> int | None:
+    """A memory field of ``/proc/PID/status`` (``VmHWM``, ``VmRSS``) in KiB, or ``None``
+    once the process is gone."""
     try:
         text = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1])
     return None
+
+
+def vm_hwm_kib(pid: int) -> int | None:
+    """Peak resident set size (VmHWM) of ``pid`` in KiB, or ``None`` once it is gone."""
+    return proc_status_kib(pid, "VmHWM")
 
 
 class PeakRss:

@@ -19,11 +19,10 @@ import random
 import resource
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import pg as pgmod
-from bench.common import REPO, Deadline, PeakRss, percentile, stop_process
+from bench.common import REPO, Deadline, PeakRss, percentile, proc_status_kib, stop_process
 from bench.drivers import Driver, worker_env
 
 
@@ -83,14 +82,8 @@ def _children_cpu() -> float:
 
 def vm_rss_mib(pid: int) -> float | None:
     """Current resident set size (VmRSS) of ``pid`` in MiB."""
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return None
+    kib = proc_status_kib(pid, "VmRSS")
+    return None if kib is None else kib / 1024
 
 
 def idle(

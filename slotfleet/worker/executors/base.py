@@ -13,7 +13,7 @@ Slot accounting: a slot is busy from ``push`` until the job's code has really st
 running (a thread that ignores its cancel token keeps its slot), so ``free_slots`` never
 promises capacity the executor does not have.
 
-Outcomes, in one place:
+Outcomes, in one place (decided by :mod:`~slotfleet.worker.executors.verdict`):
 
 - a return value must encode as strict JSON (within the store's payload limits); if it
   does not, the attempt fails with "result of type X is not JSON-serializable";
@@ -55,8 +55,6 @@ jobs to push; that is the worker's loop.
 from __future__ import annotations
 
 import asyncio
-import logging
-import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -64,24 +62,15 @@ from typing import Any
 
 from slotfleet.models import FunctionPolicy, JobId, QueueSettings, Reference
 from slotfleet.models.claimed import ClaimedJob
-from slotfleet.models.values import Completion, Outcome, check_encoded_payload
 from slotfleet.store import Lease
 from slotfleet.worker.context import JobCancelled
 from slotfleet.worker.executors.attempt import ExecutorHost, Run, lease_of
-from slotfleet.worker.executors.functions import encode_result, resolve_function
+from slotfleet.worker.executors.functions import resolve_function
 from slotfleet.worker.executors.instance import instance_params, meta_problem
-from slotfleet.worker.executors.outcomes import (
-    JobReleased,
-    JobTimeout,
-    UnstorableMetaError,
-    describe_error,
-    format_seconds,
-    safe_str,
-)
+from slotfleet.worker.executors.outcomes import JobReleased, JobTimeout, format_seconds
+from slotfleet.worker.executors.verdict import decide, undecided
 
 __all__ = ["ConcurrentExecutor", "Executor", "ExecutorHost", "Run", "lease_of"]
-
-log = logging.getLogger(__name__)
 
 
 class Executor(ABC):
@@ -198,13 +187,14 @@ class Executor(ABC):
             if run is not None and run.instance:
                 problem = run.state.get("meta_problem") or meta_problem(job.meta)
                 meta = None if problem else job.meta
-                completion = self.decide(
-                    job, exc, result, meta=meta, meta_problem=problem, result_json=result_json
-                )
+                completion = decide(
+                    job, exc, result, self.worker, meta=meta, meta_problem=problem,
+                    result_json=result_json,
+                )  # fmt: skip
             else:
-                completion = self.decide(job, exc, result, result_json=result_json)
+                completion = decide(job, exc, result, self.worker, result_json=result_json)
         except Exception as bad:  # never leave the job running for want of a verdict
-            completion = self.undecided(job, bad)
+            completion = undecided(job, bad, self.worker)
         self.worker.job_completed(job, completion, time.monotonic() - started)
 
     # -- extras used by the worker ------------------------------------------------
@@ -239,94 +229,6 @@ class Executor(ABC):
         return True
 
     # -- shared machinery ---------------------------------------------------------
-
-    def decide(
-        self,
-        job: ClaimedJob,
-        exc: Exception | None,
-        result: Any,
-        *,
-        meta: dict[str, Any] | None = None,
-        meta_problem: str | None = None,
-        result_json: str | None = None,
-    ) -> Completion:
-        """The completion for an attempt that ended with ``exc`` or ``result``.
-
-        The result is encoded once, here (or, given as ``result_json``, not at all: a
-        process executor's child encoded and checked it), and the store writes that text.
-
-        ``meta`` (checked) is stored with it whatever the outcome. ``meta_problem`` says
-        why the job's meta cannot be: it fails an attempt that succeeded otherwise, is
-        added to the error of one that failed, and is only logged for a cancelled or
-        handed-back attempt; the stored meta stays as it was."""
-        worker_id = self.worker.worker_id
-        token = job.lease_token or ""
-        if exc is None and meta_problem is not None:
-            exc = UnstorableMetaError(meta_problem)
-        if exc is None:
-            try:
-                if result_json is None and result is not None:
-                    result_json = encode_result(result)
-                    check_encoded_payload(result, result_json, "result")
-            except (TypeError, ValueError) as bad:
-                exc = bad
-            else:
-                return Completion(
-                    job_id=job.id,
-                    worker_id=worker_id,
-                    token=token,
-                    attempt=job.attempts,
-                    outcome=Outcome.SUCCEEDED,
-                    result=result,
-                    result_json=result_json,
-                    meta=meta,
-                )
-        if isinstance(exc, JobCancelled | JobReleased):
-            if meta_problem is not None:
-                log.warning("job %s: %s; the stored meta is kept", job.id, meta_problem)
-            outcome = Outcome.CANCELLED if isinstance(exc, JobCancelled) else Outcome.RELEASED
-        else:
-            outcome = Outcome.FAILED
-        ended = Completion(
-            job_id=job.id,
-            worker_id=worker_id,
-            token=token,
-            attempt=job.attempts,
-            outcome=outcome,
-            meta=meta,
-        )
-        if outcome is not Outcome.FAILED:
-            return ended
-        text, tb = describe_error(exc)
-        if meta_problem is not None and not isinstance(exc, UnstorableMetaError):
-            text = f"{text} (and {meta_problem})"
-        from slotfleet.models.jobs import JobError  # a failure's record: off the hot path
-
-        error = JobError(attempt=job.attempts, error=text, traceback=tb, at=self.worker.now())
-        if job.attempts < job.max_attempts:
-            delay = job.retry.delay(job.attempts, random.random())
-            return ended.replace(outcome=Outcome.RETRY, error=error, retry_delay=delay)
-        return ended.replace(error=error)
-
-    def undecided(self, job: ClaimedJob, bad: Exception) -> Completion:
-        """The completion of an attempt whose outcome could not be decided (``bad`` was
-        raised while deciding): a failure saying so, retried after the policy's cap
-        while attempts remain. Built from values known to be valid, so it cannot fail."""
-        text = f"the attempt's outcome could not be recorded: {type(bad).__name__}: {safe_str(bad)}"
-        from slotfleet.models.jobs import JobError
-
-        error = JobError(attempt=job.attempts, error=text, at=self.worker.now())
-        failed = Completion(
-            job_id=job.id,
-            worker_id=self.worker.worker_id,
-            token=job.lease_token or "",
-            attempt=job.attempts,
-            outcome=Outcome.FAILED,
-            error=error,
-        )
-        if job.attempts < job.max_attempts:
-            return failed.replace(outcome=Outcome.RETRY, retry_delay=job.retry.cap)
-        return failed
 
     def begin(self, job: ClaimedJob) -> Run:
         """Occupy a slot for ``job`` and arm its timeout."""

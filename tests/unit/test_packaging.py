@@ -15,7 +15,16 @@ from slotfleet.cli.operator_cmd import liveness_url
 REPO = Path(__file__).resolve().parents[2]
 PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())
 #: What a SQLite client must not install.
-HEAVY = {"kopf", "kubernetes", "psycopg", "psycopg-pool", "aiohttp", "starlette", "uvicorn"}
+HEAVY = {
+    "kopf",
+    "kubernetes",
+    "psycopg",
+    "psycopg-pool",
+    "aiohttp",
+    "starlette",
+    "uvicorn",
+    "uvloop",
+}
 
 
 def names(requirements: list[str]) -> set[str]:
@@ -32,6 +41,10 @@ def test_the_core_needs_no_database_driver_and_no_kubernetes() -> None:
     assert names(extras["dashboard"]) == {"starlette", "uvicorn", "jinja2", "rich"}
     assert extras["all"] == ["slotfleet[postgres,operator,dashboard]"]
     assert "slotfleet[all]" in extras["dev"]
+    # uvloop is opt-in (`--event-loop uvloop`): its own extra, not in what the image ships
+    assert names(extras["uvloop"]) == {"uvloop"}
+    assert "uvloop" not in extras["all"][0]
+    assert "slotfleet[uvloop]" in extras["dev"]
     # the installed metadata says the same (an extra marker on every heavy requirement)
     for requirement in metadata.requires("slotfleet") or []:
         if names([requirement]) & HEAVY:

@@ -292,8 +292,10 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
             "How each side was run:",
             "",
             "- Jobs are no-ops (`bench/tasks.py`: an `async def` for the async executor, a plain"
-            " function otherwise), enqueued with each library's batch API in batches of 1,000"
-            " (slotfleet `App.enqueue_many`, Chancy `Chancy.push_many(batch_size=1000)`), building"
+            " function otherwise; slotfleet's are their `@job` twins, since its workers run only"
+            " registered functions by default), enqueued with each library's batch API in"
+            " batches of 1,000 (slotfleet `App.enqueue_many`, Chancy"
+            " `Chancy.push_many(batch_size=1000)`), building"
             ' the job objects included in the enqueue time; "jobs built beforehand" times the'
             " same calls on job objects (slotfleet `Job`, Chancy `Job`) made before the clock"
             " starts.",

@@ -74,7 +74,7 @@ async def drain(pg: pgmod.Postgres, size: int) -> list[dict[str, Any]]:
     points = []
     try:
         for _ in range(0, size, 1000):
-            await store.enqueue_ids([Job(func="bench.tasks:noop_async", queue="bench")] * 1000)
+            await store.enqueue_ids([Job(func="bench.tasks:sf_noop_async", queue="bench")] * 1000)
         # A probe explains the next fetch: leave a batch after the last checkpoint.
         marks = sorted({min(size - 2 * BATCH, int(size * f)) // BATCH * BATCH for f in CHECKPOINTS})
         done = 0

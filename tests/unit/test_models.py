@@ -138,3 +138,33 @@ def test_error_text_is_made_storable() -> None:
     assert len(error.traceback) < MAX_TRACEBACK_CHARS + 60
     assert "[... 10 characters cut ...]" in error.traceback
     assert storable_text("plain", 10) == "plain"
+
+
+def test_every_exported_name_loads_from_the_module_that_defines_it() -> None:
+    """``slotfleet.models`` loads its names on first use (PEP 562): a name in ``__all__``
+    its loader does not know fails only where it is first used, so a merge that adds a
+    model must add it to both."""
+    import importlib
+
+    import slotfleet.models as models
+
+    assert set(models._WHERE) == set(models.__all__)
+    for name in models.__all__:
+        defined = getattr(importlib.import_module(models._WHERE[name]), name)
+        assert getattr(models, name) is defined, name
+
+
+def test_the_worker_values_load_without_pydantic() -> None:
+    """Ids, states, outcomes, completions and claimed rows are pydantic-free: importing
+    them through ``slotfleet.models`` must not load pydantic (the worker's hot path)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from slotfleet.models import Completion, JobId, JobState, Outcome, TERMINAL_STATES\n"
+        "from slotfleet.models.claimed import ClaimedJob\n"
+        "print(sorted(m for m in sys.modules if m.partition('.')[0].startswith('pydantic')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

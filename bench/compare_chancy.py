@@ -318,9 +318,11 @@ def render(table: list[dict[str, Any]], facts: dict[str, Any], args: argparse.Na
             " database, so process start-up is not counted. Chancy writes completions in"
             " batches about once a second; its `completed_at` is the time the job finished, not"
             ' the time the row was written, which favours Chancy in short runs. The "wall'
-            ' clock" rows divide by the time from starting the worker processes to the database'
-            " showing every job finished (polled every 0.25 s): start-up and write delays"
-            " included, for both.",
+            ' clock" rows divide by the time from starting the worker processes to every job'
+            " visibly finished: for slotfleet, its burst workers' exit (after their last"
+            " completions are written); for Chancy, which has no burst mode, the database"
+            " showing every job finished (polled every 0.25 s). Start-up and write delays are"
+            " included for both.",
             "- Pickup latency = `started_at - created_at` (both the database server's clock) of"
             " jobs enqueued one at a time, about 50 ms apart, on an idle async worker.",
             "- Peak RSS is the worker process's VmHWM from /proc (sampled every 0.1 s; pool"

@@ -91,8 +91,6 @@ def run_backend(
                         workers=workers, timeout=args.timeout,
                     )  # fmt: skip
                     record(res, run)
-                    if kind == "async" and workers == 1 and backend == "postgres":
-                        record(_uvloop_drain(driver, pg, args), run)
             record(scenarios.pickup(driver, pg, samples=args.pickups), run)
         if backend == "postgres":
             sizes = [args.big] + ([LARGE] if args.large else [])
@@ -106,21 +104,6 @@ def run_backend(
     finally:
         driver.close()
     return out
-
-
-def _uvloop_drain(
-    driver: SlotfleetDriver, pg: pgmod.Postgres | None, args: argparse.Namespace
-) -> dict[str, Any]:
-    """The async drain again with ``--event-loop uvloop``, right after the asyncio one
-    (issue 14: offer uvloop only if it measurably helps). Recorded as its own scenario."""
-    driver.event_loop = "uvloop"
-    try:
-        res = scenarios.drain(driver, pg, backlog=args.jobs, kind="async", concurrency=100,
-                              workers=1, timeout=args.timeout)  # fmt: skip
-    finally:
-        driver.event_loop = None
-    res["scenario"] = "drain_uvloop"
-    return res
 
 
 def _cell(values: list[float], digits: int = 0) -> str:
@@ -207,16 +190,6 @@ def render(
     rows.append((f"worker CPU per 10k no-op jobs, async (s; a {args.jobs:,} drain's CPU less"
                  " an idle worker's)", [_cell(cpu[b], 2) for b in backends], "≤ 0.5",
                  verdict(med(cpu.get("postgres", [])), TARGETS["cpu"], False)))  # fmt: skip
-    uv = _pick(results, "postgres", "jobs_per_s", scenario="drain_uvloop")
-    if uv:
-        uv_cpu = jobs_cpu("postgres", "drain_uvloop")
-        rows.append((f"drain {args.jobs:,}, async x100, 1 worker, `--event-loop uvloop` (jobs/s)",
-                     [_cell(uv)] + ["not run"] * (len(backends) - 1), "",
-                     f"{med(uv) / small:.2f}x asyncio" if small else ""))  # fmt: skip
-        rows.append(("worker CPU per 10k no-op jobs, async, `--event-loop uvloop` (s)",
-                     [_cell(uv_cpu, 2)] + ["not run"] * (len(backends) - 1), "",
-                     f"{med(uv_cpu) / med(cpu['postgres']):.2f}x asyncio"
-                     if cpu.get("postgres") else ""))  # fmt: skip
     rows.append((f"worker CPU, idle worker's whole life ({args.idle_settle:g} s idle) (s)",
                  [_cell(_pick(results, b, "cpu_s", scenario="idle"), 2) for b in backends],
                  "", ""))  # fmt: skip

@@ -111,8 +111,6 @@ class SlotfleetDriver:
         self._loop = asyncio.new_event_loop()
         self._app: Any = None
         self._metrics_port = 19464
-        self.event_loop: str | None = None
-        """``--event-loop`` for the workers this starts (``None``: the default)."""
 
     @property
     def backend(self) -> str:
@@ -189,8 +187,6 @@ class SlotfleetDriver:
                    "--log-level", "WARNING"]  # fmt: skip
         else:
             cmd = [sys.executable, "-m", "bench.sf_worker", "--dsn", self.dsn, "--queue", spec]
-        if self.event_loop is not None:
-            cmd += ["--event-loop", self.event_loop]
         return [*cmd, "--burst"] if burst else cmd
 
     def _query(self, sql_pg: str, sql_lite: str) -> list[tuple[Any, ...]]:

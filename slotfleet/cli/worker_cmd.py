@@ -22,7 +22,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from pydantic import ValidationError
@@ -142,40 +141,6 @@ def _queue_resource_source(text: str | None) -> CancelSource | None:
     return KubeQueueSource(namespace, name)
 
 
-#: Event loops ``--event-loop`` offers; uvloop is the optional ``slotfleet[uvloop]`` extra.
-EVENT_LOOPS = ("asyncio", "uvloop")
-
-
-def event_loop_arg(text: str) -> str:
-    """An ``--event-loop`` name. Also applied to the default from
-    ``$SLOTFLEET_EVENT_LOOP`` (argparse converts string defaults, but checks ``choices``
-    only on the command line), so a misspelt variable is refused, not ignored."""
-    name = text.strip().lower()
-    if name not in EVENT_LOOPS:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not an event loop (choose from {', '.join(EVENT_LOOPS)};"
-            " the default comes from $SLOTFLEET_EVENT_LOOP)"
-        )
-    return name
-
-
-def _run_on(event_loop: str, main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on the chosen event loop (uvloop only when asked for: see
-    docs/decisions.md, "uvloop is an opt-in extra")."""
-    if event_loop != "uvloop":
-        run_async(main)
-        return
-    try:
-        import uvloop
-    except ImportError:
-        main.close()
-        raise InvalidSettingsError(
-            "--event-loop uvloop needs the uvloop package: pip install 'slotfleet[uvloop]'"
-        ) from None
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(main)
-
-
 def _run_worker(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -219,7 +184,7 @@ def _run_worker(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    _run_on(args.event_loop, main())
+    run_async(main())
     log.info("worker %s stopped", worker.worker_id)
     # Threads of jobs that ignored their cancel token would keep the interpreter from
     # exiting; their jobs were already handed back, so leave without them.
@@ -249,14 +214,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         type=queue_arg,
         metavar="NAME[:EXECUTOR[:CONCURRENCY]]",
         help="queue to serve, e.g. emails:threads:8 (repeatable; default: default:async)",
-    )
-    p.add_argument(
-        "--event-loop",
-        type=event_loop_arg,
-        metavar="{" + ",".join(EVENT_LOOPS) + "}",
-        default=os.environ.get("SLOTFLEET_EVENT_LOOP") or "asyncio",
-        help="event loop: asyncio (default) or uvloop (the slotfleet[uvloop] extra; "
-        "default: $SLOTFLEET_EVENT_LOOP, else asyncio)",
     )
     p.add_argument(
         "--max-slots",

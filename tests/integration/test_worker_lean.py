@@ -1,8 +1,8 @@
-"""The lean worker (issue 14) as real processes: ``--event-loop uvloop`` runs the same
-jobs as asyncio (results, failures with retries, a job's own instance and its meta, the
-process executor's children), an unknown or missing loop is one clear line, and
-``slotfleet worker`` imports none of the operator, YAML, the Kubernetes client or the
-dashboard. Speed is measured by ``bench/``, not here."""
+"""The lean worker (issue 14) as real processes: every executor runs its jobs as before
+(results, failures with retries, a job's own instance and its meta, the process
+executor's children) on the slim claimed rows, and ``slotfleet worker`` imports none of
+the operator, YAML, the Kubernetes client or the dashboard. Speed is measured by
+``bench/``, not here."""
 
 from __future__ import annotations
 
@@ -34,9 +34,8 @@ def run_worker(dsn: str, *args: str, env: dict[str, str] | None = None) -> str:
     return proc.stderr
 
 
-@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
-async def test_every_executor_runs_the_same_on_either_event_loop(
-    store_factory: StoreFactory, event_loop: str
+async def test_every_executor_runs_its_jobs_from_slim_claimed_rows(
+    store_factory: StoreFactory,
 ) -> None:
     store = await store_factory()
     quick = RetryPolicy(base=0, jitter=0)
@@ -51,7 +50,7 @@ async def test_every_executor_runs_the_same_on_either_event_loop(
         ]
     )  # fmt: skip
     queues = ["--queue", "a:async:10", "--queue", "t:threads:2", "--queue", "p:processes:1"]
-    run_worker(store.dsn, *queues, "--event-loop", event_loop, "--burst")
+    run_worker(store.dsn, *queues, "--burst")
     for job in jobs:
         done = await store.get(job.id)
         assert done is not None
@@ -62,49 +61,6 @@ async def test_every_executor_runs_the_same_on_either_event_loop(
         else:
             assert done.state is JobState.SUCCEEDED, done.errors
             assert done.result == job.kwargs["a"] + job.kwargs["b"]
-
-
-def test_the_event_loop_comes_from_the_environment_and_bad_names_are_refused(
-    tmp_path: Path,
-) -> None:
-    dsn = f"sqlite:///{tmp_path}/jobs.db"
-    run_worker(dsn, "--burst", env={"SLOTFLEET_EVENT_LOOP": "uvloop"})
-    # A misspelt name is refused from the option and from the variable alike (argparse
-    # checks ``choices`` on the command line only: the variable used to be ignored).
-    for args, variable in (([], "trio"), (["--event-loop", "trio"], "")):
-        proc = subprocess.run(
-            [sys.executable, "-m", "slotfleet.cli.main", "worker", "--burst", *args],
-            env={**os.environ, "PYTHONPATH": str(REPO), "SLOTFLEET_DSN": dsn,
-                 "SLOTFLEET_EVENT_LOOP": variable},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )  # fmt: skip
-        assert proc.returncode == 2, (args, variable, proc.stderr)
-        [line] = proc.stderr.strip().splitlines()
-        assert "argument --event-loop: 'trio' is not an event loop" in line, line
-        assert "$SLOTFLEET_EVENT_LOOP" in line
-
-
-def test_without_uvloop_installed_the_option_says_which_extra_to_install(tmp_path: Path) -> None:
-    hide = tmp_path / "hide"
-    hide.mkdir()
-    (hide / "uvloop.py").write_text("raise ImportError('hidden for this test')\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "slotfleet.cli.main", "worker", "--event-loop", "uvloop",
-         "--burst", "--metrics-port", "0"],
-        env={**os.environ, "PYTHONPATH": f"{hide}{os.pathsep}{REPO}",
-             "SLOTFLEET_DSN": f"sqlite:///{tmp_path}/jobs.db"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )  # fmt: skip
-    assert proc.returncode == 1, proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: --event-loop uvloop needs the uvloop package: pip install 'slotfleet[uvloop]'"
-    )
 
 
 def test_the_worker_command_imports_only_what_a_worker_uses() -> None:

@@ -36,13 +36,13 @@ from slotfleet.models import (
 )
 from slotfleet.models.jobs import MAX_JOB_ID, check_moment
 from slotfleet.models.queues import check_queue_name
-from slotfleet.models.resource import PURGE_BATCH
 from slotfleet.store import (
     DEFAULT_WORKER_TTL_SECONDS,
     Store,
     describe_dsn,
     dsn_from_env,
     open_store,
+    purge_in_batches,
 )
 
 JobLike = Job | JobFunction[..., Any]
@@ -169,12 +169,7 @@ class App:
         """Delete finished jobs (succeeded, failed, cancelled) that finished more than
         ``older_than`` ago by the store's clock (the database server's on PostgreSQL), from
         ``queue`` or every queue, in batches; return how many."""
-        total = 0
-        while True:
-            deleted = await self.store.purge(older_than, queue=queue, limit=PURGE_BATCH)
-            total += deleted
-            if deleted < PURGE_BATCH:
-                return total
+        return await purge_in_batches(self.store, older_than, queue=queue)
 
     async def retry(self, ref: RefLike) -> QueuedJob:
         """Queue a failed or cancelled job again, under the same id: pending now, with a

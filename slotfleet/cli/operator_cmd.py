@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         from slotfleet.operator.main import OperatorOptions, run_operator
     except ModuleNotFoundError as exc:
         require_extra(exc, "operator", "slotfleet operator")
-    from slotfleet.worker.server import MetricsServerConfig
+    from slotfleet.health_server import MetricsServerConfig
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
     if args.all_namespaces:

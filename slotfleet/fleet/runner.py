@@ -25,14 +25,13 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Protocol
 
+from slotfleet.control import QueueView, Retention, Sizer, read_views, size_fleet, worker_args
 from slotfleet.fleet.manifest import QueueManifest
 from slotfleet.models import QueueStats, SlotfleetError, WorkerHeartbeat
-from slotfleet.models.queues import FunctionPolicy
-from slotfleet.models.resource import PURGE_BATCH, RETENTION_CHECK_SECONDS, AutoscalingMode
-from slotfleet.scaling import Decision, Observation, ScalerState, busy_by_worker, decide
+from slotfleet.models.resource import AutoscalingMode
+from slotfleet.scaling import Decision, busy_by_worker
 from slotfleet.store import DSN_ENV
 from slotfleet.store.base import Store
 
@@ -57,30 +56,19 @@ class Launcher(Protocol):
 
 
 def worker_command(manifest: QueueManifest, worker_id: str) -> list[str]:
-    """The ``slotfleet worker`` command line for one worker of ``manifest``'s queue. The
-    DSN is not on it (a command line is visible to every local user in ``ps``): workers
-    read it from ``$SLOTFLEET_DSN`` (:meth:`SubprocessLauncher.environment`)."""
-    spec = manifest.spec
-    queue = f"{manifest.queue}:{spec.executor.kind.value}:{spec.executor.concurrency}"
-    argv = [
-        sys.executable, "-m", "slotfleet.cli.main", "worker",
-        "--queue", queue,
-        "--worker-id", worker_id,
-        "--metrics-host", "127.0.0.1",
-        "--metrics-port", "0",
-        "--drain-timeout", str(spec.drain_timeout_seconds),
-        "--lease-seconds", str(spec.lease_seconds),
-        "--polling-interval", str(spec.polling_interval),
-    ]  # fmt: skip
-    if spec.rate_limit is not None:
-        argv += ["--rate-limit", f"{spec.rate_limit.count}/{spec.rate_limit.period:g}"]
-    if spec.paused:
-        argv.append("--paused")
-    if spec.functions is not FunctionPolicy.REGISTERED:
-        argv += ["--functions", spec.functions.value]
-    for module in spec.imports:
-        argv += ["--import", module]
-    return argv
+    """The ``slotfleet worker`` command line for one worker of ``manifest``'s queue
+    (:func:`slotfleet.control.worker_args`, as the operator writes it). The DSN is not on
+    it (a command line is visible to every local user in ``ps``): workers read it from
+    ``$SLOTFLEET_DSN`` (:meth:`SubprocessLauncher.environment`)."""
+    args = worker_args(
+        manifest.spec,
+        manifest.queue,
+        worker_id=worker_id,
+        metrics_host="127.0.0.1",
+        metrics_port=0,
+        paused=manifest.spec.paused,
+    )
+    return [sys.executable, "-m", "slotfleet.cli.main", *args]
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,14 +135,11 @@ class LocalFleet:
     id_prefix: str = "fleet"
     """Workers are ``{id_prefix}-1``, ``-2``, ...; unique per fleet sharing a store."""
     workers: dict[str, Worker] = field(default_factory=dict)
-    state: ScalerState = field(default_factory=ScalerState)
+    sizer: Sizer = field(default_factory=Sizer)
+    retention: Retention = field(default_factory=Retention)
     last_stats: QueueStats | None = None
-    beats: list[WorkerHeartbeat] = field(default_factory=list)
-    """Heartbeats as of the last tick."""
-    leased: dict[str, int] = field(default_factory=dict)
-    """The queue's running jobs per worker as of the last tick."""
-    last_purge: float | None = None
-    """Clock reading of the last ``retentionSeconds`` purge."""
+    view: QueueView | None = None
+    """What the store said at the last tick."""
     _serial: int = 0
     _last_reported: tuple[int, str] | None = None
 
@@ -177,75 +162,58 @@ class LocalFleet:
                 self.say(f"{self.manifest.queue}: worker {worker.id} did not drain; killing it")
                 worker.process.kill()
 
-    def decide(self, stats: QueueStats) -> Decision:
-        """The autoscaler's decision for ``stats`` (or the fixed size with mode off)."""
-        spec = self.manifest.spec
-        current = len(self.active)
-        if spec.autoscaling.mode is AutoscalingMode.OFF:
-            return Decision(spec.replicas, "fixed: autoscaling is off", spec.replicas)
-        # Busy slots from heartbeats can lag a fetch by a heartbeat; running jobs in the
-        # store cannot. Either shows work in flight, so take the larger.
-        busy = busy_by_worker(self.leased, self.beats, self.manifest.queue)
-        observation = Observation(
-            at=self.clock(),
-            replicas=current,
-            slots_per_pod=spec.executor.concurrency,
-            busy=max(stats.slots_busy, stats.running),
-            # A paused queue's backlog is no demand (as the operator sees it).
-            ready_pending=0 if spec.paused or stats.paused else stats.ready,
-            busy_pods=sum(1 for w in self.active if busy.get(w.id, 0) > 0),
-        )
-        decision, self.state = decide(self.state, observation, spec.autoscaling)
-        return decision
+    # the FleetPort the core sizes (slotfleet.control.size_fleet)
 
-    async def stats(self) -> QueueStats:
-        name = self.manifest.queue
-        found = [s for s in await self.store.queue_stats(name) if s.queue == name]
-        return found[0] if found else QueueStats(queue=name)
+    def size(self) -> int:
+        return len(self.active)
 
-    async def step(self) -> Decision:
-        """One tick: reap, observe, decide, start or stop workers, report."""
-        self.reap()
-        stats = self.last_stats = await self.stats()
-        self.beats = await self.store.workers()
-        self.leased = (
-            await self.store.running_by_worker(self.manifest.queue) if stats.running else {}
-        )
-        await self.purge_finished()
-        decision = self.decide(stats)
+    def members(self) -> list[str]:
+        return [w.id for w in self.active]
+
+    async def mark(self, busy: Mapping[str, int]) -> bool:
+        return True  # resize picks idle victims itself; nothing to mark ahead
+
+    async def resize(
+        self, decision: Decision, busy: Mapping[str, int], *, overridden: bool
+    ) -> Decision:
         current = len(self.active)
-        self._report(current, decision, stats)
         if decision.replicas > current:
             for _ in range(decision.replicas - current):
                 self._start()
         elif decision.replicas < current:
+            view = self.view
+            beats = list(view.workers) if view is not None else []
+            leased = dict(view.leased) if view is not None else {}
             ids = [w.id for w in self.active]
             count = current - decision.replicas
-            for worker_id in choose_victims(
-                ids, self.beats, self.manifest.queue, count, self.leased
-            ):
+            for worker_id in choose_victims(ids, beats, self.manifest.queue, count, leased):
                 self._stop(self.workers[worker_id])
+        return decision
+
+    async def step(self) -> Decision:
+        """One tick: reap, observe, decide, start or stop workers, report."""
+        self.reap()
+        queue = self.manifest.queue
+        self.view = (await read_views(self.store, [queue]))[queue]
+        stats = self.last_stats = self.view.stats or QueueStats(queue=queue)
+        await self.purge_finished()
+        current = len(self.active)
+        spec = self.manifest.spec
+        decision = await size_fleet(
+            self, self.sizer, spec, self.view, at=self.clock(), paused=spec.paused,
+            hpa_sizes=False,
+        )  # fmt: skip
+        assert decision is not None  # the view has figures, and no HPA sizes a local fleet
+        self._report(current, decision, stats)
         return decision
 
     async def purge_finished(self) -> int:
         """``retentionSeconds`` as the operator applies it: on the first tick, then about
         once a minute, delete the queue's jobs finished longer ago (in batches)."""
         retention = self.manifest.spec.retention_seconds
-        now = self.clock()
-        if retention is None or (
-            self.last_purge is not None and now - self.last_purge < RETENTION_CHECK_SECONDS
-        ):
+        if retention is None or not self.retention.due(retention, self.clock()):
             return 0
-        self.last_purge = now
-        older_than = timedelta(seconds=retention)
-        total = 0
-        while True:
-            deleted = await self.store.purge(
-                older_than, queue=self.manifest.queue, limit=PURGE_BATCH
-            )
-            total += deleted
-            if deleted < PURGE_BATCH:
-                break
+        total = await Retention.purge(self.store, self.manifest.queue, retention)
         if total:
             queue = self.manifest.queue
             self.say(f"{queue}: deleted {total} job(s) finished over {retention}s ago")

@@ -89,9 +89,8 @@ VOLUME_MOUNTS_EXIST = cel(
 
 
 #: ``retentionSeconds``: how often the operator (or a local fleet) deletes a queue's old
-#: finished jobs, and how many rows one delete statement takes at most.
+#: finished jobs (``slotfleet.control.Retention``).
 RETENTION_CHECK_SECONDS = 60.0
-PURGE_BATCH = 1000
 
 #: Most entries in a Queue's ``status.cancellations``: the status is one object in etcd,
 #: read by every worker pod of the Queue on each change.

@@ -5,11 +5,13 @@ Nothing here decides anything. Handlers are registered on an explicit
 no effect and tests or embedders can build their own registry.
 
 * create / resume / spec update -> :meth:`QueueReconciler.apply_children`;
-* every watch event -> track which Queues exist; the reconciler's own loop observes
-  each one every ``interval`` seconds (status, autoscaling, pod deletion costs). This is
-  not a kopf timer on purpose: kopf puts a finalizer on every object with a timer, and
-  a Queue needs none (the garbage collector removes children by their owner
-  references), so deleting a Queue never waits for the operator.
+* every watch event -> hand the Queue's latest version to the reconciler, whose own
+  loop observes it at once and every ``interval`` seconds after (status, autoscaling,
+  pod deletion costs), with no GET of its own. This is not a kopf timer on purpose:
+  kopf puts a finalizer on every object with a timer, and a Queue needs none (the
+  garbage collector removes children by their owner references), so deleting a Queue
+  never waits for the operator;
+* startup -> the watch cache of Deployments, pods and Secrets, then the observer loop.
 
 Error policy: an API error is a ``TemporaryError`` (kopf retries with a delay); a spec
 the model refuses, or a child the API server refuses as invalid (422), is a
@@ -27,6 +29,7 @@ import kopf
 from pydantic import ValidationError
 
 from slotfleet.models.resource import GROUP, PLURAL, VERSION
+from slotfleet.operator.cache import ClusterCache
 from slotfleet.operator.kube import KubeApiError
 from slotfleet.operator.reconciler import ChildRejected, QueueReconciler
 from slotfleet.operator.stores import StoreCache
@@ -41,6 +44,7 @@ def register(
     stores: StoreCache,
     *,
     interval: float,
+    cache: ClusterCache | None = None,
 ) -> None:
     """Register the Queue handlers on ``registry``."""
     resource = (GROUP, VERSION, PLURAL)
@@ -69,18 +73,22 @@ def register(
 
     @kopf.on.event(*resource, registry=registry, id="track")
     async def track(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
-        # which Queues exist, for the observer loop (QueueReconciler.observe_forever);
-        # an event handler, unlike a kopf timer, needs no finalizer on the Queue
+        # the Queues and their latest versions, for the observer loop
+        # (QueueReconciler.observe_forever); an event handler, unlike a kopf timer,
+        # needs no finalizer on the Queue
         if event.get("type") == "DELETED":
             reconciler.forget(namespace or "", name)
         else:
-            reconciler.track(namespace or "", name)
+            reconciler.track(event["object"])
 
     observers: list[asyncio.Task[None]] = []
 
     @kopf.on.startup(registry=registry, id="start-observer")
     async def start_observer(**_: Any) -> None:
         # started inside kopf's context, so Events posted by the loop reach kopf's poster
+        if cache is not None:
+            reconciler.cache = cache
+            await cache.start()
         observers.append(asyncio.create_task(reconciler.observe_forever(interval)))
 
     @kopf.on.cleanup(registry=registry, id="stop-observer")
@@ -89,4 +97,6 @@ def register(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if cache is not None:
+            await cache.stop()
         await stores.close()

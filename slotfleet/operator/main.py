@@ -20,14 +20,15 @@ from dataclasses import dataclass
 
 import kopf
 
+from slotfleet.health_server import HealthServer, MetricsServerConfig
 from slotfleet.kube_client import load_api_client
 from slotfleet.models.resource import GROUP
+from slotfleet.operator.cache import ClusterCache
 from slotfleet.operator.handlers import register
 from slotfleet.operator.kube import KubeClient, KubeEvents
 from slotfleet.operator.metrics import OperatorMetrics
 from slotfleet.operator.reconciler import QueueReconciler
 from slotfleet.operator.stores import StoreCache
-from slotfleet.worker.server import HealthServer, MetricsServerConfig
 
 
 @dataclass(frozen=True)
@@ -66,14 +67,16 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
 
 async def operate(options: OperatorOptions) -> None:
     """Run until stopped (SIGINT/SIGTERM)."""
-    kube = KubeClient(load_api_client())
+    api = load_api_client()
+    kube = KubeClient(api)
     stores = StoreCache()
     metrics = OperatorMetrics()
     reconciler = QueueReconciler(
         kube, stores, KubeEvents(kube), store_timeout=options.store_timeout, metrics=metrics
     )
+    cache = ClusterCache(api, kube, options.namespaces, reconciler.touch)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, stores, interval=options.interval)
+    register(registry, reconciler, stores, interval=options.interval, cache=cache)
     server = None
     if options.metrics is not None:
         server = HealthServer(

@@ -24,7 +24,7 @@ metrics) and ``resource`` (the Queue object's name):
 The ``namespace`` label names the Queue's namespace, not the operator's: scrape the
 operator with ``honorLabels: true`` (the chart's PodMonitor does).
 
-What this module is not: a server (``slotfleet.worker.server`` serves the registry) and
+What this module is not: a server (``slotfleet.health_server`` serves the registry) and
 it reads nothing by itself; the reconciler hands it each observation.
 """
 

@@ -7,14 +7,16 @@ call :class:`QueueReconciler`. Two entry points:
   apply of everything the builders produce (idempotent: a restart or a retry changes
   nothing; names are fixed, so there are never duplicates), and removal of children the
   spec no longer wants (the HPA when the mode changes, the Service, the PodMonitor);
-* :meth:`QueueReconciler.observe` every few seconds (:meth:`observe_forever`): read the
-  DSN from the Secret, the store's figures, running jobs and cancel requests, the
-  Deployment and its pods (a container the kubelet cannot start is ``Degraded``); keep
-  pods' deletion cost at their busy slots (running jobs by lease owner,
-  or the heartbeat if higher) and size the fleet (``mode: operator``), never below the
-  pods that run a job and only once their costs are in place (both in
-  ``slotfleet.operator.sizing``); write ``status`` when it
-  changed; with ``retentionSeconds``, delete finished jobs past it about once a minute.
+* :meth:`QueueReconciler.observe_forever`: observe every Queue every ``interval``
+  seconds, and a Queue at once when its Deployment, pods or Secret change (the
+  :class:`~slotfleet.operator.cache.ClusterCache` watches them) or kopf reports a change
+  of it. The cluster side of an observation costs no API request: the Queue comes from
+  kopf's watch, the rest from the cache. The store side is one read per database for
+  every Queue on it (:func:`slotfleet.control.read_views`). Each Queue's tick: keep pods'
+  deletion cost and size the fleet through the fleet-control core
+  (:func:`slotfleet.control.size_fleet` over :class:`~slotfleet.operator.sizing.PodFleet`),
+  write ``status`` only when it changed, and with ``retentionSeconds`` delete finished
+  jobs past it about once a minute.
 
 Errors the user can fix become conditions and Events, never crashes: a missing Secret
 is ``Degraded/SecretNotFound``; an unreachable database is ``StoreReachable=False``
@@ -29,40 +31,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
+from slotfleet.control import QueueView, Retention, Sizer, size_fleet
 from slotfleet.models import SlotfleetError, describe_validation_error
-from slotfleet.models.resource import (
-    PURGE_BATCH,
-    RETENTION_CHECK_SECONDS,
-    AutoscalingMode,
-    QueueSpec,
-)
+from slotfleet.models.resource import AutoscalingMode, QueueSpec
 from slotfleet.operator import status as st
 from slotfleet.operator.builders import API_VERSION, QueueRef, build_children, selector_string
+from slotfleet.operator.cache import ClusterCache
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
-from slotfleet.operator.secrets import read_dsn
-from slotfleet.operator.sizing import (
-    EventSink,
-    SizingMemory,
-    autoscale,
-    update_deletion_costs,
-    write_replicas,
-)
-from slotfleet.operator.stores import StoreCache, StoreView, purge_finished, read_view
+from slotfleet.operator.secrets import SecretRead, read_dsn
+from slotfleet.operator.sizing import EventSink, PodFleet, write_replicas
+from slotfleet.operator.stores import StoreCache, read_views
 from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import one_line
 
 Json = dict[str, Any]
 
-#: Retention (``spec.retentionSeconds``): batches of PURGE_BATCH at most per round.
-PURGE_BATCHES = 10
+#: Queues observed at once (each mostly builds a status; a few write).
+CONCURRENCY = 64
+#: Seconds a wake-up waits for more changes before observing (one burst, one tick).
+DEBOUNCE = 0.05
 logger = logging.getLogger(__name__)
 
 
@@ -76,10 +71,11 @@ class _QueueMemory:
     rejected: tuple[int, str | None] | None = None
     """``(generation, Secret resourceVersion)`` when the API server last refused a child
     (422): applying again waits until either changes."""
-    sizing: SizingMemory = field(default_factory=SizingMemory)
+    sizer: Sizer = field(default_factory=Sizer)
     pod_monitor_warned: int | None = None
-    last_purge: float | None = None
-    """``time.monotonic()`` of the last retention purge."""
+    retention: Retention = field(default_factory=Retention)
+    spec: tuple[int, QueueSpec] | None = None
+    """``(generation, parsed spec)``: the spec is parsed once per generation."""
 
 
 class ChildRejected(SlotfleetError):
@@ -104,44 +100,108 @@ class QueueReconciler:
         self.events = events
         self.store_timeout = store_timeout
         self.metrics = metrics or OperatorMetrics()
+        self.cache: ClusterCache | None = None
+        """Set by the operator before :meth:`observe_forever` starts."""
         self._memory: dict[tuple[str, str], _QueueMemory] = {}
         self._pod_monitor_api: bool | None = None
-        self._tracked: dict[tuple[str, str], None] = {}
+        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
+        self._by_label: dict[tuple[str, str], str] = {}  # (ns, pod-label value) -> Queue
+        self._dirty: set[tuple[str, str]] = set()
+        self._wake = asyncio.Event()
 
     def _mem(self, ref: QueueRef) -> _QueueMemory:
         return self._memory.setdefault((ref.namespace, ref.name), _QueueMemory())
 
-    def track(self, namespace: str, name: str) -> None:
-        """Observe this Queue from now on (see :meth:`observe_forever`)."""
-        self._tracked.setdefault((namespace, name), None)
+    def track(self, body: Mapping[str, Any]) -> None:
+        """The latest version of a Queue (kopf's watch): observe it soon."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        self._bodies[key] = dict(body)
+        self._by_label[key] = key[1]  # worker pods carry the Queue's name as a label
+        self.touch(*key)
+
+    def touch(self, namespace: str, name: str) -> None:
+        """Something about Queue ``namespace/name`` changed: observe it now."""
+        if (namespace, name) in self._bodies:
+            self._dirty.add((namespace, name))
+            self._wake.set()
 
     def forget(self, namespace: str, name: str) -> None:
-        self._tracked.pop((namespace, name), None)
+        self._bodies.pop((namespace, name), None)
+        self._by_label.pop((namespace, name), None)
+        self._dirty.discard((namespace, name))
         self._memory.pop((namespace, name), None)
         self.metrics.queues.forget(namespace, name)
+        if self.cache is not None:
+            self.cache.unwant(namespace, name)
 
     async def observe_forever(self, interval: float) -> None:
-        """Observe every tracked Queue every ``interval`` seconds, concurrently; one
+        """Observe every Queue every ``interval`` seconds, and a changed one at once; one
         Queue's failure is logged and never stops the others."""
+        next_full = time.monotonic()
         while True:
-            started = time.monotonic()
-            keys = list(self._tracked)
-            results = await asyncio.gather(
-                *(self._observe_key(ns, name) for ns, name in keys), return_exceptions=True
-            )
-            for (ns, name), result in zip(keys, results, strict=True):
-                if isinstance(result, Exception):
-                    logger.warning("observing Queue %s/%s failed: %s", ns, name, one_line(result))
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            remaining = next_full - time.monotonic()
+            if remaining > 0:
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._wake.wait()
+                    await asyncio.sleep(DEBOUNCE)
+                except TimeoutError:
+                    pass
+            self._wake.clear()
+            if time.monotonic() >= next_full:
+                keys, next_full = list(self._bodies), time.monotonic() + interval
+            else:
+                keys = [k for k in self._dirty if k in self._bodies]
+            self._dirty.clear()
+            await self.observe_many(keys)
 
-    async def _observe_key(self, namespace: str, name: str) -> None:
-        body = await self.kube.get(API_VERSION, "Queue", namespace, name)
-        if body is None:
-            self.forget(namespace, name)
-            return
-        if body["metadata"].get("deletionTimestamp"):
-            return
-        await self.observe(body)
+    async def observe_many(self, keys: Iterable[tuple[str, str]]) -> None:
+        """One tick for ``keys``: one store read per database, then each Queue."""
+        ticks: list[tuple[dict[str, Any], QueueSpec, SecretRead]] = []
+        by_dsn: dict[str, list[str]] = {}
+        for key in keys:
+            body = self._bodies.get(key)
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                continue
+            try:
+                spec = self.spec_of(body)
+                secret = await self._secret(body, spec)
+            except (ValidationError, KubeApiError) as exc:
+                logger.warning("observing Queue %s/%s failed: %s", *key, one_line(exc))
+                continue
+            ticks.append((body, spec, secret))
+            if secret.dsn:
+                by_dsn.setdefault(secret.dsn, []).append(spec.effective_queue_name(key[1]))
+        views: dict[str, dict[str, QueueView]] = {}
+        reads = [read_views(self.stores, dsn, q, self.store_timeout) for dsn, q in by_dsn.items()]
+        for dsn, found in zip(by_dsn, await asyncio.gather(*reads), strict=True):
+            views[dsn] = found
+        limit = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(body: dict[str, Any], spec: QueueSpec, secret: SecretRead) -> None:
+            queue = spec.effective_queue_name(body["metadata"]["name"])
+            view = views.get(secret.dsn or "", {}).get(queue) or QueueView.failed(queue, None)
+            async with limit:
+                try:
+                    await self.observe(body, spec, secret, view)
+                except Exception as exc:
+                    meta = body["metadata"]
+                    logger.warning(
+                        "observing Queue %s/%s failed: %s",
+                        meta.get("namespace"), meta.get("name"), one_line(exc),
+                    )  # fmt: skip
+
+        await asyncio.gather(*(one(*tick) for tick in ticks))
+
+    async def _secret(self, body: Mapping[str, Any], spec: QueueSpec) -> SecretRead:
+        ref = self.ref_of(body)
+        name = spec.store.secret_ref.name
+        if self.cache is not None:
+            secret = await self.cache.secret(ref.namespace, name, ref.name)
+        else:
+            secret = await self.kube.get("v1", "Secret", ref.namespace, name)
+        return read_dsn(secret, ref, spec)
 
     @staticmethod
     def ref_of(body: Mapping[str, Any]) -> QueueRef:
@@ -152,6 +212,14 @@ class QueueReconciler:
         """The spec as the model; the API server validated it, so failures are rare
         (an object stored before a schema change)."""
         return QueueSpec.model_validate(dict(body.get("spec") or {}))
+
+    def spec_of(self, body: Mapping[str, Any]) -> QueueSpec:
+        """:meth:`parse_spec`, once per generation of the Queue."""
+        memory = self._mem(self.ref_of(body))
+        generation = int(body["metadata"].get("generation", 0))
+        if memory.spec is None or memory.spec[0] != generation:
+            memory.spec = (generation, self.parse_spec(body))
+        return memory.spec[1]
 
     # ------------------------------------------------------------------ children
 
@@ -198,7 +266,7 @@ class QueueReconciler:
             reason = "ApplyFailed"
             if isinstance(exc, ChildRejected):
                 reason = "ChildRejected"
-                memory.rejected = (generation, (await read_dsn(self.kube, ref, spec)).version)
+                memory.rejected = (generation, (await self._secret(body, spec)).version)
             if message != memory.apply_error:  # one Event per failure, not per retry
                 self.events.warn(body, reason, message)
             memory.apply_error = message
@@ -239,19 +307,27 @@ class QueueReconciler:
 
     # ------------------------------------------------------------------ observe
 
-    async def observe(self, body: Mapping[str, Any]) -> None:
-        """One tick: gather, decide, write. Called by the timer."""
+    async def observe(
+        self, body: Mapping[str, Any], spec: QueueSpec, secret: SecretRead, view: QueueView
+    ) -> None:
+        """One Queue's tick: decide from what was gathered, write what changed."""
         ref = self.ref_of(body)
         memory = self._mem(ref)
         generation = int(body["metadata"].get("generation", 0))
         previous: Mapping[str, Any] = body.get("status") or {}
-        spec = self.parse_spec(body)
-        queue = spec.effective_queue_name(ref.name)
+        queue = view.queue
         now = st.rfc3339(datetime.now(UTC))
 
-        deployment = await self.kube.get("apps/v1", "Deployment", ref.namespace, ref.worker_name)
-        pods = await self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref))
-        secret = await read_dsn(self.kube, ref, spec)
+        if self.cache is not None:
+            deployment = self.cache.deployment(ref.namespace, ref.worker_name)
+            pods = self.cache.pods(ref.namespace, ref.name)
+        else:
+            deployment = await self.kube.get(
+                "apps/v1", "Deployment", ref.namespace, ref.worker_name
+            )
+            pods = await self.kube.list(
+                "v1", "Pod", ref.namespace, label_selector=selector_string(ref)
+            )
         dsn, degraded = secret.dsn, secret.problem
         if memory.rejected is not None and memory.rejected != (generation, secret.version):
             await self._reapply_after_rejection(body)
@@ -260,20 +336,20 @@ class QueueReconciler:
             degraded = st.ConditionUpdate(st.DEGRADED, True, reason, memory.apply_error)
         if degraded is None:
             degraded = st.worker_problem(pods)
-        view = (
-            await read_view(self.stores, dsn, queue, self.store_timeout)
-            if dsn
-            else StoreView(None, None, [], None)
-        )
-        if dsn and view.error is None and spec.retention_seconds is not None:
-            await self._purge_finished(ref, dsn, queue, spec.retention_seconds, memory)
+        if (
+            dsn
+            and view.stats is not None
+            and memory.retention.due(spec.retention_seconds, time.monotonic())
+        ):
+            await self._purge_finished(ref, dsn, queue, spec.retention_seconds or 0)
         if dsn is None:
             store_cond = st.ConditionUpdate(
                 st.STORE_REACHABLE, None, "NoDSN", "the store DSN cannot be read"
             )
-        elif view.error is not None:
+        elif view.stats is None:
+            error = view.error or "the job store was not read"
             store_cond = st.ConditionUpdate(
-                st.STORE_REACHABLE, False, "StoreError", scrub(view.error, dsn)
+                st.STORE_REACHABLE, False, "StoreError", scrub(error, dsn)
             )
         else:
             store_cond = st.ConditionUpdate(st.STORE_REACHABLE, True, "Connected", "")
@@ -291,27 +367,20 @@ class QueueReconciler:
             )
         )
 
-        # Deletion costs first: a scale-down written this tick must find every busy pod
-        # already marked, or the ReplicaSet controller may pick a busy one.
-        busy_pods, costs_settled = await update_deletion_costs(self.kube, ref, queue, view, pods)
-
+        # Deletion costs first, then the size (the core's order): a scale-down written
+        # this tick finds every busy pod already marked.
+        fleet = PodFleet(self.kube, self.events, body, ref, spec, pods)
+        decision = await size_fleet(
+            fleet, memory.sizer, spec, view, at=time.monotonic(), paused=pause.paused,
+            hpa_sizes=True,
+        )  # fmt: skip
+        busy = view.busy()
+        busy_pods = sum(1 for name in fleet.members() if busy.get(name, 0) > 0)
         desired: int | None = None
         last_scale: str | None = None
         drop: tuple[str, ...] = ()
         if spec.autoscaling.mode is AutoscalingMode.OPERATOR:
-            if view.stats is not None:
-                decision = await autoscale(
-                    self.kube,
-                    self.events,
-                    body,
-                    ref,
-                    spec,
-                    view.stats,
-                    memory.sizing,
-                    busy_pods=busy_pods,
-                    costs_settled=costs_settled,
-                    paused=pause.paused,
-                )
+            if decision is not None:
                 desired = decision.desired
                 changed = decision.replicas != spec.replicas
                 if changed:
@@ -347,7 +416,7 @@ class QueueReconciler:
             now=now,
         )
         if st.status_changed(previous, new_status):
-            await self.kube.merge_patch(
+            written = await self.kube.merge_patch(
                 API_VERSION,
                 "Queue",
                 ref.namespace,
@@ -355,6 +424,8 @@ class QueueReconciler:
                 {"status": new_status},
                 subresource="status",
             )
+            if written and (ref.namespace, ref.name) in self._bodies:
+                self._bodies[(ref.namespace, ref.name)] = written
 
     async def _reapply_after_rejection(self, body: Mapping[str, Any]) -> None:
         """The Queue or its Secret changed since the API server refused a child: try
@@ -389,21 +460,13 @@ class QueueReconciler:
             elif st.condition_status(old, cond.type) is not None and cond.status is not None:
                 self.events.info(body, cond.reason, f"{cond.type} is {cond.status_text} again")
 
-    async def _purge_finished(
-        self, ref: QueueRef, dsn: str, queue: str, retention: int, memory: _QueueMemory
-    ) -> None:
-        """``spec.retentionSeconds``: delete the queue's jobs that finished longer ago, on
-        the first tick and then every ``RETENTION_CHECK_SECONDS``, at most
-        ``PURGE_BATCHES * PURGE_BATCH`` rows a time (the rest goes on the next round)."""
-        now = time.monotonic()
-        if memory.last_purge is not None and now - memory.last_purge < RETENTION_CHECK_SECONDS:
-            return
-        memory.last_purge = now
-        older_than = timedelta(seconds=retention)
+    async def _purge_finished(self, ref: QueueRef, dsn: str, queue: str, retention: int) -> None:
+        """``spec.retentionSeconds``: one round of :meth:`Retention.purge` (the rest goes
+        on the next round); a failure is logged, and the next round tries again."""
         try:
-            total = await purge_finished(
-                self.stores, dsn, queue, older_than, self.store_timeout, PURGE_BATCH, PURGE_BATCHES
-            )
+            async with asyncio.timeout(self.store_timeout):
+                store = await self.stores.get(dsn)
+                total = await Retention.purge(store, queue, retention)
         except Exception as exc:  # the next round tries again; status reports the store
             error = scrub(one_line(exc), dsn)
             logger.warning("purging finished jobs of %s failed: %s", ref.name, error)

@@ -1,6 +1,7 @@
-"""Reading a Queue's store DSN from its Secret (``spec.store.secretRef``).
+"""A Queue's store DSN from its Secret (``spec.store.secretRef``): a pure reading.
 
-What this module is not: it opens no store and writes nothing; a problem with the
+The Secret itself comes from the operator's watch cache (``slotfleet.operator.cache``).
+What this module is not: it opens no store, reads no cluster and writes nothing; a problem with the
 Secret comes back as the ``Degraded`` condition the reconciler reports, never as an
 exception, and the DSN itself never appears in a message.
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import Any
 
 from slotfleet.models.resource import QueueSpec
 from slotfleet.operator import status as st
 from slotfleet.operator.builders import QueueRef
-from slotfleet.operator.kube import KubeClient
+
+Json = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,11 +32,11 @@ class SecretRead:
     """The Secret's resourceVersion (``None``: no such Secret)."""
 
 
-async def read_dsn(kube: KubeClient, ref: QueueRef, spec: QueueSpec) -> SecretRead:
-    """The DSN in ``spec.store.secretRef``, or the reason it cannot be had."""
+def read_dsn(secret: Json | None, ref: QueueRef, spec: QueueSpec) -> SecretRead:
+    """The DSN in ``spec.store.secretRef`` of ``secret`` (``None``: no such Secret), or
+    the reason it cannot be had."""
     secret_ref = spec.store.secret_ref
     where = f"Secret {ref.namespace}/{secret_ref.name}"
-    secret = await kube.get("v1", "Secret", ref.namespace, secret_ref.name)
     if secret is None:
         return SecretRead(
             None,

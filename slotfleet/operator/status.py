@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from slotfleet.models import QueuedJob, QueueStats
-from slotfleet.models.pod import DELETION_COST_ANNOTATION
 from slotfleet.models.resource import MAX_CANCELLATIONS
 
 Json = dict[str, Any]
@@ -337,23 +336,3 @@ def ready_condition(
 def status_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """Whether writing ``new`` would change anything (ignoring fields not written)."""
     return any(previous.get(key) != value for key, value in new.items())
-
-
-def deletion_costs(pods: Sequence[Mapping[str, Any]], busy: Mapping[str, int]) -> dict[str, int]:
-    """Pods whose ``pod-deletion-cost`` must change, mapped to their busy slots.
-
-    Worker ids are pod names (``--worker-id $(POD_NAME)``); ``busy`` maps them to busy
-    slots (:func:`slotfleet.scaling.busy_by_worker`). A pod absent from it costs 0: it
-    runs nothing the store knows of, so it may go first.
-    """
-    changes: dict[str, int] = {}
-    for pod in pods:
-        metadata = pod.get("metadata") or {}
-        if metadata.get("deletionTimestamp"):
-            continue
-        name = str(metadata.get("name", ""))
-        slots = int(busy.get(name, 0))
-        current = (metadata.get("annotations") or {}).get(DELETION_COST_ANNOTATION)
-        if current != str(slots):
-            changes[name] = slots
-    return changes

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from slotfleet.control import worker_args
 from slotfleet.models.container import OPERATOR_ENV, TMP_PATH, TMP_VOLUME
-from slotfleet.models.queues import FunctionPolicy
 from slotfleet.models.resource import QueueSpec
 
 Json = dict[str, Any]
@@ -46,41 +46,21 @@ def literal(text: str) -> str:
     return text.replace("$", "$$")
 
 
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
 def worker_command(queue_name: str, resource: str, spec: QueueSpec) -> list[str]:
     """The worker container's command for queue ``queue_name`` of Queue ``resource``
-    (``NS/NAME``). Only ``$(POD_NAME)`` and ``$(POD_IP)`` are left for the kubelet."""
-    command = [
-        "slotfleet",
-        "worker",
-        "--queue",
-        literal(f"{queue_name}:{spec.executor.kind.value}:{spec.executor.concurrency}"),
-        "--queue-resource",
-        literal(resource),
-        "--worker-id",
-        "$(POD_NAME)",
-        "--metrics-host",
-        "$(POD_IP)",
-        "--metrics-port",
-        str(spec.metrics_port),
-        "--drain-timeout",
-        str(spec.drain_timeout_seconds),
-        "--lease-seconds",
-        str(spec.lease_seconds),
-        "--polling-interval",
-        _number(spec.polling_interval),
-    ]
-    if spec.rate_limit is not None:
-        limit = spec.rate_limit
-        command += ["--rate-limit", f"{limit.count}/{_number(limit.period)}"]
-    if spec.functions is not FunctionPolicy.REGISTERED:
-        command += ["--functions", spec.functions.value]
-    for module in spec.imports:
-        command += ["--import", literal(module)]
-    return command
+    (``NS/NAME``): :func:`slotfleet.control.worker_args`, as a local fleet writes it,
+    with the spec's text escaped. Only ``$(POD_NAME)`` and ``$(POD_IP)`` are left for
+    the kubelet."""
+    args = worker_args(
+        spec,
+        queue_name,
+        worker_id="$(POD_NAME)",
+        metrics_host="$(POD_IP)",
+        metrics_port=spec.metrics_port,
+        queue_resource=resource,
+        escape=literal,
+    )
+    return ["slotfleet", *args]
 
 
 def worker_env(spec: QueueSpec) -> list[Json]:

@@ -4,7 +4,6 @@ See :mod:`slotfleet.scaling.autoscaler` for the rules and why they size on deman
 """
 
 from slotfleet.scaling.autoscaler import (
-    Autoscaler,
     Decision,
     Observation,
     ScalerState,
@@ -14,7 +13,6 @@ from slotfleet.scaling.autoscaler import (
 from slotfleet.scaling.busy import busy_by_worker
 
 __all__ = [
-    "Autoscaler",
     "Decision",
     "Observation",
     "ScalerState",

@@ -16,9 +16,9 @@ removes idle workers (the caller picks which: the operator through
 ``pod-deletion-cost``, the local fleet by choosing idle victims).
 
 Both the operator (``autoscaling.mode: operator``) and the local fleet call
-:func:`decide` with an :class:`Observation` and the previous :class:`ScalerState`, and
-keep the new state. What this module is not: it performs no I/O and reads no clock
-(``Observation.at`` is the caller's monotonic time in seconds), it does not know where
+:func:`decide` through the fleet-control core's :class:`slotfleet.control.Sizer`,
+which builds the :class:`Observation` and keeps the :class:`ScalerState`. What this module is not: it performs no I/O
+and reads no clock (``Observation.at`` is the caller's monotonic time in seconds), it does not know where
 the figures come from, and it never starts or stops a worker.
 """
 
@@ -190,16 +190,3 @@ def decide(
                 why = "step"
             reason += f" (to {target}: {why})"
     return Decision(target, reason, desired), new_state
-
-
-class Autoscaler:
-    """:func:`decide` with its state kept: one instance per queue, called every tick."""
-
-    def __init__(self, spec: AutoscalingSpec) -> None:
-        self.spec = spec
-        self.state = ScalerState()
-
-    def observe(self, obs: Observation) -> Decision:
-        """Decide for ``obs`` and remember it."""
-        decision, self.state = decide(self.state, obs, self.spec)
-        return decision

@@ -16,6 +16,7 @@ from slotfleet.store.base import (
     DEFAULT_WORKER_TTL_SECONDS,
     Lease,
     Store,
+    purge_in_batches,
 )
 
 #: The store used when neither ``--dsn`` nor ``SLOTFLEET_DSN`` names one.
@@ -34,6 +35,7 @@ __all__ = [
     "describe_dsn",
     "dsn_from_env",
     "open_store",
+    "purge_in_batches",
 ]
 
 

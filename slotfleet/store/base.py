@@ -217,3 +217,29 @@ class Store(Protocol):
 
     async def now(self) -> datetime:
         """The store's clock (the database server's time on Postgres)."""
+
+
+#: Rows one purge statement deletes at most (short deletes, short locks).
+PURGE_BATCH = 1000
+
+
+async def purge_in_batches(
+    store: Store,
+    older_than: timedelta,
+    *,
+    queue: str | None = None,
+    batch: int = PURGE_BATCH,
+    max_batches: int | None = None,
+) -> int:
+    """The one batched purge loop (``slotfleet jobs purge``, the dashboard, retention):
+    :meth:`Store.purge` in batches of ``batch`` until one comes back short, or
+    ``max_batches`` ran; return how many jobs were deleted."""
+    total = 0
+    rounds = 0
+    while max_batches is None or rounds < max_batches:
+        deleted = await store.purge(older_than, queue=queue, limit=batch)
+        total += deleted
+        rounds += 1
+        if deleted < batch:
+            break
+    return total

@@ -12,16 +12,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from slotfleet.health_server import MetricsServerConfig
     from slotfleet.worker.cancel import CancelSource, StoreCancelSource, WorkerControl
     from slotfleet.worker.context import CancelToken, JobCancelled, current_token
-    from slotfleet.worker.server import MetricsServerConfig
     from slotfleet.worker.worker import Worker
 
 _EXPORTS = {
     "CancelSource": "slotfleet.worker.cancel",
     "CancelToken": "slotfleet.worker.context",
     "JobCancelled": "slotfleet.worker.context",
-    "MetricsServerConfig": "slotfleet.worker.server",
+    "MetricsServerConfig": "slotfleet.health_server",
     "StoreCancelSource": "slotfleet.worker.cancel",
     "Worker": "slotfleet.worker.worker",
     "WorkerControl": "slotfleet.worker.cancel",

@@ -34,6 +34,7 @@ import socket
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
+from slotfleet.health_server import HealthServer, MetricsServerConfig
 from slotfleet.models import (
     Completion,
     InvalidSettingsError,
@@ -50,7 +51,6 @@ from slotfleet.worker.executors import Executor, executor_class
 from slotfleet.worker.leases import LeaseKeeper
 from slotfleet.worker.loop import QueueLoop
 from slotfleet.worker.metrics import SlotUsage, WorkerMetrics
-from slotfleet.worker.server import HealthServer, MetricsServerConfig
 from slotfleet.worker.startup import connect_patiently
 
 log = logging.getLogger(__name__)

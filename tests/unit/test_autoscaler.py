@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from slotfleet.models import InvalidSettingsError
 from slotfleet.models.resource import AutoscalingSpec
-from slotfleet.scaling import Autoscaler, Decision, Observation, ScalerState, decide, raw_replicas
+from slotfleet.scaling import Decision, Observation, ScalerState, decide, raw_replicas
 
 
 def spec(**kw: Any) -> AutoscalingSpec:
@@ -251,13 +251,6 @@ def test_case(case: Case) -> None:
 def test_reason_is_short_and_desired_is_reported() -> None:
     d, _ = decide(ScalerState(), obs(0, 2, 10, 27), spec(target_utilization=0.8))
     assert d == Decision(5, "scale up: 37 jobs need 5 pods", 5)
-
-
-def test_autoscaler_keeps_state() -> None:
-    scaler = Autoscaler(spec())
-    assert scaler.observe(obs(0, 0, 0, 35)).replicas == 4
-    assert scaler.observe(obs(10, 4, 0, 5)).replicas == 4  # held by the window
-    assert scaler.state.last_active == 10
 
 
 def test_state_stays_short() -> None:

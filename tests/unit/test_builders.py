@@ -13,6 +13,7 @@ from slotfleet.models.pod import DELETION_COST_ANNOTATION
 from slotfleet.models.resource import MAX_CANCELLATIONS, QueueSpec
 from slotfleet.operator import builders as b
 from slotfleet.operator import status as st
+from slotfleet.operator.sizing import deletion_costs
 from slotfleet.scaling import busy_by_worker
 
 REF = b.QueueRef(name="emails", namespace="team-a", uid="1234-uid")
@@ -357,7 +358,8 @@ def test_deletion_costs_follow_busy_slots_by_pod_name() -> None:
         WorkerHeartbeat(worker_id="p2", queues={"emails": (4, 3), "other": (1, 1)}),
     ]
     busy = busy_by_worker({}, workers, "emails")
-    assert st.deletion_costs(pods, busy) == {"p2": 3, "p3": 0}
+    # costs are buckets of busy slots (0; 1; 2-3; 4-7 ...): p1 (2 busy) stays at 2
+    assert deletion_costs(pods, busy) == {"p2": 2, "p3": 0}
     assert b.deletion_cost_patch(3) == {
         "metadata": {"annotations": {"controller.kubernetes.io/pod-deletion-cost": "3"}}
     }
@@ -375,12 +377,24 @@ def test_deletion_cost_counts_jobs_claimed_since_the_last_heartbeat() -> None:
     ]
     assert busy_by_worker(leased, beats, "emails") == {"p1": 2, "p2": 1, "p4": 3}
     pods = [{"metadata": {"name": n}} for n in ("p1", "p2", "p3", "p4")]
-    assert st.deletion_costs(pods, busy_by_worker(leased, beats, "emails")) == {
+    assert deletion_costs(pods, busy_by_worker(leased, beats, "emails")) == {
         "p1": 2,
         "p2": 1,
         "p3": 0,
-        "p4": 3,
+        "p4": 2,
     }
+
+
+@pytest.mark.parametrize(
+    ("busy", "bucket"), [(0, 0), (1, 1), (2, 2), (3, 2), (4, 3), (7, 3), (8, 4), (100, 7)]
+)
+def test_deletion_costs_move_in_coarse_buckets(busy: int, bucket: int) -> None:
+    """A pod is patched when its busy slots cross a power of two, not on every slot."""
+    def pod(cost: str) -> list[dict[str, Any]]:
+        return [{"metadata": {"name": "p", "annotations": {DELETION_COST_ANNOTATION: cost}}}]
+
+    assert deletion_costs(pod("-1"), {"p": busy}) == {"p": bucket}
+    assert deletion_costs(pod(str(bucket)), {"p": busy}) == {}
 
 
 def command(queue_spec: QueueSpec) -> list[str]:

@@ -106,6 +106,9 @@ class FakeStore:
     async def running_by_worker(self, queue: str) -> dict[str, int]:
         return self.running
 
+    async def cancel_requests(self, **_: Any) -> list[Any]:
+        return []
+
     purges: list[tuple[timedelta, str | None, int]] = field(default_factory=list)
     finished: int = 0
     """Finished jobs old enough to purge."""

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from slotfleet.health_server import MAX_HEAD_BYTES, HealthServer, MetricsServerConfig
 from slotfleet.models import InvalidSettingsError
-from slotfleet.worker.server import MAX_HEAD_BYTES, HealthServer, MetricsServerConfig
 
 
 class State:

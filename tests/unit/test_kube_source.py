@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from slotfleet.kube_watch import _lines
 from slotfleet.models import JobId
-from slotfleet.worker.kube_source import KubeQueueSource, _lines
+from slotfleet.worker.kube_source import KubeQueueSource
 
 
 class FakeControl:

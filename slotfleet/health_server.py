@@ -1,4 +1,6 @@
-"""The worker's HTTP endpoint: ``/metrics``, ``/healthz`` and ``/readyz``.
+"""The HTTP endpoint of a worker (and of the operator's ``/metrics``): ``/metrics``,
+``/healthz`` and ``/readyz``. A top-level module so the operator serves its metrics with
+it without importing the worker.
 
 Served on the worker's own event loop (``asyncio.start_server``), so ``/healthz``
 answering at all shows the loop is alive. ``/readyz`` is 200 once the store is open and

@@ -105,7 +105,6 @@ class QueueReconciler:
         self._memory: dict[tuple[str, str], _QueueMemory] = {}
         self._pod_monitor_api: bool | None = None
         self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
-        self._by_label: dict[tuple[str, str], str] = {}  # (ns, pod-label value) -> Queue
         self._dirty: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
 
@@ -113,12 +112,18 @@ class QueueReconciler:
         return self._memory.setdefault((ref.namespace, ref.name), _QueueMemory())
 
     def track(self, body: Mapping[str, Any]) -> None:
-        """The latest version of a Queue (kopf's watch): observe it soon."""
+        """The latest version of a Queue (kopf's watch): observe it now if it is new or
+        its spec changed (a status the operator wrote itself needs no new look)."""
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        known = self._bodies.get(key)
         self._bodies[key] = dict(body)
-        self._by_label[key] = key[1]  # worker pods carry the Queue's name as a label
-        self.touch(*key)
+        if (
+            known is None
+            or known["metadata"].get("generation") != meta.get("generation")
+            or bool(meta.get("deletionTimestamp"))
+        ):
+            self.touch(*key)
 
     def touch(self, namespace: str, name: str) -> None:
         """Something about Queue ``namespace/name`` changed: observe it now."""
@@ -128,7 +133,6 @@ class QueueReconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         self._bodies.pop((namespace, name), None)
-        self._by_label.pop((namespace, name), None)
         self._dirty.discard((namespace, name))
         self._memory.pop((namespace, name), None)
         self.metrics.queues.forget(namespace, name)

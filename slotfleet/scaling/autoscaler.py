@@ -17,9 +17,10 @@ removes idle workers (the caller picks which: the operator through
 
 Both the operator (``autoscaling.mode: operator``) and the local fleet call
 :func:`decide` through the fleet-control core's :class:`slotfleet.control.Sizer`,
-which builds the :class:`Observation` and keeps the :class:`ScalerState`. What this module is not: it performs no I/O
-and reads no clock (``Observation.at`` is the caller's monotonic time in seconds), it does not know where
-the figures come from, and it never starts or stops a worker.
+which builds the :class:`Observation` and keeps the :class:`ScalerState`. What this
+module is not: it performs no I/O and reads no clock (``Observation.at`` is the
+caller's monotonic time in seconds), it does not know where the figures come from, and
+it never starts or stops a worker.
 """
 
 from __future__ import annotations

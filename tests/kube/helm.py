@@ -202,7 +202,7 @@ OPERATOR_PERMISSIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
         )
     ),
     ("", "pods", "", ("get", "list", "watch", "patch")),
-    ("", "secrets", "", ("get",)),
+    ("", "secrets", "", ("get", "list", "watch")),
     ("", "events", "", ("create", "patch")),
     ("events.k8s.io", "events", "", ("create", "patch")),
 )

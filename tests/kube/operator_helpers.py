@@ -12,13 +12,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 
 from slotfleet.models import Job, JobState, QueuedJob
@@ -67,13 +68,16 @@ def kubectl(
 @pytest.fixture(scope="module")
 def queue_crd(kube_admin: KubeAdmin) -> str:
     kubectl(kube_admin, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl(
-        kube_admin,
-        "wait",
-        "--for=condition=Established",
-        "--timeout=30s",
-        "crd/queues.slotfleet.dev",
-    )
+    ext = client.ApiextensionsV1Api(kube_admin.api_client)
+
+    def established() -> bool:
+        # polled rather than `kubectl wait`: on a loaded machine the CRD can still have no
+        # status.conditions at all, which `kubectl wait` reports as an error, not a wait
+        crd = ext.read_custom_resource_definition("queues.slotfleet.dev")
+        conditions = (crd.status.conditions if crd.status else None) or []
+        return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+    wait_for("the Queue CRD to be established", established, 60)
     return "queues.slotfleet.dev"
 
 
@@ -323,3 +327,42 @@ def spread_long_jobs(
         else:
             raise AssertionError(f"eight fillers never filled {holders[job_id]}")
     return holders, fillers
+
+
+class QueueVersions:
+    """Every version of one Queue the API server hands a watch, recorded in a thread (a
+    status field may hold a value for less time than a poll takes to see it)."""
+
+    def __init__(self, admin: KubeAdmin, namespace: str, name: str) -> None:
+        self.admin, self.namespace, self.name = admin, namespace, name
+        self.versions: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> QueueVersions:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        api = custom(self.admin)
+        while not self._stop.is_set():
+            stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
+                api.list_namespaced_custom_object, GROUP, VERSION, self.namespace, PLURAL,
+                field_selector=f"metadata.name={self.name}", timeout_seconds=2,
+            )  # fmt: skip
+            for event in stream:
+                self.versions.append(event["object"])
+                if self._stop.is_set():
+                    break
+
+    def cancellations(self) -> set[int]:
+        """Job ids any recorded version listed in ``status.cancellations``."""
+        return {
+            int(c["job"])
+            for v in list(self.versions)
+            for c in (v.get("status") or {}).get("cancellations") or []
+        }

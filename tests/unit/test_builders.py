@@ -390,6 +390,7 @@ def test_deletion_cost_counts_jobs_claimed_since_the_last_heartbeat() -> None:
 )
 def test_deletion_costs_move_in_coarse_buckets(busy: int, bucket: int) -> None:
     """A pod is patched when its busy slots cross a power of two, not on every slot."""
+
     def pod(cost: str) -> list[dict[str, Any]]:
         return [{"metadata": {"name": "p", "annotations": {DELETION_COST_ANNOTATION: cost}}}]
 

@@ -14,10 +14,12 @@ errors into :class:`KubeApiError` (one line: verb, object, status, the server's 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +32,8 @@ Json = dict[str, Any]
 logger = logging.getLogger(__name__)
 
 FIELD_MANAGER = "slotfleet-operator"
+#: API requests in flight at once (threads, and connections in the client's pool).
+CONCURRENCY = 32
 
 #: (apiVersion, kind) -> plural, for every kind the operator touches.
 PLURALS: dict[tuple[str, str], str] = {
@@ -85,10 +89,16 @@ def _server_message(exc: ApiException) -> str:
 class KubeClient:
     """Blocking API calls run in threads; results are JSON dicts."""
 
-    def __init__(self, api: client.ApiClient) -> None:
+    def __init__(self, api: client.ApiClient, *, concurrency: int = CONCURRENCY) -> None:
         self._api = api
+        # the client's connection pool and our threads sized together: asyncio's default
+        # executor has cpu+4 threads, which would queue a thousand Queues' writes
+        api.configuration.connection_pool_maxsize = concurrency
+        api.rest_client.pool_manager.connection_pool_kw["maxsize"] = concurrency
+        self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="kube")
 
     def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
         self._api.close()  # type: ignore[no-untyped-call]
 
     def _request(
@@ -133,9 +143,10 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Json | None:
         """One request; ``None`` for a GET or DELETE of something that does not exist."""
-        return await asyncio.to_thread(
+        call = functools.partial(
             self._request, method, path, query=query, body=body, content_type=content_type
         )
+        return await asyncio.get_running_loop().run_in_executor(self._threads, call)
 
     async def apply(self, obj: Json) -> Json:
         """Server-side apply ``obj`` (create or update) as the operator's field manager."""

@@ -29,6 +29,8 @@ one Warning Event, and no retry until the Queue or its Secret changes.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -40,7 +42,7 @@ from pydantic import ValidationError
 
 from slotfleet.control import QueueView, Retention, Sizer, size_fleet
 from slotfleet.models import SlotfleetError, describe_validation_error
-from slotfleet.models.resource import AutoscalingMode, QueueSpec
+from slotfleet.models.resource import GROUP, AutoscalingMode, QueueSpec
 from slotfleet.operator import status as st
 from slotfleet.operator.builders import API_VERSION, QueueRef, build_children, selector_string
 from slotfleet.operator.cache import ClusterCache
@@ -54,11 +56,19 @@ from slotfleet.store.rows import one_line
 
 Json = dict[str, Any]
 
+#: Annotation on the worker Deployment: the digest of every child the last apply wrote.
+CHILDREN_DIGEST = f"{GROUP}/children-digest"
 #: Queues observed at once (each mostly builds a status; a few write).
 CONCURRENCY = 64
 #: Seconds a wake-up waits for more changes before observing (one burst, one tick).
 DEBOUNCE = 0.05
 logger = logging.getLogger(__name__)
+
+
+def children_digest(children: list[Json]) -> str:
+    """A short digest of the children as built (what a later apply would write)."""
+    text = json.dumps(children, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 @dataclass
@@ -250,8 +260,18 @@ class QueueReconciler:
                 "spec.podMonitor is true but the PodMonitor CRD (monitoring.coreos.com) is "
                 "not installed; skipping it",
             )
+        children = build_children(ref, spec, pod_monitor_available=monitor_api)
+        digest = children_digest(children)
+        if self._applied_already(ref, digest, body) and memory.applied_generation is None:
+            # an operator restart: what this spec builds is in place already (the
+            # Deployment carries the digest of the last apply), so resuming writes nothing
+            memory.applied_generation = generation
+            return
+        for child in children:
+            if child["kind"] == "Deployment":
+                child["metadata"].setdefault("annotations", {})[CHILDREN_DIGEST] = digest
         try:
-            for child in build_children(ref, spec, pod_monitor_available=monitor_api):
+            for child in children:
                 try:
                     await self.kube.apply(child)
                 except KubeApiError as exc:
@@ -282,6 +302,13 @@ class QueueReconciler:
         memory.applied_generation = generation
         memory.apply_error = None
         memory.rejected = None
+
+    def _applied_already(self, ref: QueueRef, digest: str, body: Mapping[str, Any]) -> bool:
+        if self.cache is None or "replicas" not in (body.get("spec") or {}):
+            return False
+        deployment = self.cache.deployment(ref.namespace, ref.worker_name) or {}
+        annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+        return bool(annotations.get(CHILDREN_DIGEST) == digest)
 
     async def _has_pod_monitor_api(self) -> bool:
         if self._pod_monitor_api is None:

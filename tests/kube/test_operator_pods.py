@@ -24,6 +24,7 @@ from tests.unit.test_worker_pod import FULL
 from .fixtures import KubeAdmin
 from .operator_helpers import (
     OperatorProcess,
+    QueueVersions,
     apply_queue,
     condition,
     create_secret,
@@ -190,17 +191,24 @@ def test_kubectl_scale_in_operator_mode_is_put_back_with_the_reason(
         "the operator's first sizing",
         lambda: condition(get_queue(kube_admin, namespace, "sized"), "Scaling"),
     )
-    kubectl(kube_admin, "scale", "queue", "sized", "-n", namespace, "--replicas=3")
-    wait_for(
-        "spec.replicas back to 0",
-        lambda: get_queue(kube_admin, namespace, "sized")["spec"]["replicas"] == 0,
-    )
-    [event] = wait_for(
-        "a ScaleReverted Event",
-        lambda: warnings(kube_admin, namespace, "sized", "ScaleReverted"),
-    )
-    assert event.type == "Warning"
-    assert event.message.startswith("replicas 3 -> 0: reverted spec.replicas 3")
-    assert 'set autoscaling.mode: "off" to size it by hand' in event.message
-    scaling = condition(get_queue(kube_admin, namespace, "sized"), "Scaling")
-    assert "reverted spec.replicas 3" in scaling["message"]
+    with QueueVersions(kube_admin, namespace, "sized") as versions:
+        kubectl(kube_admin, "scale", "queue", "sized", "-n", namespace, "--replicas=3")
+        wait_for(
+            "spec.replicas back to 0",
+            lambda: get_queue(kube_admin, namespace, "sized")["spec"]["replicas"] == 0,
+        )
+        [event] = wait_for(
+            "a ScaleReverted Event",
+            lambda: warnings(kube_admin, namespace, "sized", "ScaleReverted"),
+        )
+        assert event.type == "Warning"
+        assert event.message.startswith("replicas 3 -> 0: reverted spec.replicas 3")
+        assert 'set autoscaling.mode: "off" to size it by hand' in event.message
+        # the status said why when it reverted (a later look may already say "idle")
+        wait_for(
+            "the Scaling condition of the reverting observation",
+            lambda: any(
+                "reverted spec.replicas 3" in (condition(v, "Scaling") or {}).get("message", "")
+                for v in list(versions.versions)
+            ),
+        )

@@ -215,11 +215,14 @@ def test_the_readme_kubernetes_walkthrough_runs_verbatim(
                 assert shell.env["SLOTFLEET_DSN"] == postgres_dsn
                 checked.append("export")
             elif command.startswith("kubectl get queues -w"):
-                out = shell.watch(
-                    line,
-                    lambda text: any(int(r[1]) > 0 for r in rows(text, "emails")),
-                    timeout=90,
-                )
+                # watched until it shows the scale-up and the fleet runs jobs, as a
+                # reader watches before asking for running jobs
+                def scaled_and_busy(text: str) -> bool:
+                    shown = any(int(r[1]) > 0 for r in rows(text, "emails"))
+                    status = get_queue(kube_admin, namespace, "emails").get("status") or {}
+                    return shown and int((status.get("slots") or {}).get("busy") or 0) > 0
+
+                out = shell.watch(line, scaled_and_busy, timeout=90)
                 assert rows(out, "emails")[0][1] == "0"  # it started from zero
                 checked.append("watch")
             else:

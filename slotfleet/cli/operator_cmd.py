@@ -7,6 +7,10 @@ Flags::
     --all-namespaces      watch every namespace (needs cluster-wide RBAC)
     --standalone          run without kopf peering (the default)
     --peering NAME        coordinate with other operators through KopfPeering NAME
+    --leader-elect        run only while holding a Lease (several replicas take turns)
+    --lease-name NAME     the Lease (default slotfleet-operator)
+    --lease-namespace NS  its namespace (default $POD_NAMESPACE, else the one --namespace)
+    --lease-duration S    seconds a lease lasts; renewed every third of it (default 15)
     --liveness URL        serve kopf's liveness probe, e.g. http://0.0.0.0:8080/healthz
     --interval SECONDS    how often each Queue's status is refreshed (default 2)
     --store-timeout S     seconds a store read may take (default 5)
@@ -19,9 +23,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slotfleet.cli.common import guarded, port_arg, require_extra
+from slotfleet.models import InvalidSettingsError
+
+if TYPE_CHECKING:
+    from slotfleet.operator.election import ElectionOptions
 
 
 def run(args: argparse.Namespace) -> int:
@@ -32,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as exc:
         require_extra(exc, "operator", "slotfleet operator")
     from slotfleet.health_server import MetricsServerConfig
+
+    election = election_options(args)
 
     kopf.configure(verbose=args.verbose, debug=args.debug)
     if args.all_namespaces:
@@ -51,9 +61,35 @@ def run(args: argparse.Namespace) -> int:
             metrics=MetricsServerConfig(args.metrics_host, args.metrics_port)
             if args.metrics_port
             else None,
+            election=election,
         )
     )
     return 0
+
+
+def election_options(args: argparse.Namespace) -> ElectionOptions | None:
+    """``--leader-elect`` and its settings, or ``None`` without it."""
+    if not args.leader_elect:
+        return None
+    if args.peering:
+        raise InvalidSettingsError(
+            "--leader-elect runs kopf standalone under the Lease: drop --peering"
+        )
+    from slotfleet.operator.election import ElectionOptions
+    from slotfleet.operator.leader import ElectionTimings
+
+    namespace = args.lease_namespace or os.environ.get("POD_NAMESPACE", "").strip()
+    if not namespace and len(args.namespace) == 1:
+        namespace = args.namespace[0]
+    if not namespace:
+        raise InvalidSettingsError(
+            "--leader-elect needs --lease-namespace (or $POD_NAMESPACE, or one --namespace)"
+        )
+    return ElectionOptions(
+        namespace=namespace,
+        name=args.lease_name,
+        timings=ElectionTimings(lease_duration=args.lease_duration),
+    )
 
 
 def liveness_url(text: str) -> str:
@@ -73,6 +109,13 @@ def _positive(text: str) -> float:
     value = float(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, not {text}")
+    return value
+
+
+def _at_least_one(text: str) -> float:
+    value = float(text)
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (seconds), not {text}")
     return value
 
 
@@ -99,6 +142,29 @@ def register(subparsers: Any) -> None:
     )
     peering.add_argument(
         "--peering", default=None, metavar="NAME", help="kopf peering object to coordinate through"
+    )
+    elect = parser.add_argument_group("leader election (two or more replicas)")
+    elect.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="run only while holding a coordination.k8s.io Lease; other replicas wait",
+    )
+    elect.add_argument(
+        "--lease-name", default="slotfleet-operator", metavar="NAME", help="the Lease's name"
+    )
+    elect.add_argument(
+        "--lease-namespace",
+        default="",
+        metavar="NS",
+        help="the Lease's namespace (default $POD_NAMESPACE, else the one --namespace)",
+    )
+    elect.add_argument(
+        "--lease-duration",
+        type=_at_least_one,
+        default=15.0,
+        metavar="SECONDS",
+        help="seconds before a silent leader's lease is taken over; renewed every third "
+        "of it, given up after two thirds (default 15)",
     )
     parser.add_argument(
         "--liveness",

@@ -48,6 +48,7 @@ PLURALS: dict[tuple[str, str], str] = {
     ("policy/v1", "PodDisruptionBudget"): "poddisruptionbudgets",
     ("monitoring.coreos.com/v1", "PodMonitor"): "podmonitors",
     ("slotfleet.dev/v1alpha1", "Queue"): "queues",
+    ("coordination.k8s.io/v1", "Lease"): "leases",
 }
 
 
@@ -207,9 +208,13 @@ class KubeEvents:
     """Kubernetes Events about a Queue, posted in the background (best effort: a lost
     Event is logged, never raised)."""
 
-    def __init__(self, kube: KubeClient, component: str = FIELD_MANAGER) -> None:
+    def __init__(
+        self, kube: KubeClient, component: str = FIELD_MANAGER, *, instance: str | None = None
+    ) -> None:
         self.kube = kube
         self.component = component
+        self.instance = instance or socket.gethostname()
+        """``reportingInstance``: which replica wrote (the Lease holder's identity)."""
         self._pending: set[asyncio.Task[None]] = set()
 
     def info(self, body: Mapping[str, Any], reason: str, message: str) -> None:
@@ -240,7 +245,7 @@ class KubeEvents:
             "message": message[:1000],
             "source": {"component": self.component},
             "reportingComponent": self.component,
-            "reportingInstance": socket.gethostname(),
+            "reportingInstance": self.instance,
             "firstTimestamp": now,
             "lastTimestamp": now,
             "count": 1,

@@ -8,8 +8,8 @@
 * no finalizers: children are removed by the garbage collector via owner references,
   and the only delete handler is optional;
 * Events at INFO and above are posted to the Queue;
-* peering: ``standalone`` (one operator; the chart's Deployment has one replica and a
-  Recreate strategy) or a named KopfPeering object when several may run.
+* peering: ``standalone`` (kopf's own; several replicas take turns through the Lease of
+  ``--leader-elect``, see ``operator/election.py``) or a named KopfPeering object.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from slotfleet.health_server import HealthServer, MetricsServerConfig
 from slotfleet.kube_client import load_api_client
 from slotfleet.models.resource import GROUP
 from slotfleet.operator.cache import ClusterCache
+from slotfleet.operator.election import ElectionOptions, LeaseElector, run_elected
 from slotfleet.operator.handlers import register
 from slotfleet.operator.kube import KubeClient, KubeEvents
 from slotfleet.operator.metrics import OperatorMetrics
@@ -48,6 +49,8 @@ class OperatorOptions:
     metrics: MetricsServerConfig | None = None
     """Where to serve ``/metrics`` (the Queue gauges of ``operator/metrics.py``);
     ``None``: not served."""
+    election: ElectionOptions | None = None
+    """Run only while holding this Lease (``--leader-elect``); ``None``: always run."""
 
 
 def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
@@ -65,14 +68,17 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     return settings
 
 
-async def operate(options: OperatorOptions) -> None:
-    """Run until stopped (SIGINT/SIGTERM)."""
+async def operate(options: OperatorOptions, stop_flag: asyncio.Event | None = None) -> None:
+    """Run until stopped (SIGINT/SIGTERM, or ``stop_flag``)."""
     api = load_api_client()
     kube = KubeClient(api)
     stores = StoreCache()
     metrics = OperatorMetrics()
+    # Events name the replica that wrote them (the Lease holder under --leader-elect)
+    instance = options.election.identity if options.election else None
+    events = KubeEvents(kube, instance=instance)
     reconciler = QueueReconciler(
-        kube, stores, KubeEvents(kube), store_timeout=options.store_timeout, metrics=metrics
+        kube, stores, events, store_timeout=options.store_timeout, metrics=metrics
     )
     cache = ClusterCache(api, kube, options.namespaces, reconciler.touch)
     registry = kopf.OperatorRegistry()
@@ -92,6 +98,7 @@ async def operate(options: OperatorOptions) -> None:
             liveness_endpoint=options.liveness,
             clusterwide=options.namespaces is None,
             namespaces=list(options.namespaces or ()),
+            stop_flag=stop_flag,
         )
     finally:
         if server is not None:
@@ -104,5 +111,18 @@ def _ready() -> str | None:
     return None  # the server only serves /metrics here; kopf has its own liveness
 
 
+async def operate_elected(options: OperatorOptions, election: ElectionOptions) -> None:
+    """:func:`operate` only while this process holds the Lease (``operator/election.py``)."""
+    kube = KubeClient(load_api_client())
+    try:
+        elector = LeaseElector(kube, election)
+        await run_elected(elector, lambda stop: operate(options, stop), liveness=options.liveness)
+    finally:
+        kube.close()
+
+
 def run_operator(options: OperatorOptions) -> None:
-    asyncio.run(operate(options))
+    if options.election is None:
+        asyncio.run(operate(options))
+    else:
+        asyncio.run(operate_elected(options, options.election))

@@ -1,0 +1,318 @@
+"""Run the operator only while this process holds a Lease (``slotfleet operator
+--leader-elect``).
+
+Several operator replicas may run; the one holding the ``coordination.k8s.io/v1`` Lease
+runs *everything* that writes (kopf's handlers, the observer loop, Events), the others
+only look at the Lease. The decisions (who may take the lease, when a leader must give
+up) are pure and live in ``slotfleet/operator/leader.py``; this module does the API
+calls and the lifecycle around :func:`run_elected`:
+
+1. wait for the lease (a follower reads it every ``retry_period``; while it waits it
+   answers the liveness probe itself, so the kubelet leaves it be);
+2. as leader, run the operator and renew the lease every ``retry_period``;
+3. a renewal that fails past the renew deadline (API server unreachable, or another
+   holder took it) stops the operator and the process exits non-zero, as
+   controller-runtime does: the kubelet restarts it as a follower. If the operator does
+   not stop before the lease can pass to another replica, the process ends at once
+   (``os._exit``): two writers are worse than a lost cleanup;
+4. a clean stop (SIGTERM, SIGINT) stops the operator first and then releases the lease
+   (empty holder), so the other replica takes over within one ``retry_period``.
+
+What this module is not: it knows nothing about Queues, and it does not use kopf (the
+operator it runs is a callable given a stop flag). No credentials are logged; the
+identity is the pod name and a random suffix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+from slotfleet.models.errors import SlotfleetError
+from slotfleet.operator.kube import KubeApiError, KubeClient, resource_path
+from slotfleet.operator.leader import (
+    Candidate,
+    ElectionTimings,
+    LeaseRecord,
+    Tenure,
+    Verdict,
+)
+
+logger = logging.getLogger(__name__)
+
+LEASE_API = "coordination.k8s.io/v1"
+
+
+class LeadershipLost(SlotfleetError):
+    """This operator could not renew its Lease in time and stopped (the kubelet restarts
+    it as a follower)."""
+
+
+@dataclass(frozen=True)
+class ElectionOptions:
+    """``--leader-elect`` and its settings."""
+
+    namespace: str
+    """Namespace of the Lease (the operator's own)."""
+    name: str = "slotfleet-operator"
+    """Name of the Lease."""
+    timings: ElectionTimings = field(default_factory=ElectionTimings)
+    identity: str = field(default_factory=lambda: default_identity())
+    """``holderIdentity``: the pod name (or host name) and a random suffix, so a restarted
+    container is a new candidate and never renews its predecessor's lease."""
+
+
+def default_identity() -> str:
+    base = os.environ.get("POD_NAME", "").strip() or socket.gethostname()
+    return f"{base}_{secrets.token_hex(4)}"
+
+
+class LeaseElector:
+    """Reads and writes the Lease for one candidate; the rules come from ``Candidate``."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        options: ElectionOptions,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kube = kube
+        self.options = options
+        self.clock = clock
+        self.candidate = Candidate(options.identity, options.timings)
+        self._path = resource_path(LEASE_API, "Lease", options.namespace, options.name)
+
+    @property
+    def timings(self) -> ElectionTimings:
+        return self.options.timings
+
+    async def try_acquire_or_renew(self, timeout: float) -> bool:
+        """One look at the Lease and, when the rules allow, one write; ``True`` when this
+        process holds the lease from the moment this call began. A conflict (another
+        candidate wrote first), an error or a timeout is ``False``."""
+        started = self.clock()
+        try:
+            return await asyncio.wait_for(self._attempt(started), timeout)
+        except TimeoutError:
+            logger.warning("the Lease %s did not answer within %.1fs", self._path, timeout)
+        except KubeApiError as exc:
+            if exc.status != 409:  # 409: another candidate wrote first, a normal race
+                logger.warning("leader election: %s", exc)
+        return False
+
+    async def _attempt(self, started: float) -> bool:
+        found = await self.kube.call("GET", self._path)
+        if found is None:
+            self.candidate.observe(None, "", started)
+        else:
+            record = LeaseRecord.from_spec(found.get("spec"))
+            version = str((found.get("metadata") or {}).get("resourceVersion") or "")
+            self.candidate.observe(record, version, started)
+        verdict = self.candidate.verdict(started)
+        if verdict is Verdict.WAIT:
+            return False
+        claim = self.candidate.claim(datetime.now(UTC))
+        if verdict is Verdict.CREATE:
+            collection = resource_path(LEASE_API, "Lease", self.options.namespace)
+            written = await self.kube.call("POST", collection, body=self._lease(claim, None))
+        else:
+            seen = self.candidate.seen
+            written = await self.kube.call(
+                "PUT", self._path, body=self._lease(claim, seen.resource_version if seen else None)
+            )
+        new_version = str(((written or {}).get("metadata") or {}).get("resourceVersion") or "")
+        self.candidate.observe(claim, new_version, started)
+        if verdict is not Verdict.RENEW:
+            logger.info(
+                "became the leader: Lease %s/%s held by %s (transition %d)",
+                self.options.namespace,
+                self.options.name,
+                claim.holder,
+                claim.transitions,
+            )
+        return True
+
+    def _lease(self, record: LeaseRecord, resource_version: str | None) -> dict[str, object]:
+        metadata: dict[str, object] = {
+            "name": self.options.name,
+            "namespace": self.options.namespace,
+            "labels": {"app.kubernetes.io/component": "operator-leader"},
+        }
+        if resource_version:  # optimistic concurrency: refused (409) if anyone wrote since
+            metadata["resourceVersion"] = resource_version
+        return {
+            "apiVersion": LEASE_API,
+            "kind": "Lease",
+            "metadata": metadata,
+            "spec": record.to_spec(),
+        }
+
+    async def acquire(self, stop: asyncio.Event) -> Tenure | None:
+        """Wait until this process holds the lease (its tenure), or ``None`` when
+        ``stop`` is set first."""
+        waiting_logged = False
+        while not stop.is_set():
+            started = self.clock()
+            if await self.try_acquire_or_renew(self.timings.retry_period):
+                return Tenure(self.timings, started)
+            seen = self.candidate.seen
+            if seen is not None and not waiting_logged:
+                logger.info(
+                    "waiting to lead: Lease %s/%s is held by %s",
+                    self.options.namespace,
+                    self.options.name,
+                    seen.record.holder,
+                )
+                waiting_logged = True
+            # a lease about to run out is tried when it does, not a whole period later
+            pause = self.timings.retry_period
+            expires = self.candidate.expires_in(self.clock())
+            if 0 < expires < pause:
+                pause = expires + 0.05
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+        return None
+
+    async def hold(self, tenure: Tenure) -> None:
+        """Renew the lease every ``retry_period`` until a renewal cannot be had before the
+        deadline; then return (the lease is lost)."""
+        period = self.timings.retry_period
+        pause = period
+        while True:
+            await asyncio.sleep(max(0.0, min(pause, tenure.remaining(self.clock()))))
+            remaining = tenure.remaining(self.clock())
+            if remaining <= 0:
+                return
+            started = self.clock()
+            if await self.try_acquire_or_renew(min(period, remaining)):
+                tenure.renewed(started)
+                pause = period
+            elif self.candidate.verdict(started) is Verdict.WAIT:
+                seen = self.candidate.seen
+                logger.error("the Lease is now held by %s", seen.record.holder if seen else "?")
+                return
+            else:  # retry sooner: the deadline is near
+                pause = period / 3
+
+    async def release(self) -> None:
+        """Hand the lease back (empty holder), best effort, so a successor need not wait
+        out its duration."""
+        record = self.candidate.release(datetime.now(UTC))
+        seen = self.candidate.seen
+        if record is None or seen is None:
+            return
+        try:
+            await asyncio.wait_for(
+                self.kube.call("PUT", self._path, body=self._lease(record, seen.resource_version)),
+                self.timings.retry_period,
+            )
+        except (TimeoutError, KubeApiError) as exc:
+            logger.warning("could not release the Lease (it expires on its own): %s", exc)
+            return
+        self.candidate.observe(record, "", self.clock())
+        logger.info("released the Lease %s/%s", self.options.namespace, self.options.name)
+
+
+Operate = Callable[[asyncio.Event], Coroutine[object, object, None]]
+"""The operator: runs until the event is set (or a signal stops it)."""
+
+
+async def run_elected(
+    elector: LeaseElector, operate: Operate, *, liveness: str | None = None
+) -> None:
+    """Run ``operate`` while this process holds the lease; see the module docstring.
+
+    Raises :class:`LeadershipLost` when the lease could not be renewed."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    standby = await StandbyProbe.start(liveness) if liveness else None
+    try:
+        tenure = await elector.acquire(stop)
+    finally:
+        if standby is not None:
+            await standby.stop()
+    if tenure is None:
+        logger.info("stopped before leading")
+        return
+    # created before the operator starts, so kopf (which cancels, on exit, the tasks
+    # born after it) leaves the renewals alone
+    holding = asyncio.create_task(elector.hold(tenure), name="lease renewal")
+    stop_operator = asyncio.Event()
+    running = asyncio.create_task(operate(stop_operator), name="operator")
+    # kopf installs its own SIGTERM/SIGINT handlers when it starts; until then ours set
+    # its stop flag
+    stop_waiter = asyncio.create_task(stop.wait())
+    stop_waiter.add_done_callback(lambda _: stop_operator.set())
+    try:
+        await asyncio.wait({holding, running}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop_waiter.cancel()
+    if holding.done() and not running.done():
+        grace = tenure.hard_stop_in(elector.clock()) - 0.5
+        logger.error("lost the Lease: stopping the operator (%.1fs to stop)", grace)
+        stop_operator.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(running), max(0.0, grace))
+        except TimeoutError:
+            logger.critical("the operator did not stop before the Lease could pass: exiting")
+            os._exit(1)
+        except Exception:  # it is stopping because of the lost lease: log, exit below
+            logger.exception("the operator failed while stopping")
+        raise LeadershipLost("lost the leader Lease; exiting so the kubelet restarts a follower")
+    holding.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await holding
+    for sig in (signal.SIGTERM, signal.SIGINT):  # kopf's handlers point at a finished run
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        running.result()  # the operator's own error, if any, after the lease is released
+    finally:
+        await elector.release()
+
+
+class StandbyProbe:
+    """Answers the liveness probe (any path: 200 ``standby``) while this replica waits to
+    lead; the operator's own endpoint (kopf's) takes the address over when it leads."""
+
+    def __init__(self, server: asyncio.Server) -> None:
+        self._server = server
+
+    @classmethod
+    async def start(cls, url: str) -> StandbyProbe:
+        parts = urlsplit(url)
+        server = await asyncio.start_server(
+            cls._answer, parts.hostname or "0.0.0.0", parts.port or 80, reuse_address=True
+        )
+        return cls(server)
+
+    @staticmethod
+    async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(
+            OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
+        ):
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n"
+                b"Connection: close\r\n\r\nstandby\n"
+            )
+            await writer.drain()
+        with contextlib.suppress(TimeoutError):
+            writer.close()
+        with contextlib.suppress(OSError, TimeoutError):
+            await asyncio.wait_for(writer.wait_closed(), 5)
+
+    async def stop(self) -> None:
+        self._server.close()
+        await self._server.wait_closed()

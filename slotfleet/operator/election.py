@@ -90,11 +90,20 @@ class LeaseElector:
         self.options = options
         self.clock = clock
         self.candidate = Candidate(options.identity, options.timings)
+        self.tenure: Tenure | None = None
+        """Set once this process leads; its own count of how long the lease is good for."""
         self._path = resource_path(LEASE_API, "Lease", options.namespace, options.name)
 
     @property
     def timings(self) -> ElectionTimings:
         return self.options.timings
+
+    def leading(self) -> bool:
+        """Whether this process holds the lease right now, by its own clock: the guard
+        the operator's API client asks before every write (``KubeClient(may_write=)``),
+        so a leader that was frozen past its deadline (a stopped process, a paused VM)
+        sends nothing when it wakes, even before its renewal task has run."""
+        return self.tenure is not None and not self.tenure.lost(self.clock())
 
     async def try_acquire_or_renew(self, timeout: float) -> bool:
         """One look at the Lease and, when the rules allow, one write; ``True`` when this
@@ -102,7 +111,10 @@ class LeaseElector:
         candidate wrote first), an error or a timeout is ``False``."""
         started = self.clock()
         try:
-            return await asyncio.wait_for(self._attempt(started), timeout)
+            # asyncio.timeout, not wait_for: no task of its own, which kopf would count as
+            # one of its hung tasks when it stops
+            async with asyncio.timeout(timeout):
+                return await self._attempt(started)
         except TimeoutError:
             logger.warning("the Lease %s did not answer within %.1fs", self._path, timeout)
         except KubeApiError as exc:
@@ -164,7 +176,8 @@ class LeaseElector:
         while not stop.is_set():
             started = self.clock()
             if await self.try_acquire_or_renew(self.timings.retry_period):
-                return Tenure(self.timings, started)
+                self.tenure = Tenure(self.timings, started)
+                return self.tenure
             seen = self.candidate.seen
             if seen is not None and not waiting_logged:
                 logger.info(
@@ -184,25 +197,31 @@ class LeaseElector:
         return None
 
     async def hold(self, tenure: Tenure) -> None:
-        """Renew the lease every ``retry_period`` until a renewal cannot be had before the
-        deadline; then return (the lease is lost)."""
+        """Renew the lease a ``retry_period`` after each renewal (sooner, again and again,
+        after a failed one) until a renewal cannot be had before the deadline; then
+        return (the lease is lost)."""
         period = self.timings.retry_period
-        pause = period
+        failed = False
         while True:
-            await asyncio.sleep(max(0.0, min(pause, tenure.remaining(self.clock()))))
-            remaining = tenure.remaining(self.clock())
+            now = self.clock()
+            # counted from the last renewal *sent*, not from now: an acquisition that took
+            # long leaves less time before the deadline
+            wait = period / 4 if failed else tenure.renewed_at + period - now
+            await asyncio.sleep(max(0.0, min(wait, tenure.remaining(now))))
+            started = self.clock()
+            remaining = tenure.remaining(started)
             if remaining <= 0:
                 return
-            started = self.clock()
-            if await self.try_acquire_or_renew(min(period, remaining)):
+            # half a period per request: one slow answer leaves time for more attempts
+            if await self.try_acquire_or_renew(min(period / 2, remaining)):
                 tenure.renewed(started)
-                pause = period
+                failed = False
             elif self.candidate.verdict(started) is Verdict.WAIT:
                 seen = self.candidate.seen
                 logger.error("the Lease is now held by %s", seen.record.holder if seen else "?")
                 return
-            else:  # retry sooner: the deadline is near
-                pause = period / 3
+            else:
+                failed = True
 
     async def release(self) -> None:
         """Hand the lease back (empty holder), best effort, so a successor need not wait
@@ -212,10 +231,9 @@ class LeaseElector:
         if record is None or seen is None:
             return
         try:
-            await asyncio.wait_for(
-                self.kube.call("PUT", self._path, body=self._lease(record, seen.resource_version)),
-                self.timings.retry_period,
-            )
+            async with asyncio.timeout(self.timings.retry_period):
+                body = self._lease(record, seen.resource_version)
+                await self.kube.call("PUT", self._path, body=body)
         except (TimeoutError, KubeApiError) as exc:
             logger.warning("could not release the Lease (it expires on its own): %s", exc)
             return
@@ -223,8 +241,9 @@ class LeaseElector:
         logger.info("released the Lease %s/%s", self.options.namespace, self.options.name)
 
 
-Operate = Callable[[asyncio.Event], Coroutine[object, object, None]]
-"""The operator: runs until the event is set (or a signal stops it)."""
+Operate = Callable[[], Coroutine[object, object, None]]
+"""The operator: runs until a signal stops it (kopf handles SIGTERM/SIGINT itself) or
+its task is cancelled."""
 
 
 async def run_elected(
@@ -246,30 +265,31 @@ async def run_elected(
     if tenure is None:
         logger.info("stopped before leading")
         return
-    # created before the operator starts, so kopf (which cancels, on exit, the tasks
-    # born after it) leaves the renewals alone
+    # created before the operator starts, so kopf (which stops, on exit, the tasks born
+    # after it) leaves the renewals alone
     holding = asyncio.create_task(elector.hold(tenure), name="lease renewal")
-    stop_operator = asyncio.Event()
-    running = asyncio.create_task(operate(stop_operator), name="operator")
-    # kopf installs its own SIGTERM/SIGINT handlers when it starts; until then ours set
-    # its stop flag
-    stop_waiter = asyncio.create_task(stop.wait())
-    stop_waiter.add_done_callback(lambda _: stop_operator.set())
+    running = asyncio.create_task(operate(), name="operator")
+    # kopf replaces our signal handlers with its own once it runs; a signal before that
+    # sets ``stop``. The operator is stopped by cancelling it (not by kopf's stop flag,
+    # whose waiter kopf would count as a hung task for 5 s when a signal stops it).
+    stopping = asyncio.create_task(stop.wait(), name="signal before the operator ran")
     try:
-        await asyncio.wait({holding, running}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({holding, running, stopping}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stop_waiter.cancel()
-    if holding.done() and not running.done():
-        grace = tenure.hard_stop_in(elector.clock()) - 0.5
-        logger.error("lost the Lease: stopping the operator (%.1fs to stop)", grace)
-        stop_operator.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(running), max(0.0, grace))
-        except TimeoutError:
+        stopping.cancel()
+    lost = holding.done()
+    if not running.done():
+        running.cancel()
+        grace = max(0.0, tenure.hard_stop_in(elector.clock()) - 0.5)
+        if lost:
+            logger.error("lost the Lease: stopping the operator (%.1fs to stop)", grace)
+        done, _ = await asyncio.wait({running}, timeout=grace)
+        if lost and not done:
             logger.critical("the operator did not stop before the Lease could pass: exiting")
-            os._exit(1)
-        except Exception:  # it is stopping because of the lost lease: log, exit below
-            logger.exception("the operator failed while stopping")
+            os._exit(1)  # two writers are worse than a skipped cleanup
+    if lost:
+        if not running.cancelled() and running.exception() is not None:
+            logger.error("the operator failed while stopping: %s", running.exception())
         raise LeadershipLost("lost the leader Lease; exiting so the kubelet restarts a follower")
     holding.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -277,7 +297,8 @@ async def run_elected(
     for sig in (signal.SIGTERM, signal.SIGINT):  # kopf's handlers point at a finished run
         loop.add_signal_handler(sig, stop.set)
     try:
-        running.result()  # the operator's own error, if any, after the lease is released
+        if not running.cancelled():
+            running.result()  # the operator's own error, after the lease is released
     finally:
         await elector.release()
 

@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -90,13 +90,22 @@ def _server_message(exc: ApiException) -> str:
 class KubeClient:
     """Blocking API calls run in threads; results are JSON dicts."""
 
-    def __init__(self, api: client.ApiClient, *, concurrency: int = CONCURRENCY) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        concurrency: int = CONCURRENCY,
+        may_write: Callable[[], bool] | None = None,
+    ) -> None:
         self._api = api
         # the client's connection pool and our threads sized together: asyncio's default
         # executor has cpu+4 threads, which would queue a thousand Queues' writes
         api.configuration.connection_pool_maxsize = concurrency
         api.rest_client.pool_manager.connection_pool_kw["maxsize"] = concurrency
         self._threads = ThreadPoolExecutor(concurrency, thread_name_prefix="kube")
+        self._may_write = may_write
+        """Asked before every write; ``False`` refuses it unsent (under leader election:
+        this replica no longer holds the Lease)."""
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
@@ -144,6 +153,8 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> Json | None:
         """One request; ``None`` for a GET or DELETE of something that does not exist."""
+        if method != "GET" and self._may_write is not None and not self._may_write():
+            raise KubeApiError(f"{method} {path}: not sent, this replica is not the leader")
         call = functools.partial(
             self._request, method, path, query=query, body=body, content_type=content_type
         )

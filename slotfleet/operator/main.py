@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import kopf
@@ -68,10 +69,10 @@ def build_settings(options: OperatorOptions) -> kopf.OperatorSettings:
     return settings
 
 
-async def operate(options: OperatorOptions, stop_flag: asyncio.Event | None = None) -> None:
-    """Run until stopped (SIGINT/SIGTERM, or ``stop_flag``)."""
+async def operate(options: OperatorOptions, may_write: Callable[[], bool] | None = None) -> None:
+    """Run until stopped (SIGINT/SIGTERM); ``may_write``: see ``KubeClient``."""
     api = load_api_client()
-    kube = KubeClient(api)
+    kube = KubeClient(api, may_write=may_write)
     stores = StoreCache()
     metrics = OperatorMetrics()
     # Events name the replica that wrote them (the Lease holder under --leader-elect)
@@ -98,7 +99,6 @@ async def operate(options: OperatorOptions, stop_flag: asyncio.Event | None = No
             liveness_endpoint=options.liveness,
             clusterwide=options.namespaces is None,
             namespaces=list(options.namespaces or ()),
-            stop_flag=stop_flag,
         )
     finally:
         if server is not None:
@@ -113,10 +113,13 @@ def _ready() -> str | None:
 
 async def operate_elected(options: OperatorOptions, election: ElectionOptions) -> None:
     """:func:`operate` only while this process holds the Lease (``operator/election.py``)."""
-    kube = KubeClient(load_api_client())
+    # its own client and threads: renewals never queue behind the operator's API calls
+    kube = KubeClient(load_api_client(), concurrency=2)
     try:
         elector = LeaseElector(kube, election)
-        await run_elected(elector, lambda stop: operate(options, stop), liveness=options.liveness)
+        await run_elected(
+            elector, lambda: operate(options, elector.leading), liveness=options.liveness
+        )
     finally:
         kube.close()
 

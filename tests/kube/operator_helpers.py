@@ -91,6 +91,8 @@ class OperatorProcess:
         log: Path,
         interval: float | None = 1.0,
         metrics_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         self.admin = admin
         self.namespace = namespace
@@ -99,17 +101,23 @@ class OperatorProcess:
         """``--interval``; ``None`` runs with the operator's default (what users get)."""
         self.metrics_port = metrics_port
         """``--metrics-port`` on 127.0.0.1 (the Queue gauges); ``None``: not served."""
+        self.extra_args = extra_args
+        """More flags (e.g. ``--leader-elect``)."""
+        self.env = env or {}
+        """More environment (e.g. ``POD_NAME``)."""
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = {**os.environ, "KUBECONFIG": str(self.admin.kubeconfig), "PYTHONPATH": str(REPO)}
         env.pop("POD_NAMESPACE", None)
+        env.update(self.env)
         argv = [sys.executable, "-m", "slotfleet.cli.main", "operator", "--standalone"]
         argv += ["--namespace", self.namespace, "--verbose"]
         if self.interval is not None:
             argv += ["--interval", f"{self.interval:g}"]
         if self.metrics_port is not None:
             argv += ["--metrics-host", "127.0.0.1", "--metrics-port", str(self.metrics_port)]
+        argv += self.extra_args
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 argv,

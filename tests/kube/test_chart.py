@@ -24,6 +24,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -232,6 +233,9 @@ def node_runs_this_venv(test_node: TestNode) -> Iterator[TestNode]:
     test_node.base_env["PATH"] = path
 
 
+LEASES = "coordination.k8s.io"
+
+
 def can(
     kube_admin: KubeAdmin,
     user: str,
@@ -240,6 +244,8 @@ def can(
     resource: str,
     subresource: str,
     verb: str,
+    *,
+    name: str | None = None,
 ) -> bool:
     review = client.V1SubjectAccessReview(
         spec=client.V1SubjectAccessReviewSpec(
@@ -255,6 +261,7 @@ def can(
                 resource=resource,
                 subresource=subresource,
                 verb=verb,
+                name=name,
             ),
         )
     )
@@ -364,14 +371,32 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
             scope == "cluster"
         )
 
+        # leader election: its Lease, by name, in the release namespace only
+        for verb in ("get", "update"):
+            assert can(kube_admin, user, namespace, LEASES, "leases", "", verb, name=fullname)
+            assert not can(kube_admin, user, namespace, LEASES, "leases", "", verb, name="x")
+        assert can(kube_admin, user, namespace, LEASES, "leases", "", "create")
+        assert not can(kube_admin, user, "default", LEASES, "leases", "", "create")
+
+        # two replicas (the default): one holds the Lease and runs the operator, the other
+        # waits and answers its liveness probe
         pods = core.list_namespaced_pod(
             namespace, label_selector=f"app.kubernetes.io/instance={release}"
         ).items
-        assert len(pods) == 1
-        pod_name = str(pods[0].metadata and pods[0].metadata.name)
-        assert pods[0].spec is not None
-        assert pods[0].spec.service_account_name == fullname
-        assert wait_for("the operator process", lambda: node.pids(namespace, pod_name), 90)
+        assert len(pods) == 2
+        names = sorted(str(p.metadata and p.metadata.name) for p in pods)
+        assert all(p.spec is not None and p.spec.service_account_name == fullname for p in pods)
+        for name in names:
+            assert wait_for("the operator processes", partial(node.pids, namespace, name), 90)
+        coordination = client.CoordinationV1Api(kube_admin.api_client)
+
+        def leader_pod() -> str | None:
+            lease = coordination.read_namespaced_lease(fullname, namespace)
+            holder = str((lease.spec and lease.spec.holder_identity) or "")
+            return holder.rpartition("_")[0] or None
+
+        pod_name = wait_for("a leader", leader_pod, 60)
+        assert pod_name in names
 
         secret = client.V1Secret(
             metadata=client.V1ObjectMeta(name="chartq-store"),
@@ -425,8 +450,9 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
             if "Forbidden" in line or "Not enough permissions" in line or " 403" in line
         ]
         assert not refusals, "the operator was refused by RBAC:\n" + "\n".join(refusals[:10])
-        restarts = pod_restarts(core, namespace, pod_name)
-        assert restarts == 0, f"the operator restarted {restarts} time(s)"
+        for name in names:
+            restarts = pod_restarts(core, namespace, name)
+            assert restarts == 0, f"operator pod {name} restarted {restarts} time(s)"
     finally:
         delete_queue(custom, namespace, "chartq")
         bound.run("uninstall", release, "--namespace", namespace, "--wait", check=False)

@@ -73,13 +73,17 @@ def test_cluster_scope_renders_one_cluster_role_watching_all_namespaces(helm: He
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": "sf-slotfleet", "namespace": "ops"}
     ]
-    assert not find(docs, "Role")
-    assert not find(docs, "RoleBinding")
+    # the only Role is the Lease's (leader election), in the release namespace
+    assert [r["metadata"]["name"] for r in find(docs, "Role")] == ["sf-slotfleet-leader-election"]
+    assert not find(docs, "RoleBinding", "sf-slotfleet")
     container = operator_container(docs)
     assert container["command"] == ["slotfleet", "operator"]
     assert container["args"] == [
         "--all-namespaces",
         "--standalone",
+        "--leader-elect",
+        "--lease-name=sf-slotfleet",
+        "--lease-duration=15",
         "--liveness=http://$(POD_IP):8080/healthz",
         "--metrics-host=$(POD_IP)",
         "--metrics-port=8081",
@@ -89,11 +93,11 @@ def test_cluster_scope_renders_one_cluster_role_watching_all_namespaces(helm: He
 
 def test_namespaced_scope_renders_a_role_per_watched_namespace(helm: Helm) -> None:
     docs = helm.template(NAMESPACED, release="sf", namespace="ops")
-    roles = find(docs, "Role")
+    roles = find(docs, "Role", "sf-slotfleet")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert_grants_operator_permissions(role["rules"])
-    bindings = find(docs, "RoleBinding")
+    bindings = find(docs, "RoleBinding", "sf-slotfleet")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"] == {
@@ -124,7 +128,7 @@ def test_namespaced_scope_renders_a_role_per_watched_namespace(helm: Helm) -> No
 def test_namespaced_scope_defaults_to_the_release_namespace(helm: Helm) -> None:
     values = {"rbac": {"scope": "namespaced"}, "operator": {"watch": {"allNamespaces": False}}}
     docs = helm.template(values, namespace="ops")
-    assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ops"]
+    assert [r["metadata"]["namespace"] for r in find(docs, "Role", "sf-slotfleet")] == ["ops"]
     assert operator_container(docs)["args"][0] == "--namespace=ops"
 
 
@@ -135,7 +139,8 @@ def test_namespaced_scope_refuses_to_watch_all_namespaces(helm: Helm) -> None:
 
 
 def test_peering_switches_standalone_off_and_grants_peering_objects(helm: Helm) -> None:
-    docs = helm.template({"operator": {"peering": "slotfleet"}})
+    single = {"replicas": 1, "leaderElection": {"enabled": False, "leaseDuration": 15}}
+    docs = helm.template({"operator": {"peering": "slotfleet", **single}})
     args = operator_container(docs)["args"]
     assert "--peering=slotfleet" in args
     assert "--standalone" not in args
@@ -144,11 +149,9 @@ def test_peering_switches_standalone_off_and_grants_peering_objects(helm: Helm) 
     assert rules_allow(rules, "zalando.org", "kopfpeerings", "", "patch")
 
 
-def test_operator_deployment_is_single_restricted_and_probed(helm: Helm) -> None:
+def test_operator_deployment_is_restricted_and_probed(helm: Helm) -> None:
     docs = helm.template({})
     deployment = one(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == one(docs, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -164,6 +167,73 @@ def test_operator_deployment_is_single_restricted_and_probed(helm: Helm) -> None
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
     assert container["image"] == "ghcr.io/slotfleet/slotfleet:0.1.0"
+
+
+def test_two_operator_replicas_elect_a_leader_roll_and_keep_one_through_a_drain(
+    helm: Helm,
+) -> None:
+    docs = helm.template({}, release="sf", namespace="ops")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    container = operator_container(docs)
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"][:2]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    pdb = one(docs, "PodDisruptionBudget", "sf-slotfleet")
+    assert pdb["metadata"]["namespace"] == "ops"
+    assert pdb["spec"]["minAvailable"] == 1
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert deployment["spec"]["selector"] == pdb["spec"]["selector"]
+    # the Lease: in the release namespace only, and read or renewed by name
+    role = one(docs, "Role", "sf-slotfleet-leader-election")
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["sf-slotfleet"],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(docs, "RoleBinding", "sf-slotfleet-leader-election")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "sf-slotfleet", "namespace": "ops"}
+    ]
+    cluster_role = one(docs, "ClusterRole", "sf-slotfleet")
+    assert not rules_allow(cluster_role["rules"], "coordination.k8s.io", "leases", "", "update")
+
+
+def test_one_operator_without_election_is_recreated_and_has_no_pdb(helm: Helm) -> None:
+    values = {"operator": {"replicas": 1, "leaderElection": {"enabled": False}}}
+    docs = helm.template(values, release="sf")
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert not find(docs, "PodDisruptionBudget")
+    assert not find(docs, "Role", "sf-slotfleet-leader-election")
+    assert not any(a.startswith("--lease") for a in operator_container(docs)["args"])
+    # one replica under election: a rolling update, and no PDB that could block a drain
+    docs = helm.template({"operator": {"replicas": 1}}, release="sf")
+    assert one(docs, "Deployment")["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert not find(docs, "PodDisruptionBudget")
+
+
+@pytest.mark.parametrize(
+    ("operator", "message"),
+    [
+        ({"replicas": 2, "leaderElection": {"enabled": False}}, "needs operator.leaderElection"),
+        ({"peering": "slotfleet"}, "operator.peering is for one operator"),
+    ],
+)
+def test_two_writers_are_refused(helm: Helm, operator: dict[str, Any], message: str) -> None:
+    proc = helm.template_text({"operator": operator}, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
 
 
 def test_queues_are_aggregated_into_the_default_user_roles(helm: Helm) -> None:
@@ -198,13 +268,16 @@ def test_crd_template_is_kept_on_uninstall_and_toggled(helm: Helm) -> None:
 
 
 def test_optional_monitoring_objects(helm: Helm) -> None:
-    assert [d["kind"] for d in helm.template({"crds": {"install": False}})] == [
-        "ServiceAccount",
+    assert sorted(d["kind"] for d in helm.template({"crds": {"install": False}})) == [
         "ClusterRole",
         "ClusterRole",
         "ClusterRole",
         "ClusterRoleBinding",
         "Deployment",
+        "PodDisruptionBudget",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
     ]
     docs = helm.template(
         {
@@ -258,7 +331,8 @@ def test_optional_monitoring_objects(helm: Helm) -> None:
 def test_schema_rejects_unknown_and_invalid_values(helm: Helm) -> None:
     for bad, message in (
         ({"replicaCount": 2}, "additional properties 'replicaCount' not allowed"),
-        ({"operator": {"replicas": 2}}, "additional properties 'replicas' not allowed"),
+        ({"operator": {"replicas": 0}}, "minimum"),
+        ({"operator": {"leaderElection": {"leaseDuration": 0}}}, "minimum"),
         ({"rbac": {"scope": "everywhere"}}, "value must be one of"),
         ({"operator": {"liveness": {"port": 0}}}, "minimum"),
     ):

@@ -97,12 +97,23 @@ Only meaningful when operator.watch.allNamespaces is false.
 {{- if and .Values.operator.watch.allNamespaces .Values.operator.watch.namespaces }}
 {{- fail "operator.watch.namespaces is only used when operator.watch.allNamespaces=false" }}
 {{- end }}
+{{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) }}
+{{- fail "operator.replicas > 1 needs operator.leaderElection.enabled=true: only the Lease holder may write" }}
+{{- end }}
+{{- if and .Values.operator.leaderElection.enabled (ne .Values.operator.peering "standalone") }}
+{{- fail "operator.peering is for one operator without leader election: set operator.leaderElection.enabled=false and operator.replicas=1, or keep peering standalone" }}
+{{- end }}
 {{- if and .Values.dashboard.enabled (not .Values.dashboard.store.secretRef.name) }}
 {{- fail "dashboard.enabled=true needs dashboard.store.secretRef.name: the Secret holding the job store's DSN" }}
 {{- end }}
 {{- if and .Values.dashboard.enabled .Values.dashboard.actions.enabled (not .Values.dashboard.actions.tokenSecretRef.name) }}
 {{- fail "dashboard.actions.enabled=true needs dashboard.actions.tokenSecretRef.name: the Secret holding the action token (16 characters or more)" }}
 {{- end }}
+{{- end }}
+
+{{/* The Lease the operator replicas elect their leader through (release namespace). */}}
+{{- define "slotfleet.leaseName" -}}
+{{- include "slotfleet.fullname" . }}
 {{- end }}
 
 {{/* Arguments of `slotfleet operator`. */}}
@@ -118,6 +129,11 @@ Only meaningful when operator.watch.allNamespaces is false.
 - --standalone
 {{- else }}
 - --peering={{ .Values.operator.peering }}
+{{- end }}
+{{- if .Values.operator.leaderElection.enabled }}
+- --leader-elect
+- --lease-name={{ include "slotfleet.leaseName" . }}
+- --lease-duration={{ .Values.operator.leaderElection.leaseDuration }}
 {{- end }}
 - --liveness=http://{{ .Values.operator.liveness.host }}:{{ .Values.operator.liveness.port }}/healthz
 {{- if .Values.operator.metrics.enabled }}

@@ -12,6 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from slotfleet.cli.main import build_parser
+from slotfleet.cli.operator_cmd import election_options
+from slotfleet.models import InvalidSettingsError
+from slotfleet.operator.election import ElectionOptions
 from slotfleet.operator.leader import (
     Candidate,
     ElectionTimings,
@@ -139,3 +143,66 @@ def test_a_record_round_trips_through_the_lease_spec() -> None:
     record = held_by("op-a_1", WALL, transitions=9)
     assert LeaseRecord.from_spec(record.to_spec()) == record
     assert LeaseRecord.from_spec(None) == LeaseRecord("", 0)
+
+
+# ------------------------------------------------------------------ the command line
+
+
+def election_args(*argv: str, pod_namespace: str = "") -> ElectionOptions | None:
+    args = build_parser(["operator", *argv]).parse_args(["operator", *argv])
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("POD_NAMESPACE", pod_namespace)
+        env.setenv("POD_NAME", "op-7f9c")
+        return election_options(args)
+
+
+def test_leader_election_is_off_unless_asked() -> None:
+    assert election_args() is None
+
+
+def test_the_lease_lives_in_the_pods_namespace_by_default() -> None:
+    options = election_args("--leader-elect", pod_namespace="ops")
+    assert options is not None
+    assert (options.namespace, options.name) == ("ops", "slotfleet-operator")
+    assert options.timings == ElectionTimings(15)
+    pod, _, suffix = options.identity.rpartition("_")
+    assert pod == "op-7f9c"
+    assert len(suffix) == 8
+    # then the one watched namespace, then --lease-namespace above both
+    options = election_args("--leader-elect", "--namespace", "team-a")
+    assert options is not None
+    assert options.namespace == "team-a"
+    options = election_args(
+        "--leader-elect",
+        "--lease-namespace",
+        "ctl",
+        "--lease-name",
+        "mine",
+        "--lease-duration",
+        "6",
+        pod_namespace="ops",
+    )
+    assert options is not None
+    assert (options.namespace, options.name, options.timings.lease_duration) == ("ctl", "mine", 6)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (("--leader-elect",), "--leader-elect needs --lease-namespace"),
+        (("--leader-elect", "--namespace", "a", "--namespace", "b"), "needs --lease-namespace"),
+        (("--leader-elect", "--peering", "p", "--lease-namespace", "x"), "drop --peering"),
+    ],
+)
+def test_election_settings_that_cannot_work_are_refused_in_one_line(
+    argv: tuple[str, ...], message: str
+) -> None:
+    with pytest.raises(InvalidSettingsError, match=message):
+        election_args(*argv)
+
+
+def test_a_lease_under_a_second_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser(["operator"]).parse_args(["operator", "--lease-duration", "0.5"])
+    assert exit_.value.code == 2
+    assert "must be at least 1" in capsys.readouterr().err

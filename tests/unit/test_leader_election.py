@@ -8,6 +8,8 @@ processes killed mid-burst) runs on the real control plane in
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +17,7 @@ import pytest
 from slotfleet.cli.main import build_parser
 from slotfleet.cli.operator_cmd import election_options
 from slotfleet.models import InvalidSettingsError
-from slotfleet.operator.election import ElectionOptions
+from slotfleet.operator.election import ElectionOptions, StandbyProbe
 from slotfleet.operator.leader import (
     Candidate,
     ElectionTimings,
@@ -206,3 +208,29 @@ def test_a_lease_under_a_second_is_a_usage_error(capsys: pytest.CaptureFixture[s
         build_parser(["operator"]).parse_args(["operator", "--lease-duration", "0.5"])
     assert exit_.value.code == 2
     assert "must be at least 1" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the follower's probe
+
+
+def test_a_follower_answers_its_liveness_probe_and_frees_the_port_for_kopf() -> None:
+    async def scenario() -> bytes:
+        with socket.socket() as s:  # a free port
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        probe = await StandbyProbe.start(f"http://127.0.0.1:{port}/healthz")
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        await probe.stop()
+        # the leader's own endpoint binds the same address as soon as the probe is gone
+        # (an OSError "address already in use" here would fail the test)
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+        server.close()
+        await server.wait_closed()
+        return answer
+
+    answer = asyncio.run(scenario())
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert answer.endswith(b"\r\n\r\nstandby\n")

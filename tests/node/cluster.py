@@ -233,8 +233,11 @@ class OperatorRelease:
     release: str
     namespace: str
     pod: str
+    """The operator pod that holds the leader Lease."""
     image: str
     install_seconds: float
+    standby: str = ""
+    """The other replica, waiting to lead."""
 
 
 def install_operator(
@@ -259,10 +262,22 @@ def install_operator(
         .list_namespaced_pod(namespace, label_selector=f"app.kubernetes.io/instance={release}")
         .items
     )
-    if len(pods) != 1:
-        raise NodeError(f"expected one operator pod, found {len(pods)}")
+    if len(pods) != 2:  # the chart's default: two replicas under leader election
+        raise NodeError(f"expected two operator pods, found {len(pods)}")
+    leases = client.CoordinationV1Api(cluster.admin.api_client)
+    deadline = time.monotonic() + 60
+    while True:  # the pod holding the Lease is the one that operates
+        with contextlib.suppress(ApiException):
+            lease = leases.read_namespaced_lease(f"{release}-slotfleet", namespace)
+            holder = str(lease.spec.holder_identity or "").rpartition("_")[0]
+            if holder in {p.metadata.name for p in pods}:
+                break
+        if time.monotonic() > deadline:
+            raise NodeError("no operator pod took the leader Lease within 60s")
+        time.sleep(0.5)
+    standby = next(str(p.metadata.name) for p in pods if p.metadata.name != holder)
     return OperatorRelease(
-        release, namespace, str(pods[0].metadata.name), cluster.images.slotfleet, seconds
+        release, namespace, holder, cluster.images.slotfleet, seconds, standby=standby
     )
 
 

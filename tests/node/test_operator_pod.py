@@ -45,6 +45,9 @@ def test_helm_install_runs_the_operator_from_the_built_image_and_it_runs_a_queue
     assert operator.image == node_operator.image
     assert str(operator.container_id).startswith("containerd://")
     assert pod.spec.node_name == NODE_NAME
+    # the second replica waits for the Lease, answering its liveness probe meanwhile
+    standby = core.read_namespaced_pod(node_operator.standby, node_operator.namespace)
+    assert container_status(standby, "operator").restart_count == 0
     # the chart's restricted security context, as the kernel sees the operator process
     seen = proc_status(container_pid(node_cluster, pod, "operator"))
     assert seen["Uid"].split()[:2] == ["10001", "10001"]

@@ -8,7 +8,8 @@ up) are pure and live in ``slotfleet/operator/leader.py``; this module does the 
 calls and the lifecycle around :func:`run_elected`:
 
 1. wait for the lease (a follower reads it every ``retry_period``; while it waits it
-   answers the liveness probe itself, so the kubelet leaves it be);
+   answers on the operator's liveness and metrics addresses itself, so the kubelet
+   leaves it be and Prometheus sees a live target with no samples);
 2. as leader, run the operator and renew the lease every ``retry_period``;
 3. a renewal that fails past the renew deadline (API server unreachable, or another
    holder took it) stops the operator and the process exits non-zero, as
@@ -33,7 +34,7 @@ import secrets
 import signal
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -247,7 +248,7 @@ its task is cancelled."""
 
 
 async def run_elected(
-    elector: LeaseElector, operate: Operate, *, liveness: str | None = None
+    elector: LeaseElector, operate: Operate, *, standby: Sequence[tuple[str, int]] = ()
 ) -> None:
     """Run ``operate`` while this process holds the lease; see the module docstring.
 
@@ -256,12 +257,11 @@ async def run_elected(
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    standby = await StandbyProbe.start(liveness) if liveness else None
+    probe = await StandbyProbe.start(standby)
     try:
         tenure = await elector.acquire(stop)
     finally:
-        if standby is not None:
-            await standby.stop()
+        await probe.stop()
     if tenure is None:
         logger.info("stopped before leading")
         return
@@ -304,36 +304,50 @@ async def run_elected(
 
 
 class StandbyProbe:
-    """Answers the liveness probe (any path: 200 ``standby``) while this replica waits to
-    lead; the operator's own endpoint (kopf's) takes the address over when it leads."""
+    """While this replica waits to lead, answers on the addresses the operator serves
+    once it leads (its liveness endpoint, its ``/metrics``): any path, 200, a comment line
+    in Prometheus' text format. The kubelet's probe passes, and a scrape finds a live
+    target with no samples (only the leader exports the Queue gauges). The operator's own
+    servers take the addresses over when it leads."""
 
-    def __init__(self, server: asyncio.Server) -> None:
-        self._server = server
+    def __init__(self, servers: list[asyncio.Server]) -> None:
+        self._servers = servers
 
     @classmethod
-    async def start(cls, url: str) -> StandbyProbe:
-        parts = urlsplit(url)
-        server = await asyncio.start_server(
-            cls._answer, parts.hostname or "0.0.0.0", parts.port or 80, reuse_address=True
-        )
-        return cls(server)
+    async def start(cls, addresses: Sequence[tuple[str, int]]) -> StandbyProbe:
+        servers = []
+        for host, port in addresses:
+            servers.append(await asyncio.start_server(cls._answer, host, port, reuse_address=True))
+        return cls(servers)
 
     @staticmethod
     async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(
             OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError
         ):
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 8\r\n"
-                b"Connection: close\r\n\r\nstandby\n"
-            )
+            async with asyncio.timeout(5):
+                await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\n" + STANDBY_HEAD + STANDBY_BODY)
             await writer.drain()
-        with contextlib.suppress(TimeoutError):
-            writer.close()
+        writer.close()
         with contextlib.suppress(OSError, TimeoutError):
-            await asyncio.wait_for(writer.wait_closed(), 5)
+            async with asyncio.timeout(5):
+                await writer.wait_closed()
 
     async def stop(self) -> None:
-        self._server.close()
-        await self._server.wait_closed()
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+
+
+STANDBY_BODY = b"# standby: this replica does not hold the leader Lease\n"
+STANDBY_HEAD = (
+    b"Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(STANDBY_BODY)
+)
+
+
+def address_of(url: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``http://HOST:PORT/path`` URL (brackets of IPv6 removed)."""
+    parts = urlsplit(url)
+    return parts.hostname or "0.0.0.0", parts.port or 80

@@ -25,7 +25,12 @@ from slotfleet.health_server import HealthServer, MetricsServerConfig
 from slotfleet.kube_client import load_api_client
 from slotfleet.models.resource import GROUP
 from slotfleet.operator.cache import ClusterCache
-from slotfleet.operator.election import ElectionOptions, LeaseElector, run_elected
+from slotfleet.operator.election import (
+    ElectionOptions,
+    LeaseElector,
+    address_of,
+    run_elected,
+)
 from slotfleet.operator.handlers import register
 from slotfleet.operator.kube import KubeClient, KubeEvents
 from slotfleet.operator.metrics import OperatorMetrics
@@ -117,9 +122,11 @@ async def operate_elected(options: OperatorOptions, election: ElectionOptions) -
     kube = KubeClient(load_api_client(), concurrency=2)
     try:
         elector = LeaseElector(kube, election)
-        await run_elected(
-            elector, lambda: operate(options, elector.leading), liveness=options.liveness
-        )
+        # a follower answers where the leader will serve: liveness and /metrics
+        standby = [address_of(options.liveness)] if options.liveness else []
+        if options.metrics is not None:
+            standby.append((options.metrics.host, options.metrics.port))
+        await run_elected(elector, lambda: operate(options, elector.leading), standby=standby)
     finally:
         kube.close()
 

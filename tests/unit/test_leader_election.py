@@ -17,7 +17,7 @@ import pytest
 from slotfleet.cli.main import build_parser
 from slotfleet.cli.operator_cmd import election_options
 from slotfleet.models import InvalidSettingsError
-from slotfleet.operator.election import ElectionOptions, StandbyProbe
+from slotfleet.operator.election import ElectionOptions, StandbyProbe, address_of
 from slotfleet.operator.leader import (
     Candidate,
     ElectionTimings,
@@ -213,24 +213,49 @@ def test_a_lease_under_a_second_is_a_usage_error(capsys: pytest.CaptureFixture[s
 # ------------------------------------------------------------------ the follower's probe
 
 
-def test_a_follower_answers_its_liveness_probe_and_frees_the_port_for_kopf() -> None:
-    async def scenario() -> bytes:
-        with socket.socket() as s:  # a free port
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        probe = await StandbyProbe.start(f"http://127.0.0.1:{port}/healthz")
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_follower_answers_its_probe_and_scrapes_and_frees_the_ports_for_the_leader() -> None:
+    async def get(port: int, path: str) -> bytes:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         answer = await reader.read()
         writer.close()
-        await probe.stop()
-        # the leader's own endpoint binds the same address as soon as the probe is gone
-        # (an OSError "address already in use" here would fail the test)
-        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
-        server.close()
-        await server.wait_closed()
         return answer
 
-    answer = asyncio.run(scenario())
-    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
-    assert answer.endswith(b"\r\n\r\nstandby\n")
+    async def scenario(liveness: int, metrics: int) -> list[bytes]:
+        probe = await StandbyProbe.start(
+            [address_of(f"http://127.0.0.1:{liveness}/healthz"), ("127.0.0.1", metrics)]
+        )
+        answers = [await get(liveness, "/healthz"), await get(metrics, "/metrics")]
+        await probe.stop()
+        # the leader's own servers bind the same addresses as soon as the probe is gone
+        # (an OSError "address already in use" here would fail the test)
+        for port in (liveness, metrics):
+            server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", port)
+            server.close()
+            await server.wait_closed()
+        return answers
+
+    for answer in asyncio.run(scenario(free_port(), free_port())):
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"Content-Type: text/plain; version=0.0.4" in head
+        # a comment line: valid Prometheus text, no samples (the leader exports the gauges)
+        assert body == b"# standby: this replica does not hold the leader Lease\n"
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        ("http://10.0.0.7:8080/healthz", ("10.0.0.7", 8080)),
+        ("http://[fd00::7]:8080/healthz", ("fd00::7", 8080)),
+        ("http://0.0.0.0/healthz", ("0.0.0.0", 80)),
+    ],
+)
+def test_the_liveness_address_of_a_url(url: str, address: tuple[str, int]) -> None:
+    assert address_of(url) == address

@@ -397,6 +397,11 @@ def test_helm_install_runs_the_operator_which_reconciles_a_queue(
 
         pod_name = wait_for("a leader", leader_pod, 60)
         assert pod_name in names
+        # the standby answers where the leader serves: a live scrape target, no samples
+        (standby,) = set(names) - {pod_name}
+        standby_metrics = f"http://{node.pod_ip(namespace, standby)}:8081/metrics"
+        wait_for("the standby's /metrics", lambda: "# standby" in scrape(standby_metrics), 30)
+        assert "slotfleet_queue" not in scrape(standby_metrics)
 
         secret = client.V1Secret(
             metadata=client.V1ObjectMeta(name="chartq-store"),

@@ -226,6 +226,8 @@ def test_a_killed_leader_is_replaced_and_a_stopped_one_hands_over_without_double
         apply_queue(kube_admin, namespace, manifest)
 
         def wave(count: int, replicas_wanted: int) -> None:
+            """Queue ``count`` more jobs; wait for the size they want and for its Event
+            (posted in the background: the leader is stopped only once it is out)."""
             run(store_enqueue(postgres_dsn, [email(name, f"j{i}", 60.0) for i in range(count)]))
             wait_for(
                 f"spec.replicas {replicas_wanted}",
@@ -233,9 +235,14 @@ def test_a_killed_leader_is_replaced_and_a_stopped_one_hands_over_without_double
                 30,
                 0.1,
             )
+            wait_for(
+                f"the Scaled Event to {replicas_wanted}",
+                lambda: any(e.new == replicas_wanted for e in scaled_events(kube_admin, namespace)),
+                10,
+                0.1,
+            )
 
         wave(4, 2)  # 4 jobs on 2-slot pods: 2 replicas, by the first leader
-        wait_for("the first Scaled Event", lambda: scaled_events(kube_admin, namespace), 10, 0.1)
         for follower in ops.values():
             if follower is not op_a:
                 wait_for(f"{follower.log.stem} waiting", partial(waiting, follower), 60, 0.1)
@@ -270,9 +277,6 @@ def test_a_killed_leader_is_replaced_and_a_stopped_one_hands_over_without_double
         op_c.proc.send_signal(signal.SIGCONT)
         assert op_c.proc.wait(timeout=10) == 1
         assert "lost the Lease" in op_c.log.read_text()
-        wait_for(
-            "four Scaled Events", lambda: len(scaled_events(kube_admin, namespace)) == 4, 10, 0.1
-        )
     finally:
         leases.stop()
         queues.stop()

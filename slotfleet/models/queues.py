@@ -156,3 +156,6 @@ class WorkerHeartbeat(BaseModel):
     started_at: datetime | None = None
     last_seen: datetime | None = None
     draining: bool = False
+    retiring: str | None = None
+    """The retirement mark (a Queue's ``status.retiring[].since``) this worker confirms:
+    it has stopped claiming jobs and claims none until the mark is lifted."""

@@ -95,6 +95,9 @@ RETENTION_CHECK_SECONDS = 60.0
 #: Most entries in a Queue's ``status.cancellations``: the status is one object in etcd,
 #: read by every worker pod of the Queue on each change.
 MAX_CANCELLATIONS = 100
+#: Pods one round of a scale-down retires at most (``status.retiring``); a larger step
+#: goes in rounds, so the status stays small.
+MAX_RETIRING = 100
 
 
 class SecretKeyRef(SpecModel):
@@ -347,6 +350,21 @@ class CancellationEntry(BaseModel):
     """When the cancel was requested (RFC 3339)."""
 
 
+class RetiringPod(BaseModel):
+    """A worker pod chosen for removal: it claims no new job, and ``spec.replicas`` drops
+    once it has confirmed that through the job store (docs/operations.md, "Scale-down")."""
+
+    model_config = ConfigDict(
+        populate_by_name=True, use_attribute_docstrings=True, alias_generator=to_camel
+    )
+
+    pod: str
+    """The pod's name (its worker id)."""
+    since: str
+    """When the operator marked it (RFC 3339, microseconds); its worker echoes this text in
+    its heartbeat to confirm that it claims nothing more."""
+
+
 class QueueStatus(BaseModel):
     """What the operator observed."""
 
@@ -380,5 +398,8 @@ class QueueStatus(BaseModel):
         default_factory=list, max_length=MAX_CANCELLATIONS
     )
     """Running jobs to cancel: the newest requests, at most ``MAX_CANCELLATIONS``."""
+    retiring: list[RetiringPod] = Field(default_factory=list, max_length=MAX_RETIRING)
+    """Worker pods chosen for the next scale-down (``autoscaling.mode: operator``): they
+    stop claiming jobs first, and the fleet shrinks once they have confirmed."""
     conditions: list[Condition] = Field(default_factory=list)
     """Ready, StoreReachable, Degraded, Scaling, Paused."""

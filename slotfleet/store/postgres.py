@@ -255,6 +255,7 @@ class PostgresStore(PostgresReads):
             "queues": Jsonb({k: list(v) for k, v in beat.queues.items()}),
             "started_at": beat.started_at,
             "draining": beat.draining,
+            "retiring": beat.retiring,
             "lease_seconds": float(lease_seconds),
             "ids": [job_id for job_id, _ in held],
             "tokens": [token for _, token in held],

@@ -88,6 +88,7 @@ def worker_row(row: DictRow) -> WorkerHeartbeat:
         started_at=utc(row["started_at"]),
         last_seen=utc(row["last_seen"]),
         draining=row["draining"],
+        retiring=row["retiring"],
     )
 
 

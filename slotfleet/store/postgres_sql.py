@@ -303,10 +303,10 @@ WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM changed)
 HEARTBEAT = """
 WITH beat AS (
     INSERT INTO slotfleet_workers AS w
-        (worker_id, hostname, pid, queues, started_at, last_seen, draining)
+        (worker_id, hostname, pid, queues, started_at, last_seen, draining, retiring)
     VALUES (
         %(worker_id)s, %(hostname)s, %(pid)s, %(queues)s,
-        coalesce(%(started_at)s::timestamptz, now()), now(), %(draining)s
+        coalesce(%(started_at)s::timestamptz, now()), now(), %(draining)s, %(retiring)s
     )
     ON CONFLICT (worker_id) DO UPDATE SET
         hostname = excluded.hostname,
@@ -314,7 +314,8 @@ WITH beat AS (
         queues = excluded.queues,
         started_at = coalesce(%(started_at)s::timestamptz, w.started_at),
         last_seen = now(),
-        draining = excluded.draining
+        draining = excluded.draining,
+        retiring = excluded.retiring
     RETURNING 1
 ),
 held AS (

@@ -228,6 +228,7 @@ class SQLiteStore(SQLiteConnection, SQLiteReads):
             "queues": dump_json({k: list(v) for k, v in beat.queues.items()}),
             "started_at": epoch(beat.started_at),
             "draining": int(beat.draining),
+            "retiring": beat.retiring,
         }
         pairs = list(held)
 

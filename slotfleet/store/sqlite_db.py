@@ -88,6 +88,7 @@ def worker_row(row: sqlite3.Row) -> WorkerHeartbeat:
         started_at=datetime.fromtimestamp(row["started_at"], UTC),
         last_seen=datetime.fromtimestamp(row["last_seen"], UTC),
         draining=bool(row["draining"]),
+        retiring=row["retiring"],
     )
 
 

@@ -146,15 +146,19 @@ RETURNING *
 """
 
 UPSERT_WORKER = """
-INSERT INTO slotfleet_workers (worker_id, hostname, pid, queues, started_at, last_seen, draining)
-VALUES (:worker_id, :hostname, :pid, :queues, coalesce(:started_at, :now), :now, :draining)
+INSERT INTO slotfleet_workers
+    (worker_id, hostname, pid, queues, started_at, last_seen, draining, retiring)
+VALUES (
+    :worker_id, :hostname, :pid, :queues, coalesce(:started_at, :now), :now, :draining, :retiring
+)
 ON CONFLICT (worker_id) DO UPDATE SET
     hostname = excluded.hostname,
     pid = excluded.pid,
     queues = excluded.queues,
     started_at = coalesce(:started_at, slotfleet_workers.started_at),
     last_seen = excluded.last_seen,
-    draining = excluded.draining
+    draining = excluded.draining,
+    retiring = excluded.retiring
 """
 
 #: One held lease, by primary key and only while the row carries the worker's token

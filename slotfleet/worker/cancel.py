@@ -34,6 +34,16 @@ class WorkerControl(Protocol):
         """Stop (or resume) fetching new jobs of ``queue``; running jobs go on."""
         ...
 
+    @property
+    def worker_id(self) -> str:
+        """The worker's id (in a pod, the pod's name)."""
+        ...
+
+    def set_retiring(self, mark: str | None) -> None:
+        """Stop claiming and confirm ``mark`` through the heartbeat (a scale-down chose
+        this worker), or claim again (``None``); see ``slotfleet.worker.retiring``."""
+        ...
+
 
 class CancelSource(Protocol):
     """Something that feeds cancel requests (and pauses) into a worker."""

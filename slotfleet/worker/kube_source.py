@@ -7,7 +7,9 @@ it watches exactly one Queue (``fieldSelector=metadata.name=NAME``, which is wha
 worker Role's ``resourceNames`` allows), and for each version of it
 
 * calls ``control.cancel(job)`` once for each listed job it has not handled yet;
-* calls ``control.set_paused(queue, spec.paused)``.
+* calls ``control.set_paused(queue, spec.paused)``;
+* calls ``control.set_retiring(mark)`` with this worker's entry of ``status.retiring``
+  (``None`` when it is not listed): a scale-down chose it (``retiring.py``).
 
 The list-then-watch loop (resume, relist on ``410 Gone``, back-off) is
 :func:`slotfleet.kube_watch.follow`, the one the operator's caches use too.
@@ -28,6 +30,7 @@ from slotfleet.kube_client import load_api_client
 from slotfleet.kube_watch import follow
 from slotfleet.models import JobId
 from slotfleet.models.resource import GROUP, PLURAL, VERSION
+from slotfleet.worker.retiring import mark_for
 
 if TYPE_CHECKING:
     from slotfleet.worker.cancel import WorkerControl
@@ -85,6 +88,7 @@ class KubeQueueSource:
         spec = queue.get("spec") or {}
         queue_name = str(spec.get("queueName") or queue.get("metadata", {}).get("name", ""))
         control.set_paused(queue_name, bool(spec.get("paused", False)))
+        control.set_retiring(mark_for(queue.get("status"), control.worker_id))
         listed = {
             int(entry["job"])
             for entry in (queue.get("status") or {}).get("cancellations") or []

@@ -70,8 +70,15 @@ class QueueLoop:
         self.wake = asyncio.Event()
         """Set when a slot frees up or the queue is resumed."""
         self.paused = executor.queue.paused
+        self.retiring = False
+        """Set while the worker is chosen for a scale-down (``retiring.py``): no claims."""
         self.fetching = False
-        """True while a fetch (or rate-limit call) is in progress."""
+        """True from the moment a round decides to claim until its jobs are in the
+        executor (a fetch, a rate-limit call, the pushes): a retiring worker confirms
+        only once this is false."""
+        self.settled = asyncio.Event()
+        """Set whenever :attr:`fetching` is false."""
+        self.settled.set()
         self.fetched = 0
         """Jobs claimed so far."""
         self.unsettled: list[str] = []
@@ -81,30 +88,36 @@ class QueueLoop:
         backoff = 0.0
         while not self.stopping.is_set():
             self.wake.clear()
-            if self.paused:
+            if self.paused or self.retiring:
                 await self._wait(self.wake.wait(), None)
                 continue
             limit = min(self.executor.free_slots, self.global_free())
             if limit <= 0:
                 await self._wait(self.wake.wait(), self.queue.polling_interval)
                 continue
-            self.fetching = True
+            failed = False
+            self.fetching = True  # no await since the check above: a retirement waits
+            self.settled.clear()
             try:
-                jobs = await self._claim(limit)
-            except Exception as exc:  # store down or flaky: back off, keep the worker alive
-                backoff = min(MAX_BACKOFF_SECONDS, max(0.1, backoff * 2))
-                log.warning("fetching from queue %s failed: %s", self.queue.name, exc)
-                await self._wait(None, backoff)
-                continue
+                try:
+                    jobs = await self._claim(limit)
+                except Exception as exc:  # store down or flaky: back off, keep the worker
+                    log.warning("fetching from queue %s failed: %s", self.queue.name, exc)
+                    failed, jobs = True, None
+                for job in jobs or ():
+                    self.fetched += 1
+                    self.on_fetched(job)
+                    await self.executor.push(job)
             finally:
                 self.fetching = False
+                self.settled.set()
+            if failed:
+                backoff = min(MAX_BACKOFF_SECONDS, max(0.1, backoff * 2))
+                await self._wait(None, backoff)
+                continue
             backoff = 0.0
             if jobs is None:  # rate limited
                 continue
-            for job in jobs:
-                self.fetched += 1
-                self.on_fetched(job)
-                await self.executor.push(job)
             if len(jobs) < limit:
                 # Nothing more is ready: wait for new work (not for slots).
                 await self._wait(

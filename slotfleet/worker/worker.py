@@ -51,6 +51,7 @@ from slotfleet.worker.executors import Executor, executor_class
 from slotfleet.worker.leases import LeaseKeeper
 from slotfleet.worker.loop import QueueLoop
 from slotfleet.worker.metrics import SlotUsage, WorkerMetrics
+from slotfleet.worker.retiring import Retirement
 from slotfleet.worker.startup import connect_patiently
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,10 @@ class Worker:
         self.leases = LeaseKeeper(
             store, lease_seconds, lambda: self.executors.values(), self._batcher
         )
+        self.retirement = Retirement(
+            lambda: self._loops.values(), lambda: self._safely(self._beat())
+        )
+        """Whether a scale-down chose this worker (see ``retiring.py``)."""
         self._stopping = asyncio.Event()
         self._slot_changed = asyncio.Event()
         self._started_at: datetime | None = None
@@ -173,6 +178,9 @@ class Worker:
                 await executor.cancel(Reference(identifier=job_id))
                 return True
         return False
+
+    def set_retiring(self, mark: str | None) -> None:  # see retiring.py
+        self.retirement.set(mark)
 
     def set_paused(self, queue: str, paused: bool) -> None:
         loop = self._loops.get(queue)
@@ -230,6 +238,8 @@ class Worker:
                 await server.start()
             self.executors = {q.name: executor_class(q.executor)(self, q) for q in self.queues}
             self._loops = {name: self._make_loop(e) for name, e in self.executors.items()}
+            for loop in self._loops.values():
+                self.retirement.apply_to(loop)
             self._started_at = self.now()
             if not await self._connect():
                 return  # stopped while waiting for the store: nothing ran, nothing to hand back
@@ -320,6 +330,7 @@ class Worker:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.retirement.stop()
             if announce is not None:
                 await announce
             if self._registered and store_answers:  # else it ages out of the heartbeats
@@ -355,6 +366,7 @@ class Worker:
             started_at=self._started_at,
             last_seen=self.now(),
             draining=self.draining,
+            retiring=self.retirement.confirmed,
         )
         await self.leases.beat(beat)
 

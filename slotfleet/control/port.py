@@ -3,7 +3,8 @@
 The operator implements :class:`FleetPort` with a Queue's pods and its ``/scale``
 (``slotfleet.operator.fleetport``); the local fleet with worker processes
 (``slotfleet.fleet.runner``). The core (:func:`slotfleet.control.size_fleet`) calls it
-in one order every tick: mark busy members, then resize.
+in one order every tick: mark busy members, let members chosen for removal retire,
+then resize.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ class FleetPort(Protocol):
     async def mark(self, busy: Mapping[str, int]) -> bool:
         """Make the fleet remove idle members first, given busy slots per worker id;
         return whether every mark was already in place (nothing changed)."""
+        ...
+
+    def retire(self, decision: Decision) -> Decision:
+        """The decision as it may be carried out now. Before a smaller size, a fleet
+        whose members could claim work between the resize and their stop chooses them
+        first and holds the size until they have stopped claiming
+        (``slotfleet.scaling.retire``); a fleet without that race returns it unchanged."""
         ...
 
     async def resize(

@@ -1,7 +1,8 @@
 """One sizing tick over a :class:`~slotfleet.control.port.FleetPort`.
 
 In this order, for both fleet controllers: mark members by busy slots (so whatever
-removes members removes idle ones first), decide with the :class:`Sizer`, hold a
+removes members removes idle ones first), decide with the :class:`Sizer`, let the port
+hold a scale-down until the members it removes have stopped claiming, hold a
 scale-down for a tick while a mark was just changed (the operator's ReplicaSet
 controller must see which pods are busy before it picks), and resize when the decision
 differs from the fleet's size.
@@ -49,6 +50,7 @@ async def size_fleet(
     decision, overridden = sizer.decide(
         spec, view.stats, at=at, size=size, busy_members=busy_members, paused=paused
     )
+    decision = port.retire(decision)  # before the hold: it must see the wanted size
     held = decision.replicas < size and not settled
     if held:
         decision = Decision(

@@ -173,6 +173,11 @@ class LocalFleet:
     async def mark(self, busy: Mapping[str, int]) -> bool:
         return True  # resize picks idle victims itself; nothing to mark ahead
 
+    def retire(self, decision: Decision) -> Decision:
+        # no mark ahead: resize signals the idle workers it picks in the same tick, a
+        # narrower window than a pod's (docs/operations.md, "Scale-down")
+        return decision
+
     async def resize(
         self, decision: Decision, busy: Mapping[str, int], *, overridden: bool
     ) -> Decision:

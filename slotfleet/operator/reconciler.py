@@ -48,6 +48,7 @@ from slotfleet.operator.builders import API_VERSION, QueueRef, build_children, s
 from slotfleet.operator.cache import ClusterCache
 from slotfleet.operator.kube import KubeApiError, KubeClient
 from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
+from slotfleet.operator.retiring import RetireGate
 from slotfleet.operator.secrets import SecretRead, read_dsn
 from slotfleet.operator.sizing import EventSink, PodFleet, write_replicas
 from slotfleet.operator.stores import StoreCache, read_views
@@ -398,9 +399,13 @@ class QueueReconciler:
             )
         )
 
+        # Retiring pods (slotfleet.operator.retiring): those marked on earlier ticks
+        # get the lowest deletion cost, the gate lets a scale-down through once they
+        # have stopped claiming, and the status gets this tick's marks.
+        retire = RetireGate.for_tick(pods, view.busy(), view.workers, previous, datetime.now(UTC))
         # Deletion costs first, then the size (the core's order): a scale-down written
         # this tick finds every busy pod already marked.
-        fleet = PodFleet(self.kube, self.events, body, ref, spec, pods)
+        fleet = PodFleet(self.kube, self.events, body, ref, spec, pods, retire)
         decision = await size_fleet(
             fleet, memory.sizer, spec, view, at=time.monotonic(), paused=pause.paused,
             hpa_sizes=True,
@@ -443,6 +448,9 @@ class QueueReconciler:
                 desired_replicas=desired,
                 last_scale_time=last_scale,
                 pause=pause,
+                retiring=retire.entries()
+                if spec.autoscaling.mode is AutoscalingMode.OPERATOR
+                else [],
             ),
             now=now,
         )

@@ -6,6 +6,9 @@
   at its busy slots in coarse buckets (:func:`slotfleet.control.cost_bucket`), so the
   ReplicaSet controller removes idle pods first, with a patch only when a pod changes
   bucket;
+* ``retire`` passes a smaller size only once the pods it removes have stopped claiming
+  (:class:`~slotfleet.operator.retiring.RetireGate`; the pods it marked carry the lowest
+  deletion cost);
 * ``resize`` writes ``spec.replicas`` through the Queue's ``/scale`` (so the Deployment
   follows by the same path as ``kubectl scale`` or an HPA). A ``spec.replicas`` someone
   else wrote (``kubectl scale``) is put back with a Warning Event, ``ScaleReverted``,
@@ -17,7 +20,7 @@ operator resizes a fleet (:func:`write_replicas`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 from slotfleet.control import cost_bucket
@@ -25,7 +28,9 @@ from slotfleet.models.pod import DELETION_COST_ANNOTATION
 from slotfleet.models.resource import QueueSpec
 from slotfleet.operator.builders import API_VERSION, QueueRef, deletion_cost_patch
 from slotfleet.operator.kube import KubeApiError, KubeClient
+from slotfleet.operator.retiring import RetireGate
 from slotfleet.scaling import Decision
+from slotfleet.scaling.retire import RETIRING_DELETION_COST
 
 
 class EventSink(Protocol):
@@ -36,12 +41,15 @@ class EventSink(Protocol):
     def warn(self, body: Mapping[str, Any], reason: str, message: str) -> None: ...
 
 
-def deletion_costs(pods: Sequence[Mapping[str, Any]], busy: Mapping[str, int]) -> dict[str, int]:
+def deletion_costs(
+    pods: Sequence[Mapping[str, Any]], busy: Mapping[str, int], retiring: Collection[str] = ()
+) -> dict[str, int]:
     """Live pods whose deletion cost must change, mapped to the new cost.
 
     Worker ids are pod names (``--worker-id $(POD_NAME)``); ``busy`` maps them to busy
     slots (:meth:`slotfleet.control.QueueView.busy`). A pod absent from it costs 0: it
-    runs nothing the store knows of, so it may go first.
+    runs nothing the store knows of, so it may go first. A ``retiring`` pod costs
+    :data:`~slotfleet.scaling.retire.RETIRING_DELETION_COST`: it goes before them all.
     """
     changes: dict[str, int] = {}
     for pod in pods:
@@ -50,6 +58,8 @@ def deletion_costs(pods: Sequence[Mapping[str, Any]], busy: Mapping[str, int]) -
             continue
         name = str(metadata.get("name", ""))
         cost = cost_bucket(int(busy.get(name, 0)))
+        if name in retiring:
+            cost = RETIRING_DELETION_COST
         if (metadata.get("annotations") or {}).get(DELETION_COST_ANNOTATION) != str(cost):
             changes[name] = cost
     return changes
@@ -66,9 +76,11 @@ class PodFleet:
         ref: QueueRef,
         spec: QueueSpec,
         pods: Sequence[Mapping[str, Any]],
+        retiring: RetireGate | None = None,
     ) -> None:
         self.kube, self.events, self.body = kube, events, body
         self.ref, self.spec, self.pods = ref, spec, pods
+        self.retiring = retiring
 
     def size(self) -> int:
         return self.spec.replicas
@@ -81,7 +93,8 @@ class PodFleet:
         ]
 
     async def mark(self, busy: Mapping[str, int]) -> bool:
-        changes = deletion_costs(self.pods, busy)
+        marked = self.retiring.marked if self.retiring is not None else ()
+        changes = deletion_costs(self.pods, busy, frozenset(marked))
         for name, cost in changes.items():
             try:
                 await self.kube.merge_patch(
@@ -91,6 +104,11 @@ class PodFleet:
                 if exc.status != 404:  # a pod that just went away needs no cost
                     raise
         return not changes
+
+    def retire(self, decision: Decision) -> Decision:
+        if self.retiring is None:
+            return decision
+        return self.retiring(decision, self.size())
 
     async def resize(
         self, decision: Decision, busy: Mapping[str, int], *, overridden: bool

@@ -147,6 +147,8 @@ class Observed:
     last_scale_time: str | None = None
     pause: PauseView | None = None
     """Whether the queue is paused, and why (its condition is among ``conditions``)."""
+    retiring: Sequence[Json] | None = None
+    """``status.retiring`` (``slotfleet.operator.retiring``); ``None`` keeps the previous."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +229,9 @@ def build_status(previous: Mapping[str, Any], seen: Observed, *, now: str) -> Js
         cancellation_entries(seen.cancellations)
         if seen.cancellations is not None
         else list(previous.get("cancellations") or [])
+    )
+    status["retiring"] = (
+        list(seen.retiring) if seen.retiring is not None else list(previous.get("retiring") or [])
     )
     conditions: list[Json] = [dict(c) for c in previous.get("conditions") or []]
     for kind in seen.drop_conditions:

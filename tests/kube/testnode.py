@@ -17,7 +17,9 @@ Per pod:
   (``httpGet``, ``tcpSocket`` or ``exec``; liveness and startup probes are ignored);
 * restarts under ``restartPolicy`` Always/OnFailure with a short exponential backoff;
 * on deletion: SIGTERM, wait ``terminationGracePeriodSeconds``, SIGKILL, then delete the
-  pod object with ``gracePeriodSeconds=0``.
+  pod object with ``gracePeriodSeconds=0``; :attr:`TestNode.terminate_delay` seconds pass
+  before the SIGTERM (zero unless a test sets it), as a real kubelet's watch, pod sync and
+  preStop hooks take before it signals a deleted pod.
 
 Not emulated: images, volumes (mounted files), init and sidecar containers, lifecycle hooks,
 resource limits, networking beyond loopback (no Services/kube-proxy, no DNS).
@@ -315,6 +317,8 @@ class TestNode:
         self.pid_log: dict[PodKey, list[int]] = {}
         self.errors: list[str] = []
         self.events: list[str] = []
+        self.terminate_delay = 0.0
+        """Seconds between a pod's deletion and its SIGTERM (a test sets it, and resets it)."""
 
     # ------------------------------------------------------------------ public API
     def start(self) -> None:
@@ -911,6 +915,8 @@ class TestNode:
 
     def _terminate(self, run: PodRun, grace: float, delete: bool) -> None:
         self._event(f"terminating {run.namespace}/{run.name} (grace {grace}s)")
+        if self.terminate_delay:
+            self._stop.wait(self.terminate_delay)
         self._kill_pod_processes(run, grace, record=True)
         if delete:
             self._force_delete(run.namespace, run.name, run.uid)

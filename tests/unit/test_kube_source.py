@@ -11,6 +11,14 @@ class FakeControl:
     def __init__(self) -> None:
         self.cancelled: list[JobId] = []
         self.paused: list[tuple[str, bool]] = []
+        self.retiring: list[str | None] = []
+
+    @property
+    def worker_id(self) -> str:
+        return "emails-7d9f-abcde"
+
+    def set_retiring(self, mark: str | None) -> None:
+        self.retiring.append(mark)
 
     async def cancel(self, job_id: JobId) -> bool:
         self.cancelled.append(job_id)
@@ -51,6 +59,18 @@ async def test_a_queue_without_status_is_fine() -> None:
     await source.apply({"metadata": {"name": "emails"}, "spec": {}}, control)
     assert control.cancelled == []
     assert control.paused == [("emails", False)]
+
+
+async def test_the_worker_follows_its_own_entry_of_status_retiring() -> None:
+    source, control = KubeQueueSource("ns", "emails"), FakeControl()
+    listed = queue([])
+    listed["status"]["retiring"] = [
+        {"pod": "emails-7d9f-other", "since": "2026-11-30T21:00:00.000001Z"},
+        {"pod": "emails-7d9f-abcde", "since": "2026-11-30T21:00:00.000002Z"},
+    ]
+    await source.apply(listed, control)
+    await source.apply(queue([]), control)
+    assert control.retiring == ["2026-11-30T21:00:00.000002Z", None]
 
 
 def test_watch_lines_are_split_across_chunks() -> None:

@@ -348,6 +348,7 @@ async def test_postgres_completion_batch_uses_the_primary_key_on_an_analyzed_bac
         "queues": "{}",
         "started_at": None,
         "draining": False,
+        "retiring": None,
         "lease_seconds": 15.0,
         "ids": [i for i, _ in held],
         "tokens": [t for _, t in held],

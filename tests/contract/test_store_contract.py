@@ -496,6 +496,13 @@ async def test_heartbeat_extends_leases_and_lists_workers(store: Store) -> None:
     [worker] = await store.workers()
     assert worker.draining
     assert worker.started_at == started
+    assert worker.retiring is None
+    # a retiring worker's confirmation (its mark) is kept, and cleared, beat by beat
+    mark = "2026-11-30T21:00:00.123456Z"
+    await store.heartbeat(alive.model_copy(update={"retiring": mark}), LEASE, [lease])
+    assert [w.retiring for w in await store.workers()] == [mark]
+    await store.heartbeat(alive, LEASE, [lease])
+    assert [w.retiring for w in await store.workers()] == [None]
     await asyncio.sleep(0.3)
     assert await store.workers(ttl_seconds=0.2) == []
     await store.remove_worker("w1")

@@ -133,7 +133,7 @@ def _statements() -> list[tuple[str, str, dict[str, Any], list[str]]]:
             "heartbeat",
             postgres_sql.HEARTBEAT,
             {"worker_id": "w", "hostname": "h", "pid": 1, "queues": "{}", "started_at": None,
-             "draining": False, "lease_seconds": 15.0, "ids": held,
+             "draining": False, "retiring": None, "lease_seconds": 15.0, "ids": held,
              "tokens": [f"t{i // 100}" for i in held]},
             ["slotfleet_jobs_pkey", "slotfleet_jobs_running_lease", "slotfleet_jobs_running_owner"],
         ),

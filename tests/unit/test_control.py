@@ -91,6 +91,9 @@ class Port:
     settled: bool = True
     marks: list[dict[str, int]] = field(default_factory=list)
     resized: list[int] = field(default_factory=list)
+    retiring: bool = False
+    """Hold every scale-down, as members not yet retired would."""
+    retired: list[int] = field(default_factory=list)
 
     def size(self) -> int:
         return self.current
@@ -101,6 +104,12 @@ class Port:
     async def mark(self, busy: Mapping[str, int]) -> bool:
         self.marks.append(dict(busy))
         return self.settled
+
+    def retire(self, decision: Decision) -> Decision:
+        self.retired.append(decision.replicas)
+        if self.retiring and decision.replicas < self.current:
+            return Decision(self.current, "holding: retiring", decision.desired)
+        return decision
 
     async def resize(
         self, decision: Decision, busy: Mapping[str, int], *, overridden: bool
@@ -138,6 +147,21 @@ async def test_a_scale_down_waits_a_tick_while_marks_change() -> None:
     d = await size_fleet(port, sizer, spec(scaleDownStabilizationSeconds=0), view(running=4),
                          at=1, paused=False, hpa_sizes=True)  # fmt: skip
     assert d is not None
+    assert port.resized == [2]
+
+
+async def test_the_port_sees_the_wanted_size_before_any_hold_and_may_hold_it() -> None:
+    """The port's members must be chosen (and retire) while the marks settle, so it sees
+    the sizer's scale-down even on a tick the mark hold holds, and its own hold wins."""
+    port = Port(4, ["a", "b", "c", "d"], settled=False, retiring=True)
+    sizer = Sizer(last=Decision(4, "", 4))
+    d = await size_fleet(port, sizer, spec(scaleDownStabilizationSeconds=0), view(running=4),
+                         at=0, paused=False, hpa_sizes=True)  # fmt: skip
+    assert d is not None
+    assert (port.retired, d.replicas, d.reason) == ([2], 4, "holding: retiring")
+    port.settled, port.retiring = True, False
+    await size_fleet(port, sizer, spec(scaleDownStabilizationSeconds=0), view(running=4),
+                     at=1, paused=False, hpa_sizes=True)  # fmt: skip
     assert port.resized == [2]
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from slotfleet.models import WorkerHeartbeat
 from slotfleet.operator.retiring import RetireGate, pod_tier, previous_marks
+from slotfleet.operator.sizing import deletion_costs
 from slotfleet.operator.status import Observed, build_status
 from slotfleet.scaling import Decision
 from slotfleet.scaling.retire import (
@@ -16,7 +17,6 @@ from slotfleet.scaling.retire import (
     Member,
     RetirePlan,
     plan_retirement,
-    retiring_costs,
 )
 
 NOW = datetime(2026, 11, 30, 21, 0, 0, tzinfo=UTC)
@@ -116,11 +116,9 @@ def test_a_large_step_goes_in_rounds() -> None:
 
 
 def test_retiring_pods_cost_least() -> None:
-    assert retiring_costs({"a": 2, "b": 0}, ["b", "c"]) == {
-        "a": 2,
-        "b": RETIRING_DELETION_COST,
-        "c": RETIRING_DELETION_COST,
-    }
+    pods = [pod("a"), pod("b"), pod("c")]
+    costs = deletion_costs(pods, {"a": 2, "c": 1}, {"c"})
+    assert costs == {"a": 2, "b": 0, "c": RETIRING_DELETION_COST}
 
 
 def pod(

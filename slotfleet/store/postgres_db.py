@@ -1,5 +1,5 @@
 """PostgreSQL plumbing under :class:`~slotfleet.store.postgres.PostgresStore`: DSN
-parsing, the pool's connection set-up and check, migrations, batch parameters and row
+parsing, the pool's connection set-up and check, batch parameters and row
 decoding. No verbs live here.
 """
 
@@ -26,9 +26,8 @@ from slotfleet.models import (
     StoreError,
     WorkerHeartbeat,
 )
-from slotfleet.store import postgres_sql as sql
 from slotfleet.store.dsn import scrub
-from slotfleet.store.rows import error_json, job_from_record, migration_scripts, one_line
+from slotfleet.store.rows import error_json, job_from_record, one_line
 
 Conn = psycopg.AsyncConnection[DictRow]
 
@@ -110,20 +109,6 @@ def parse_address(dsn: str) -> tuple[str, dict[str, Any]]:
         raise InvalidSettingsError(f"invalid PostgreSQL DSN: {scrub(one_line(exc), dsn)}") from exc
     host = str(params.get("host") or params.get("hostaddr") or "localhost")
     return f"{host}:{params.get('port') or 5432}", params
-
-
-async def migrate(conn: Conn) -> None:
-    """Apply missing migrations in one transaction under an advisory lock, so
-    workers starting together neither race nor apply a migration twice."""
-    async with conn.transaction():
-        await conn.execute(sql.LOCK_MIGRATIONS, {"key": sql.MIGRATION_LOCK_KEY})
-        await conn.execute(sql.MIGRATIONS_TABLE)
-        cur = await conn.execute(sql.APPLIED_VERSIONS)
-        applied = {row["version"] for row in await cur.fetchall()}
-        for version, name, script in migration_scripts("postgres"):
-            if version not in applied:
-                await conn.execute(script.encode())
-                await conn.execute(sql.RECORD_MIGRATION, {"version": version, "name": name})
 
 
 def enqueue_document(jobs: Sequence[Job]) -> str:

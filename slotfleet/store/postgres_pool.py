@@ -27,8 +27,9 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from slotfleet.models import StoreError, StoreUnavailableError
 from slotfleet.store.dsn import scrub
-from slotfleet.store.postgres_db import Conn, check_idle, configure, migrate, parse_address
+from slotfleet.store.postgres_db import Conn, check_idle, configure, parse_address
 from slotfleet.store.postgres_listen import Listener
+from slotfleet.store.postgres_migrate import migrate, postgres_migrations
 from slotfleet.store.rows import one_line
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class PostgresConnections:
         conn = await self._connect()
         try:
             async with conn:
-                await migrate(conn)
+                await migrate(conn, postgres_migrations())
         except psycopg.OperationalError as exc:
             raise self._unavailable(exc) from exc
         except psycopg.Error as exc:

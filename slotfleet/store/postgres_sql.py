@@ -14,8 +14,14 @@ from slotfleet.store.rows import JOB_COLUMNS
 
 CHANNEL = "slotfleet_jobs"
 
-#: Key of the transaction-level advisory lock held while migrating.
+#: Key of the transaction-level advisory lock held while a transactional migration runs
+#: (and by every release before online migrations, for its whole run).
 MIGRATION_LOCK_KEY = 0x51_07F1_EE7
+
+#: Key of the session-level advisory lock one process holds for its whole migration run
+#: (``postgres_migrate``): a second key, so that a process of an older release starting
+#: during an online index build waits on nothing the build waits on (see that module).
+MIGRATION_RUN_LOCK_KEY = 0x51_07F1_EE8
 
 
 #: Claimed columns read as JSON text (see ``FETCH``).
@@ -39,6 +45,27 @@ LOCK_MIGRATIONS = "SELECT pg_advisory_xact_lock(%(key)s)"
 APPLIED_VERSIONS = "SELECT version FROM slotfleet_migrations"
 
 RECORD_MIGRATION = "INSERT INTO slotfleet_migrations (version, name) VALUES (%(version)s, %(name)s)"
+
+# A try, not a wait: a backend blocked in pg_advisory_lock holds a snapshot, and an
+# online index build waits for every older snapshot, so a waiting opener and the build
+# would wait on each other (a deadlock the server breaks by failing one of them).
+TRY_RUN_LOCK = "SELECT pg_try_advisory_lock(%(key)s) AS locked"
+
+RUN_UNLOCK = "SELECT pg_advisory_unlock(%(key)s)"
+
+# Who holds the run lock (a bigint key shows as classid = high half, objid = low half).
+RUN_LOCK_HOLDER = """
+SELECT pid FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND objsubid = 1
+  AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND classid = (%(key)s::bigint >> 32)::oid AND objid = (%(key)s::bigint & 4294967295)::oid
+LIMIT 1
+"""
+
+# NULL when no index has the name; false for what a failed CREATE INDEX CONCURRENTLY left.
+INDEX_VALID = "SELECT indisvalid AS valid FROM pg_index WHERE indexrelid = to_regclass(%(name)s)"
+
+DROP_INDEX_CONCURRENTLY = "DROP INDEX CONCURRENTLY IF EXISTS {name}"
 
 # One statement for the whole batch, which arrives as one JSON array (see
 # ``postgres_db.enqueue_document``). ``firsts`` keeps the first job of each unique_key in

@@ -10,12 +10,13 @@ a second time.
 A migration whose first line is :data:`ONLINE_MARK` is *online*: its statements run one by
 one outside any transaction, so it may only build or drop indexes concurrently
 (``CREATE [UNIQUE] INDEX CONCURRENTLY IF NOT EXISTS name ON ...`` and ``DROP INDEX
-CONCURRENTLY IF EXISTS name``, each ending with ``;``), which lets enqueues, claims and
-completions go on while a large ``slotfleet_jobs`` is indexed. Re-running one is safe: an
-index that a failed or cancelled concurrent build left INVALID is dropped and built again
-(``IF NOT EXISTS`` alone would keep it), and its version is recorded only once every
-statement has succeeded. A migration released as transactional never becomes online: an
-older release knows it as transactional and would apply it beside the online build.
+CONCURRENTLY IF EXISTS name``, each ending with ``;``, with no ``;`` or ``--`` inside a
+string literal), which lets enqueues, claims and completions go on while a large
+``slotfleet_jobs`` is indexed. Re-running one is safe: an index that a failed or cancelled
+concurrent build left INVALID is dropped and built again (``IF NOT EXISTS`` alone would
+keep it), and its version is recorded only once every statement has succeeded. A
+migration released as transactional never becomes online: an older release knows it as
+transactional and would apply it beside the online build.
 
 One process at a time migrates: each holds a session-level advisory lock
 (``MIGRATION_RUN_LOCK_KEY``) for its whole run. Others poll for it (:data:`LOCK_POLL_SECONDS`,
@@ -86,10 +87,10 @@ def parse_migration(version: int, name: str, script: str) -> Migration:
     when an online migration holds anything but a concurrent, re-runnable index step."""
     if not script.startswith(ONLINE_MARK):
         return Migration(version, name, script)
-    lines = [line for line in script.splitlines() if not line.lstrip().startswith("--")]
-    statements = tuple(
-        " ".join(part.split()) for part in "\n".join(lines).split(";") if part.strip()
-    )
+    # No literal holds "--" or ";" (see the module docstring): "--" starts a comment, ";"
+    # ends a statement.
+    text = "\n".join(line.split("--", 1)[0] for line in script.splitlines())
+    statements = tuple(" ".join(part.split()) for part in text.split(";") if part.strip())
     for statement in statements:
         if not (_CREATE.match(statement) or _DROP.match(statement)):
             raise StoreError(

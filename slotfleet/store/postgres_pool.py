@@ -41,6 +41,21 @@ T = TypeVar("T")
 ROLLBACK_TRIES = 4
 
 
+#: Migrations running (asyncio keeps only weak references to tasks), see ``open``.
+_MIGRATING: set[asyncio.Task[None]] = set()
+
+
+def _report_orphan(task: asyncio.Task[None]) -> None:
+    """How a migration whose open was cancelled ended (nobody else will say)."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        log.info("the migration of an open cancelled meanwhile has completed")
+    else:
+        log.warning("the migration of an open cancelled meanwhile failed: %s", error)
+
+
 def rolled_back(exc: psycopg.Error) -> bool:
     """Whether the server rolled the statement back to resolve a conflict (SQLSTATE class
     40: deadlock detected, serialization failure), so running it again is safe."""
@@ -142,13 +157,18 @@ class PostgresConnections:
         if self._pool is not None:
             return
         conn = await self._connect()
+        # The migration runs to its end even when this open is cancelled (the operator
+        # bounds each tick's store read, open included): an interrupted online index
+        # build would be thrown away and start over on the next open, forever on a
+        # table that takes longer to index than the bound.
+        migrating = asyncio.create_task(self._migrate(conn))
+        _MIGRATING.add(migrating)
+        migrating.add_done_callback(_MIGRATING.discard)
         try:
-            async with conn:
-                await migrate(conn, postgres_migrations())
-        except psycopg.OperationalError as exc:
-            raise self._unavailable(exc) from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"cannot migrate the database: {self._text(exc)}") from exc
+            await asyncio.shield(migrating)
+        except asyncio.CancelledError:
+            migrating.add_done_callback(_report_orphan)
+            raise
         pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
             self.dsn,
             min_size=self.min_size,
@@ -169,6 +189,15 @@ class PostgresConnections:
                 f"{self.connect_timeout:g}s"
             ) from exc
         self._pool = pool
+
+    async def _migrate(self, conn: Conn) -> None:
+        try:
+            async with conn:
+                await migrate(conn, postgres_migrations())
+        except psycopg.OperationalError as exc:
+            raise self._unavailable(exc) from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"cannot migrate the database: {self._text(exc)}") from exc
 
     async def close(self) -> None:
         listener, self._listener = self._listener, None

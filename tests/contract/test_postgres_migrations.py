@@ -257,3 +257,31 @@ async def test_an_index_built_inside_a_transaction_holds_writes(
         with pytest.raises(psycopg.errors.LockNotAvailable):
             await writer.execute("INSERT INTO slotfleet_jobs (queue, func) VALUES ('q', 'f')")
         await migrating.execute("ROLLBACK")
+
+
+async def test_an_open_cancelled_by_its_callers_bound_lets_its_migration_finish(
+    postgres_dsn: str, admin: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Regression: the operator bounds each tick's store read, open included (5 s). A
+    migration cancelled with the open was thrown away, and an online build longer than
+    the bound would start over on every tick, never finishing. The open here is held by
+    an older release's transactional lock, cancelled, and its migration still completes
+    once the lock is released, with no other open."""
+    caplog.set_level(logging.INFO, logger="slotfleet.store.postgres_pool")
+    await admin.execute("BEGIN")
+    await admin.execute(sql.LOCK_MIGRATIONS, {"key": sql.MIGRATION_LOCK_KEY})
+    store = open_store(postgres_dsn)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(store.open(), 0.5)
+    await admin.execute("COMMIT")
+
+    async def migrated() -> bool:
+        if await one(admin, "SELECT to_regclass('slotfleet_migrations')") is None:
+            return False
+        return await applied(admin) == [m.version for m in postgres_migrations()]
+
+    await until("the cancelled open's migration recorded", migrated)
+    await until(
+        "its end logged",
+        lambda: any("cancelled meanwhile has completed" in r.getMessage() for r in caplog.records),
+    )

@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from psycopg.rows import DictRow, dict_row
 
+from slotfleet.cli.main import main
 from slotfleet.models import Completion, Job, Outcome, StoreError
 from slotfleet.store import open_store
 from slotfleet.store import postgres_sql as sql
@@ -285,3 +286,22 @@ async def test_an_open_cancelled_by_its_callers_bound_lets_its_migration_finish(
         "its end logged",
         lambda: any("cancelled meanwhile has completed" in r.getMessage() for r in caplog.records),
     )
+
+
+def test_slotfleet_migrate_applies_the_missing_migrations_and_says_so(
+    postgres_dsn: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The explicit step of an upgrade (docs/operations.md): one line on stdout, what was
+    applied in the log; run again, it applies nothing."""
+    caplog.set_level(logging.INFO, logger="slotfleet.store.postgres_migrate")
+    assert main(["migrate", "--dsn", postgres_dsn]) == 0
+    assert capsys.readouterr().out == "the job store's schema is up to date\n"
+    assert len(applied_logs(caplog)) == len(postgres_migrations())
+    caplog.clear()
+    assert main(["migrate", "--dsn", postgres_dsn]) == 0
+    assert applied_logs(caplog) == []
+    bad = postgres_dsn.replace("postgres@", "postgres:s3cret@").rsplit("/", 1)[0] + "/nope"
+    assert main(["migrate", "--dsn", bad]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot reach the database at 127.0.0.1:")
+    assert "s3cret" not in err

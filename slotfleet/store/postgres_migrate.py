@@ -2,7 +2,8 @@
 at the same time, and online where a migration says so.
 
 A migration is ``migrations/postgres/NNNN_name.sql``. By default it is *transactional*:
-its script runs in one transaction with the row recording its version, under the
+its script runs in one transaction with the row recording its version (consecutive
+transactional migrations share one transaction), under the
 transaction-level advisory lock every release has taken (``MIGRATION_LOCK_KEY``), so a
 process of an older release opening the store meanwhile waits for it and never applies it
 a second time.
@@ -19,11 +20,12 @@ migration released as transactional never becomes online: an older release knows
 transactional and would apply it beside the online build.
 
 One process at a time migrates: each holds a session-level advisory lock
-(``MIGRATION_RUN_LOCK_KEY``) for its whole run. Others poll for it (:data:`LOCK_POLL_SECONDS`,
-never a blocking wait: see ``postgres_sql.TRY_RUN_LOCK``), log once whom they wait for, and
-give up after ``wait`` seconds; once they hold it they find every migration recorded and
-apply nothing. A process of an older release takes only the transactional lock, which the
-online steps do not hold, so it neither waits for an index build nor holds one up.
+(``MIGRATION_RUN_LOCK_KEY``) for its whole run. Others poll for it
+(:data:`LOCK_POLL_SECONDS`, never a blocking wait: see ``postgres_sql.TRY_RUN_LOCK``), say
+whom they wait for (at once, then every :data:`WAIT_LOG_SECONDS`) and give up after
+``wait`` seconds; once they hold it they find every migration recorded and apply nothing.
+A process of an older release takes only the transactional lock, which the online steps
+do not hold, so it neither waits for an index build nor holds one up.
 
 What this is not: the pool, the verbs, SQLite's migrations (``sqlite_db.migrate``: one
 writer, every migration transactional).

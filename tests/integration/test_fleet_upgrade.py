@@ -214,7 +214,7 @@ def test_a_running_fleet_upgraded_with_jobs_in_flight_runs_every_job_once(
     writer = psycopg.connect(postgres_dsn, autocommit=True)
     with conn, writer:
         versions = {r["version"] for r in rows(conn, "SELECT version FROM slotfleet_migrations")}
-        assert max(versions) == newest_version - 1
+        assert versions == {v for v, _, _ in migration_scripts("postgres")[:-1]}
         wait_until(
             "the held jobs running on old workers",
             lambda: (

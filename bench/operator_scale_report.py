@@ -88,13 +88,14 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         RULE,
         *(row_text(r) for r in rows),
         "",
-        "| Queues | created in | operator live in | first restart live in | idle window "
-        "| wall time | load average at the end |",
-        "|---:|---:|---:|---:|---:|---:|---|",
+        "| Queues | created in | all Ready condition | all observedGeneration | operator live in "
+        "| restarted live in | idle window | wall time | load average at the end |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['queues']):,} | {_seconds(r.get('created_s'))} "
+            f"| {_seconds(r.get('ready_condition_s'))} | {_seconds(r.get('ready_generation_s'))} "
             f"| {_seconds(r.get('first_live_s'))} | {_seconds(r.get('live_s'))} "
             f"| {_seconds(r.get('idle_wall_s'))} | {_seconds(r.get('wall_s'))} "
             f"| {r.get('loadavg_end', '?')} |"
@@ -107,7 +108,8 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         "How each figure is taken (see `bench/operator_scale.py`'s docstring): all Ready ="
         " first create -> every Queue `Ready=True`, `StoreReachable=True` and"
         " `observedGeneration == generation` (polled by a list, the figure's resolution is"
-        " the poll period); RSS = VmRSS at the end of the idle window; CPU = user + system"
+        " the poll period; the second table shows when each half first held for every Queue);"
+        " RSS = VmRSS at the end of the idle window; CPU = user + system"
         " over the idle window, % of one core; API requests/s = the API server's"
         " `apiserver_flowcontrol_dispatched_requests_total` under a FlowSchema matching only"
         " the operator's ServiceAccount; DB statements/s = `pg_stat_statements` calls of the"

@@ -48,6 +48,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import statistics
 import time
 import uuid
@@ -241,19 +242,23 @@ def store_do(dsn: str, action: Callable[[Any], Any]) -> Any:
 
 def idle_window(cluster: BenchCluster, op: OperatorRun, seconds: float) -> Json:
     assert cluster.pg is not None
-    requests0, rejected0 = cluster.operator_requests()
+    before = cluster.operator_requests()
     pgmod.reset_statements(cluster.pg)
     cpu0, t0 = cpu_seconds(op.pid), time.monotonic()
     time.sleep(seconds)
     statements = pgmod.count_statements(cluster.pg)
     cpu1, t1 = cpu_seconds(op.pid), time.monotonic()
-    requests1, rejected1 = cluster.operator_requests()
+    after = cluster.operator_requests()
+    delta = {key: after[key] - before[key] for key in after}
     wall = t1 - t0
     return {
         "rss_mib": rss_mib(op.pid),
         "cpu_pct": (cpu1 - cpu0) / wall * 100,
-        "api_rps": (requests1 - requests0) / wall,
-        "api_rejected": rejected1 - rejected0,
+        "api_rps": delta["dispatched"] / wall,
+        "api_rejected": delta["rejected"],
+        "apf_wait_ms": delta["wait_sum"] / delta["wait_count"] * 1000
+        if delta["wait_count"]
+        else None,
         "db_sps": statements / wall,
         "idle_wall_s": wall,
     }
@@ -376,8 +381,14 @@ def run_size(args: argparse.Namespace, n: int) -> Json:
     return row
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through run_size's cleanup
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # stopping the bench by its PID stops what it started (a background job ignores SIGINT)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     facts = machine_facts(None)
     rows: list[Json] = []
     for n in args.sizes:

@@ -50,6 +50,7 @@ FLOW_SCHEMA = "slotfleet-operator-bench"
 PRIORITY_LEVEL = "workload-low"
 DISPATCHED = "apiserver_flowcontrol_dispatched_requests_total"
 REJECTED = "apiserver_flowcontrol_rejected_requests_total"
+WAIT = "apiserver_flowcontrol_request_wait_duration_seconds"
 
 
 def operator_argv(liveness_port: int, metrics_port: int) -> list[str]:
@@ -208,19 +209,24 @@ class BenchCluster:
         with urllib.request.urlopen(request, context=context, timeout=30) as resp:
             return str(resp.read().decode())
 
-    def operator_requests(self) -> tuple[float, float]:
-        """(dispatched, rejected) requests of the operator's FlowSchema so far."""
+    def operator_requests(self) -> dict[str, float]:
+        """Counters of the operator's FlowSchema so far: requests dispatched and
+        rejected, and the seconds (and number) of their waits in APF's queues."""
         text = self.metrics_text()
         labels = {"flow_schema": FLOW_SCHEMA}
-        try:
-            dispatched = counter_sum(text, DISPATCHED, labels)
-        except MetricsError:
-            dispatched = 0.0
-        try:
-            rejected = counter_sum(text, REJECTED, labels)
-        except MetricsError:
-            rejected = 0.0
-        return dispatched, rejected
+        counters = {
+            "dispatched": DISPATCHED,
+            "rejected": REJECTED,
+            "wait_sum": WAIT + "_sum",
+            "wait_count": WAIT + "_count",
+        }
+        found: dict[str, float] = {}
+        for key, name in counters.items():
+            try:
+                found[key] = counter_sum(text, name, labels)
+            except MetricsError:  # not incremented yet
+                found[key] = 0.0
+        return found
 
     def stop(self) -> None:
         if self.cp is not None:

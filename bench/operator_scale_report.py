@@ -23,6 +23,10 @@ def _seconds(value: float | None, bound: float | None = None) -> str:
     return f"{value:.1f} s"
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} ms"
+
+
 def _spread(figure: Json | None, bound: float | None) -> str:
     if not figure:
         return "-"
@@ -89,7 +93,7 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         *(row_text(r) for r in rows),
         "",
         "| Queues | created in | all Ready condition | all observedGeneration | operator live in "
-        "| restarted live in | idle window | wall time | load average at the end |",
+        "| restarted live in | mean APF wait (idle) | wall time | load average at the end |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
@@ -97,7 +101,7 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
             f"| {int(r['queues']):,} | {_seconds(r.get('created_s'))} "
             f"| {_seconds(r.get('ready_condition_s'))} | {_seconds(r.get('ready_generation_s'))} "
             f"| {_seconds(r.get('first_live_s'))} | {_seconds(r.get('live_s'))} "
-            f"| {_seconds(r.get('idle_wall_s'))} | {_seconds(r.get('wall_s'))} "
+            f"| {_ms(r.get('apf_wait_ms'))} | {_seconds(r.get('wall_s'))} "
             f"| {r.get('loadavg_end', '?')} |"
         )
     errors = [f"- {int(r['queues']):,} Queues: {r['error']}" for r in rows if r.get("error")]
@@ -112,8 +116,10 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         " RSS = VmRSS at the end of the idle window; CPU = user + system"
         " over the idle window, % of one core; API requests/s = the API server's"
         " `apiserver_flowcontrol_dispatched_requests_total` under a FlowSchema matching only"
-        " the operator's ServiceAccount; DB statements/s = `pg_stat_statements` calls of the"
-        " DSN's role (BEGIN/COMMIT included); burst = enqueue commit -> `spec.replicas` > 0;"
+        " the operator's ServiceAccount (its mean wait in APF's queues beside: a wait means"
+        " the API server held the operator back); DB statements/s = `pg_stat_statements`"
+        " calls of the DSN's role (BEGIN/COMMIT included);"
+        " burst = enqueue commit -> `spec.replicas` > 0;"
         " cancel = `request_cancel` of a claimed job -> the job in `status.cancellations`;"
         " burst and cancel are median (min-max) over"
         f" {args.repeats} Queues; restart = spawn of a new operator -> every Queue's"

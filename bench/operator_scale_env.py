@@ -148,13 +148,7 @@ class BenchCluster:
             ca_file=self.cp.ca_file,
         )
         kubectl(admin, "apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-        kubectl(
-            admin,
-            "wait",
-            "--for=condition=Established",
-            "--timeout=30s",
-            "crd/queues.slotfleet.dev",
-        )
+        wait_established(admin, "queues.slotfleet.dev")
         core = client.CoreV1Api(admin.api_client)
         for ns in (OPERATOR_NAMESPACE, QUEUE_NAMESPACE):
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
@@ -234,6 +228,20 @@ class BenchCluster:
         if self.pg is not None:
             pgmod.stop(self.pg)
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+def wait_established(admin: KubeAdmin, name: str, timeout: float = 60.0) -> None:
+    """Poll the CRD until ``Established`` (``kubectl wait`` fails outright when it looks
+    before the API server has written any condition)."""
+    api = client.ApiextensionsV1Api(admin.api_client)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        crd = api.read_custom_resource_definition(name)
+        conditions = (crd.status and crd.status.conditions) or []
+        if any(c.type == "Established" and c.status == "True" for c in conditions):
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"CRD {name} not Established within {timeout:g} s")
 
 
 def flow_schema() -> dict[str, Any]:

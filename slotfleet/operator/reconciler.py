@@ -87,6 +87,11 @@ class _QueueMemory:
     retention: Retention = field(default_factory=Retention)
     spec: tuple[int, QueueSpec] | None = None
     """``(generation, parsed spec)``: the spec is parsed once per generation."""
+    applied: dict[str, str] = field(default_factory=dict)
+    """``Kind/name`` -> digest of each child as last applied: an apply writes only the
+    children that changed (a ``/scale`` write changes the Deployment alone)."""
+    digest: str | None = None
+    """Digest of every child as last applied (unwanted children were removed then)."""
 
 
 class ChildRejected(SlotfleetError):
@@ -263,16 +268,21 @@ class QueueReconciler:
             )
         children = build_children(ref, spec, pod_monitor_available=monitor_api)
         digest = children_digest(children)
+        for child in children:
+            if child["kind"] == "Deployment":
+                child["metadata"].setdefault("annotations", {})[CHILDREN_DIGEST] = digest
+        digests = {f"{c['kind']}/{c['metadata']['name']}": children_digest([c]) for c in children}
         if self._applied_already(ref, digest, body) and memory.applied_generation is None:
             # an operator restart: what this spec builds is in place already (the
             # Deployment carries the digest of the last apply), so resuming writes nothing
             memory.applied_generation = generation
+            memory.applied, memory.digest = digests, digest
             return
-        for child in children:
-            if child["kind"] == "Deployment":
-                child["metadata"].setdefault("annotations", {})[CHILDREN_DIGEST] = digest
         try:
             for child in children:
+                key = f"{child['kind']}/{child['metadata']['name']}"
+                if memory.applied.get(key) == digests[key]:
+                    continue  # applied as it is now (a /scale write changes one child)
                 try:
                     await self.kube.apply(child)
                 except KubeApiError as exc:
@@ -282,7 +292,10 @@ class QueueReconciler:
                     raise ChildRejected(
                         f"the API server refused {kind} {name}: {exc.detail}"
                     ) from exc
-            await self._remove_unwanted(ref, spec, monitor_api)
+                memory.applied[key] = digests[key]
+            if memory.digest != digest:
+                await self._remove_unwanted(ref, spec, monitor_api)
+                memory.digest = digest
             if "replicas" not in (body.get("spec") or {}):
                 # the schema has no default: the first size depends on the mode
                 await write_replicas(self.kube, ref, spec.replicas)
@@ -302,6 +315,7 @@ class QueueReconciler:
             )
         memory.applied_generation = generation
         memory.apply_error = None
+        self.touch(ref.namespace, ref.name)  # status (observedGeneration) follows at once
         memory.rejected = None
 
     def _applied_already(self, ref: QueueRef, digest: str, body: Mapping[str, Any]) -> bool:

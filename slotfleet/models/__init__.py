@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         UnknownFunctionError,
         describe_validation_error,
     )
+    from slotfleet.models.fleet import FleetSnapshot, QueueSnapshot
     from slotfleet.models.jobs import (
         SUMMARY_ERROR_CHARS,
         TERMINAL_STATES,
@@ -56,6 +57,7 @@ _WHERE = {
     "Completion": "slotfleet.models.values",
     "ExecutorKind": "slotfleet.models.queues",
     "FinishedCounts": "slotfleet.models.jobs",
+    "FleetSnapshot": "slotfleet.models.fleet",
     "FunctionNotAllowedError": "slotfleet.models.errors",
     "FunctionPolicy": "slotfleet.models.queues",
     "InvalidJobError": "slotfleet.models.errors",
@@ -68,6 +70,7 @@ _WHERE = {
     "JobSummary": "slotfleet.models.jobs",
     "Outcome": "slotfleet.models.values",
     "QueuePause": "slotfleet.models.queues",
+    "QueueSnapshot": "slotfleet.models.fleet",
     "QueueSettings": "slotfleet.models.queues",
     "QueueStats": "slotfleet.models.queues",
     "QueuedJob": "slotfleet.models.jobs",
@@ -101,6 +104,7 @@ __all__ = [
     "Completion",
     "ExecutorKind",
     "FinishedCounts",
+    "FleetSnapshot",
     "FunctionNotAllowedError",
     "FunctionPolicy",
     "InvalidJobError",
@@ -114,6 +118,7 @@ __all__ = [
     "Outcome",
     "QueuePause",
     "QueueSettings",
+    "QueueSnapshot",
     "QueueStats",
     "QueuedJob",
     "RateLimit",

@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 from slotfleet.models import (
     Completion,
     FinishedCounts,
+    FleetSnapshot,
     Job,
     JobId,
     JobState,
@@ -190,6 +191,26 @@ class Store(Protocol):
     ) -> list[QueueStats]:
         """Backlog by state, live slots from heartbeats and the pause in effect, per
         queue."""
+
+    async def fleet_snapshot(
+        self, queues: Sequence[str], *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> FleetSnapshot:
+        """What a fleet controller reads per tick, for every queue in ``queues`` at once:
+        per queue, what :meth:`queue_stats` (that queue's entry),
+        :meth:`cancel_requests` (``queue=``) and :meth:`running_by_worker` return, and
+        the live workers once (:meth:`workers`); each queue asked has an entry, empty
+        when the store knows nothing of it. A constant number of statements whatever
+        the number of queues (two while none of them has a running job, four
+        otherwise; one with no queue asked), each seeing the latest commits: the parts
+        are not one transaction's snapshot."""
+
+    async def wait_for_change(self, timeout: float) -> None:
+        """Return when a job may have been enqueued (or become ready again) on any queue
+        or a cancel was requested, or after ``timeout`` seconds. A change since the
+        previous call returned makes it return at once, so a controller that reads,
+        then waits, misses nothing between the two (the first call only sees changes
+        after it starts). PostgreSQL wakes on NOTIFY (a channel of its own for cancel
+        requests, which idle workers do not listen to); SQLite watches the file."""
 
     async def pause_queue(
         self,

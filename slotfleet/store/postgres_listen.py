@@ -1,9 +1,13 @@
-"""Wake-ups for idle PostgreSQL workers: one long-lived LISTEN connection per store.
+"""Wake-ups for idle PostgreSQL workers (and fleet controllers): one long-lived LISTEN
+connection per store and use.
 
 The connection is not from the pool: it sits in LISTEN for the store's lifetime. A
 background task reads notifications (payload: the queue name) and wakes whoever waits
-on that queue. When the connection drops it wakes every waiter (a job may have
-arrived unheard, so they should fetch) and reconnects with backoff.
+on that queue (:meth:`Listener.wait`, notifications of the first channel only), and
+whoever waits for any change on any of its channels (:meth:`Listener.wait_any`, which
+also remembers a change that came while nobody waited). When the connection drops it
+wakes every waiter (a job may have arrived unheard, so they should fetch) and
+reconnects with backoff.
 
 What this is not: a delivery guarantee. A notification sent while nobody listens is
 lost; workers still poll at their polling interval.
@@ -31,11 +35,18 @@ class Listener:
     """Waits for notifications on ``channel`` over connections from ``connect``."""
 
     def __init__(
-        self, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]], channel: str
+        self,
+        connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        channel: str,
+        *also: str,
     ) -> None:
+        """Listen on ``channel`` (queue wake-ups) and on ``also`` (changes only)."""
         self._connect = connect
         self._channel = channel
+        self._channels = (channel, *also)
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._any: set[asyncio.Future[None]] = set()
+        self._changed = False
         self._listening = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -69,6 +80,35 @@ class Listener:
         finally:
             waiters.discard(future)
 
+    async def wait_any(self, timeout: float) -> None:
+        """Return on a notification on any channel (or one since the previous call
+        returned), a lost connection, or ``timeout``."""
+        if self._changed:
+            self._changed = False
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._any.add(future)
+        try:
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._listening.wait()
+                await future
+        except TimeoutError:
+            pass
+        finally:
+            self._any.discard(future)
+            self._changed = False  # what came before this return, the caller reads next
+
+    def _notified(self, channel: str, payload: str) -> None:
+        if channel == self._channel:
+            self._wake(payload)
+        self._change()
+
+    def _change(self) -> None:
+        self._changed = True
+        for future in self._any:
+            if not future.done():
+                future.set_result(None)
+
     def _wake(self, queue: str) -> None:
         for future in self._waiters.pop(queue, set()):
             if not future.done():
@@ -77,6 +117,7 @@ class Listener:
     def _wake_all(self) -> None:
         for queue in list(self._waiters):
             self._wake(queue)
+        self._change()
 
     async def _run(self) -> None:
         delay = 0.1
@@ -84,12 +125,13 @@ class Listener:
             try:
                 conn = await self._connect()
                 async with conn:
-                    await conn.execute(f"LISTEN {self._channel}")
+                    for channel in self._channels:
+                        await conn.execute(f"LISTEN {channel}")
                     self._listening.set()
                     delay = 0.1
                     while True:
                         async for notify in conn.notifies(timeout=_PING_SECONDS):
-                            self._wake(notify.payload)
+                            self._notified(notify.channel, notify.payload)
                         await conn.execute("SELECT 1")
             except (psycopg.Error, OSError, SlotfleetError) as exc:
                 log.info("listen connection lost (%s); reconnecting in %.1fs", exc, delay)

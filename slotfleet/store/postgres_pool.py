@@ -86,6 +86,9 @@ class PostgresConnections:
             self._connect_kwargs["connect_timeout"] = max(1, round(connect_timeout))
         self._pool: AsyncConnectionPool[Conn] | None = None
         self._listener: Listener | None = None
+        self._changes: Listener | None = None
+        """``wait_for_change``'s own LISTEN connection (jobs and cancel channels): a store
+        that only serves workers never opens it."""
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -200,9 +203,10 @@ class PostgresConnections:
             raise StoreError(f"cannot migrate the database: {self._text(exc)}") from exc
 
     async def close(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            await listener.stop()
+        for listener in (self._listener, self._changes):
+            if listener is not None:
+                await listener.stop()
+        self._listener = self._changes = None
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()

@@ -1,12 +1,14 @@
-"""The PostgreSQL store's listing and dashboard verbs: pages of jobs (whole or as
-summaries), jobs finished per time bucket, and retrying a finished job.
+"""The PostgreSQL store's listing, dashboard and fleet verbs: pages of jobs (whole or as
+summaries), jobs finished per time bucket, retrying a finished job, and the snapshot of
+many queues at once that a fleet controller reads every tick.
 
 A layer between :class:`~slotfleet.store.postgres_pool.PostgresConnections` and
 :class:`~slotfleet.store.postgres.PostgresStore`, kept apart so the store's module stays
 about its hot path (enqueue, fetch, complete, heartbeats). It runs only statements of
 ``postgres_reads_sql`` through the connections' ``_run``.
 
-What this is not: a query layer. Each method is one statement.
+What this is not: a query layer. Each method is one statement, except
+:meth:`PostgresReads.fleet_snapshot`: two to four, whatever the number of queues.
 """
 
 from __future__ import annotations
@@ -16,13 +18,30 @@ from typing import Any, TypeVar
 
 from psycopg.rows import DictRow
 
-from slotfleet.models import FinishedCounts, JobId, JobState, JobSummary, QueuedJob
+from slotfleet.models import (
+    FinishedCounts,
+    FleetSnapshot,
+    JobId,
+    JobState,
+    JobSummary,
+    QueuedJob,
+    StoreError,
+)
 from slotfleet.store import postgres_reads_sql as sql
-from slotfleet.store.postgres_db import Conn, job_row, utc
+from slotfleet.store.base import DEFAULT_WORKER_TTL_SECONDS
+from slotfleet.store.postgres_db import Conn, job_row, pause_row, utc, worker_row
+from slotfleet.store.postgres_listen import Listener
 from slotfleet.store.postgres_pool import PostgresConnections
-from slotfleet.store.rows import finished_from_record, listing_states, summary_from_record
+from slotfleet.store.postgres_sql import CANCEL_CHANNEL, CHANNEL, LIVE_WORKERS
+from slotfleet.store.rows import (
+    build_snapshot,
+    finished_from_record,
+    listing_states,
+    summary_from_record,
+)
 
 T = TypeVar("T")
+_Rows = list[DictRow]
 
 
 class PostgresReads(PostgresConnections):
@@ -102,3 +121,45 @@ class PostgresReads(PostgresConnections):
 
         row = await self._run(body, idempotent=False)
         return None if row is None else (job_row(row), bool(row["retried"]))
+
+    async def fleet_snapshot(
+        self, queues: Sequence[str], *, ttl_seconds: float = DEFAULT_WORKER_TTL_SECONDS
+    ) -> FleetSnapshot:
+        names = list(dict.fromkeys(queues))
+        params: dict[str, Any] = {"queues": names}
+
+        async def body(conn: Conn) -> tuple[_Rows, _Rows, _Rows, _Rows]:
+            # One pooled connection, autocommit: each statement sees the latest commits.
+            live = await conn.execute(LIVE_WORKERS, {"ttl": float(ttl_seconds)})
+            workers = await live.fetchall()
+            if not names:
+                return [], workers, [], []
+            counts = await (await conn.execute(sql.FLEET_COUNTS, params)).fetchall()
+            if not any(row["running"] for row in counts):
+                # Cancel requests and leases are on running jobs only: an idle fleet
+                # costs two statements per read.
+                return counts, workers, [], []
+            running = await (await conn.execute(sql.FLEET_RUNNING, params)).fetchall()
+            cancels = await (await conn.execute(sql.FLEET_CANCELS, params)).fetchall()
+            return counts, workers, running, cancels
+
+        counts, workers, running, cancels = await self._run(body, idempotent=True)
+        return build_snapshot(
+            names,
+            counts,
+            [worker_row(r) for r in workers],
+            [pause_row(r) for r in counts if r["paused_at"] is not None],
+            running,
+            [job_row(r) for r in cancels],
+        )
+
+    async def wait_for_change(self, timeout: float) -> None:
+        if self._pool is None:
+            raise StoreError("the store is not open: await store.open() first")
+        if self._changes is None:
+            # Enqueues (the insert trigger) and jobs made ready again notify CHANNEL;
+            # cancel requests on running jobs notify CANCEL_CHANNEL, which workers never
+            # LISTEN to. Its own connection: a worker's Listener wakes by queue only.
+            self._changes = Listener(self._connect, CHANNEL, CANCEL_CHANNEL)
+            self._changes.start()
+        await self._changes.wait_any(timeout)

@@ -14,6 +14,10 @@ from slotfleet.store.rows import JOB_COLUMNS
 
 CHANNEL = "slotfleet_jobs"
 
+#: NOTIFY channel of cancel requests on running jobs (payload: the queue name), for
+#: ``wait_for_change``. Apart from ``CHANNEL`` so that idle workers never hear them.
+CANCEL_CHANNEL = "slotfleet_cancels"
+
 #: Key of the transaction-level advisory lock held while a transactional migration runs
 #: (and by every release before online migrations, for its whole run).
 MIGRATION_LOCK_KEY = 0x51_07F1_EE7
@@ -320,8 +324,12 @@ WITH changed AS (
         cancel_requested_at = coalesce(cancel_requested_at, now())
     WHERE id = %(id)s AND state IN ('pending', 'running', 'retrying')
     RETURNING *
+),
+notified AS (
+    SELECT pg_notify('slotfleet_cancels', c.queue) AS sent FROM changed AS c
+    WHERE c.state = 'running'
 )
-SELECT * FROM changed
+SELECT * FROM changed WHERE (SELECT count(*) FROM notified) >= 0
 UNION ALL
 SELECT * FROM slotfleet_jobs
 WHERE id = %(id)s AND NOT EXISTS (SELECT 1 FROM changed)
@@ -417,15 +425,18 @@ notified AS (
 SELECT u.id, n.sent FROM updated AS u CROSS JOIN (SELECT count(*) AS sent FROM notified) AS n
 """
 
-JOB_COUNTS = """
-SELECT queue,
+#: A queue's jobs counted by what ``QueueStats`` shows (``queue_stats``, ``fleet_snapshot``).
+JOB_COUNT_COLUMNS = """
     count(*) FILTER (WHERE state IN ('pending', 'retrying') AND scheduled_at <= now()) AS ready,
     count(*) FILTER (WHERE state IN ('pending', 'retrying') AND scheduled_at > now())
         AS scheduled,
     count(*) FILTER (WHERE state = 'running') AS running,
     count(*) FILTER (WHERE state = 'succeeded') AS succeeded,
     count(*) FILTER (WHERE state = 'failed') AS failed,
-    count(*) FILTER (WHERE state = 'cancelled') AS cancelled
+    count(*) FILTER (WHERE state = 'cancelled') AS cancelled"""
+
+JOB_COUNTS = f"""
+SELECT queue,{JOB_COUNT_COLUMNS}
 FROM slotfleet_jobs
 WHERE %(queue)s::text IS NULL OR queue = %(queue)s::text
 GROUP BY queue

@@ -17,11 +17,13 @@ from typing import Any
 from slotfleet.models import (
     Completion,
     FinishedCounts,
+    FleetSnapshot,
     Job,
     JobState,
     JobSummary,
     QueuedJob,
     QueuePause,
+    QueueSnapshot,
     QueueStats,
     WorkerHeartbeat,
 )
@@ -215,6 +217,38 @@ def build_stats(
     if queue is not None and queue not in data:
         data[queue] = {}
     return [QueueStats(queue=name, **data[name]) for name in sorted(data)]
+
+
+def build_snapshot(
+    queues: Sequence[str],
+    job_counts: Iterable[Mapping[str, Any]],
+    workers: Sequence[WorkerHeartbeat],
+    pauses: Iterable[QueuePause],
+    running: Iterable[Mapping[str, Any]],
+    cancels: Iterable[QueuedJob],
+) -> FleetSnapshot:
+    """A :class:`FleetSnapshot` of ``queues`` from one read of each part: job counts
+    (rows as for :func:`build_stats`), live workers, pauses in effect, running jobs per
+    ``{queue, lease_owner, running}`` and running jobs with a cancel request (by id).
+    Every queue asked gets an entry; rows of queues not asked are ignored."""
+    stats = {s.queue: s for s in build_stats(job_counts, workers, None, pauses)}
+    leased: dict[str, dict[str, int]] = {}
+    for row in running:
+        leased.setdefault(str(row["queue"]), {})[str(row["lease_owner"])] = int(row["running"])
+    cancelled: dict[str, list[QueuedJob]] = {}
+    for job in sorted(cancels, key=lambda j: j.id):
+        cancelled.setdefault(job.queue, []).append(job)
+    return FleetSnapshot(
+        queues={
+            name: QueueSnapshot(
+                stats=stats.get(name) or QueueStats(queue=name),
+                cancel_requests=tuple(cancelled.get(name, ())),
+                running_by_worker=leased.get(name, {}),
+            )
+            for name in dict.fromkeys(queues)
+        },
+        workers=tuple(workers),
+    )
 
 
 def cancel_requests_query(

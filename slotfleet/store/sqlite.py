@@ -207,7 +207,9 @@ class SQLiteStore(SQLiteConnection, SQLiteReads):
                 row = conn.execute(sql.GET_JOB, {"id": job_id}).fetchone()
             return None if row is None else job_row(row)
 
-        return await self._call(lambda conn: write(conn, body))
+        job = await self._call(lambda conn: write(conn, body))
+        self._changed.set()  # for wait_for_change through this same store object
+        return job
 
     async def cancel_requests(
         self, *, worker_id: str | None = None, queue: str | None = None

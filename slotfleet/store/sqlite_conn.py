@@ -16,7 +16,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from slotfleet.models import StoreError, StoreUnavailableError
 from slotfleet.store.rows import one_line
@@ -37,6 +37,10 @@ class SQLiteConnection:
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
         self._wakeups: dict[str, asyncio.Event] = {}
+        self._changed = asyncio.Event()
+        """Set by this object's own enqueues and cancel requests (``wait_for_change``:
+        ``PRAGMA data_version`` only shows other connections' commits)."""
+        self._change_mark: tuple[Any, ...] | None = None
 
     # -- plumbing ---------------------------------------------------------------------
 
@@ -60,6 +64,7 @@ class SQLiteConnection:
         return body(self._conn)
 
     def _wake(self, queues: Sequence[str]) -> None:
+        self._changed.set()
         for queue in set(queues):
             event = self._wakeups.pop(queue, None)
             if event is not None:

@@ -46,13 +46,9 @@ async def read_views(store: Store, queues: Sequence[str]) -> dict[str, QueueView
     """Backlog, cancel requests, heartbeats and running jobs of every queue in
     ``queues`` from one store, in a fixed number of statements (:meth:`Store.
     fleet_snapshot`) however many queues there are. Errors propagate."""
-    names = list(dict.fromkeys(queues))
-    stats = {s.queue: s for s in await store.queue_stats()}
-    workers = await store.workers()
-    views: dict[str, QueueView] = {}
-    for name in names:
-        mine = stats.get(name, QueueStats(queue=name))
-        cancels = await store.cancel_requests(queue=name)
-        leased = await store.running_by_worker(name) if mine.running else {}
-        views[name] = QueueView(name, mine, cancels, workers, leased)
-    return views
+    snapshot = await store.fleet_snapshot(queues)
+    workers = list(snapshot.workers)
+    return {
+        name: QueueView(name, q.stats, list(q.cancel_requests), workers, dict(q.running_by_worker))
+        for name, q in snapshot.queues.items()
+    }

@@ -4,7 +4,9 @@ The operator reads backlog, slots, heartbeats and cancel requests of every Queue
 database once per tick (:func:`read_views`); opening a pool per tick would be wasteful,
 so stores are opened on first use and kept. A store whose read failed is discarded and
 reopened on the next tick, so a database that comes back is picked up without
-restarting the operator.
+restarting the operator. :func:`wait_for_change` sleeps until a job is enqueued or a
+cancel requested on any of those databases, or a timeout, so a tick can start at once
+instead of at its interval.
 
 What this module is not: it holds no Kubernetes state and decides nothing.
 """
@@ -13,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from slotfleet.control import QueueView
 from slotfleet.control import read_views as control_read_views
 from slotfleet.store import open_store
 from slotfleet.store.base import Store
+from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import one_line
 
 
@@ -58,13 +61,42 @@ async def read_views(
 ) -> dict[str, QueueView]:
     """One tick's read of every queue in ``queues`` on database ``dsn``
     (:func:`slotfleet.control.read_views`), bounded by ``timeout``; a failed read
-    discards the store and every queue's view carries the one-line error."""
+    discards the store and every queue's view carries the one-line error (the DSN's
+    password scrubbed)."""
     try:
         async with asyncio.timeout(timeout):
             return await control_read_views(await stores.get(dsn), queues)
     except TimeoutError:
         error = f"no answer from the job store within {timeout:g} s"
     except Exception as exc:  # any driver error: report it, retry next tick
-        error = one_line(exc)
+        error = scrub(one_line(exc), dsn)
     await stores.discard(dsn)
     return {queue: QueueView.failed(queue, error) for queue in queues}
+
+
+async def wait_for_change(stores: StoreCache, dsns: Iterable[str], timeout: float) -> None:
+    """Return when a job was enqueued (or made ready again) or a cancel requested in any
+    of the stores of ``dsns`` since the previous call returned, or after ``timeout``
+    seconds (:meth:`~slotfleet.store.Store.wait_for_change`). A store that cannot be
+    opened or waited on only sleeps: its error is the next read's to report, and it must
+    not turn the wait into a busy loop."""
+
+    async def one(dsn: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            store = await stores.get(dsn)
+            await store.wait_for_change(max(0.0, deadline - loop.time()))
+        except Exception:  # reported by the next read_views, not here
+            await asyncio.sleep(max(0.0, deadline - loop.time()))
+
+    waits = [asyncio.create_task(one(dsn)) for dsn in dict.fromkeys(dsns)]
+    if not waits:
+        await asyncio.sleep(max(0.0, timeout))
+        return
+    try:
+        await asyncio.wait(waits, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

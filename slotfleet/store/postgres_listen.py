@@ -63,6 +63,7 @@ class Listener:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._wake_all()
+        self._change()
 
     async def wait(self, queue: str, timeout: float) -> None:
         """Return on a notification for ``queue``, a lost connection, or ``timeout``."""
@@ -96,7 +97,9 @@ class Listener:
             pass
         finally:
             self._any.discard(future)
-            self._changed = False  # what came before this return, the caller reads next
+        # What came before this return, the caller reads next. Not when cancelled: a
+        # change that came meanwhile is kept for the next call.
+        self._changed = False
 
     def _notified(self, channel: str, payload: str) -> None:
         if channel == self._channel:
@@ -117,7 +120,6 @@ class Listener:
     def _wake_all(self) -> None:
         for queue in list(self._waiters):
             self._wake(queue)
-        self._change()
 
     async def _run(self) -> None:
         delay = 0.1
@@ -135,7 +137,10 @@ class Listener:
                         await conn.execute("SELECT 1")
             except (psycopg.Error, OSError, SlotfleetError) as exc:
                 log.info("listen connection lost (%s); reconnecting in %.1fs", exc, delay)
+            lost = self._listening.is_set()
             self._listening.clear()
             self._wake_all()
+            if lost:  # a change may have gone unheard; a failed reconnect is no news
+                self._change()
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

@@ -1,0 +1,84 @@
+"""The operator's store reads over ``fleet_snapshot`` (``operator/stores.py``), on both
+stores: ``read_views`` gives every queue the view the per-queue calls it replaced give,
+a failed read is one scrubbed line for every queue, and ``wait_for_change`` over several
+DSNs wakes on any of them and only sleeps on a broken one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from slotfleet.control import QueueView
+from slotfleet.models import Job
+from slotfleet.operator.stores import StoreCache, read_views, wait_for_change
+from slotfleet.store import Store
+from tests.fixtures.stores import StoreFactory
+
+#: A DSN nothing listens on, with a password that must never be shown.
+BROKEN = "postgresql://user:s3cret-pw@127.0.0.1:1/db?connect_timeout=1"
+
+
+def job(queue: str) -> Job:
+    return Job(func="tests.tasks:add", queue=queue)
+
+
+async def per_queue(store: Store, queue: str) -> QueueView:
+    """The view as the operator read it before ``fleet_snapshot``: four calls a queue."""
+    [stats] = await store.queue_stats(queue)
+    cancels = await store.cancel_requests(queue=queue)
+    leased = await store.running_by_worker(queue) if stats.running else {}
+    return QueueView(queue, stats, cancels, await store.workers(), leased)
+
+
+async def test_read_views_equals_the_per_queue_reads(
+    store_dsn: str, store_factory: StoreFactory
+) -> None:
+    store = await store_factory()
+    await store.enqueue([job("a"), job("a"), job("b")])
+    [running] = await store.fetch("a", "w1", 1, 30.0, claim="c")
+    await store.request_cancel(running.id)
+    stores = StoreCache()
+    try:
+        queues = ["a", "b", "never-seen"]
+        views = await read_views(stores, store_dsn, queues, 10.0)
+        assert views == {q: await per_queue(store, q) for q in queues}
+        assert views["a"].leased == {"w1": 1}
+        assert [j.id for j in views["a"].cancellations or []] == [running.id]
+    finally:
+        await stores.close()
+
+
+async def test_read_views_failure_is_one_scrubbed_line_for_every_queue() -> None:
+    stores = StoreCache()
+    try:
+        views = await read_views(stores, BROKEN, ["a", "b"], 10.0)
+    finally:
+        await stores.close()
+    assert set(views) == {"a", "b"}
+    error = views["a"].error
+    assert error is not None
+    assert views["b"] == views["a"]
+    assert views["a"].stats is None
+    assert "\n" not in error
+    assert "s3cret-pw" not in error
+
+
+async def test_wait_for_change_wakes_on_any_store_and_sleeps_on_a_broken_one(
+    store_dsn: str, store_factory: StoreFactory
+) -> None:
+    other = await store_factory()
+    stores = StoreCache()
+    try:
+        await wait_for_change(stores, [BROKEN, store_dsn], 0.2)  # opens, starts listening
+        waiter = asyncio.create_task(wait_for_change(stores, [BROKEN, store_dsn], 120.0))
+        await asyncio.sleep(0.5)
+        assert not waiter.done(), "the broken store ended the wait"
+        for _ in range(10):  # again if the first NOTIFY beat the LISTEN
+            await other.enqueue([job("q")])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(waiter), 1.0)
+                break
+        assert waiter.done(), "an enqueue never woke the operator's wait"
+    finally:
+        await stores.close()

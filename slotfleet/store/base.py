@@ -210,7 +210,9 @@ class Store(Protocol):
         previous call returned makes it return at once, so a controller that reads,
         then waits, misses nothing between the two (the first call only sees changes
         after it starts). PostgreSQL wakes on NOTIFY (a channel of its own for cancel
-        requests, which idle workers do not listen to); SQLite watches the file."""
+        requests, which idle workers do not listen to); SQLite watches the file for new
+        jobs and cancel requests (jobs made ready again by another process are seen at
+        ``timeout`` there). A scheduled job coming due wakes nobody on either."""
 
     async def pause_queue(
         self,

@@ -1,5 +1,6 @@
-"""The operator's store read per tick, per queue (``read_view``) beside one read per
-database (``read_views`` over ``fleet_snapshot``), for 1 to 1,000 queues, in one run.
+"""The operator's store read per tick, per queue (the four calls a queue the operator
+made before issue 13) beside one read per database (``read_views`` over
+``fleet_snapshot``), for 1 to 1,000 queues, in one run.
 
     .venv/bin/python -m bench.store_reads [--rounds N] [--sizes 1,10,100,1000] [--no-doc]
 
@@ -30,9 +31,9 @@ from typing import Any
 
 from bench.common import command_line, fmt, machine_facts, write_doc_section, write_json
 from bench.pg import Postgres, count_statements, reset_statements, running
-from slotfleet.models import Job, WorkerHeartbeat
-from slotfleet.operator.stores import StoreCache, read_view, read_views
-from slotfleet.store import open_store
+from slotfleet.models import Job, QueueStats, WorkerHeartbeat
+from slotfleet.operator.stores import StoreCache, read_views
+from slotfleet.store import Store, open_store
 
 #: The operator's tick (``--interval``, seconds): what turns statements per tick into
 #: statements per second.
@@ -62,6 +63,17 @@ async def populate(dsn: str, largest: int) -> dict[str, list[str]]:
     return names
 
 
+async def per_queue(store: Store, queue: str) -> None:
+    """The read the operator made per Queue before (``read_view``, removed with issue
+    13): the same four calls, so that "before" is measured in the same run."""
+    stats = await store.queue_stats(queue)
+    await store.cancel_requests(queue=queue)
+    await store.workers()
+    mine = next((s for s in stats if s.queue == queue), QueueStats(queue=queue))
+    if mine.running:
+        await store.running_by_worker(queue)
+
+
 async def measure(pg: Postgres, queues: list[str], way: str) -> dict[str, float]:
     stores = StoreCache()
     try:
@@ -69,8 +81,9 @@ async def measure(pg: Postgres, queues: list[str], way: str) -> dict[str, float]
         reset_statements(pg)
         started = time.perf_counter()
         if way == "per queue":
+            store = await stores.get(pg.dsn)
             for queue in queues:
-                await read_view(stores, pg.dsn, queue, TIMEOUT)
+                await per_queue(store, queue)
         else:
             await read_views(stores, pg.dsn, queues, TIMEOUT)
         elapsed = time.perf_counter() - started
@@ -184,11 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     body = (
         f"## One store read per database ({facts['date']}, git {facts.get('git', '?')})\n\n"
         f"`{command_line()}`\n\n"
-        "What the operator's tick costs the job store. Before: `read_view` per Queue (the "
-        "reconciler today: `queue_stats`, which is itself three statements, "
+        "What the operator's tick costs the job store. Before: the read per Queue the "
+        "operator made until issue 13 (`queue_stats`, which is itself three statements, "
         "`cancel_requests`, `workers`, and `running_by_worker` when the queue has running "
-        "jobs). After: `read_views` per database (one `fleet_snapshot`, for the lead's "
-        "reconciler to switch to). Statements are what "
+        "jobs; the bench keeps a copy of it). After: `read_views` per database, one "
+        "`fleet_snapshot` (what the reconciler calls now). Statements are what "
         "pg_stat_statements counted for the measured role; per second assumes the 2 s "
         "tick, or the read's own time when it is longer. Median of "
         f"{args.rounds} interleaved rounds; PostgreSQL {version} on loopback, "

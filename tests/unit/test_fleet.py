@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -25,7 +26,9 @@ from slotfleet.fleet import (
 )
 from slotfleet.fleet.runner import KILL_GRACE_SECONDS, Process
 from slotfleet.models import (
+    FleetSnapshot,
     InvalidSettingsError,
+    QueueSnapshot,
     QueueStats,
     RateLimit,
     WorkerHeartbeat,
@@ -108,6 +111,15 @@ class FakeStore:
 
     async def cancel_requests(self, **_: Any) -> list[Any]:
         return []
+
+    async def fleet_snapshot(self, queues: Sequence[str], **_: Any) -> FleetSnapshot:
+        def one(name: str) -> QueueSnapshot:
+            if name != self.stats.queue:
+                return QueueSnapshot(stats=QueueStats(queue=name))
+            running = self.running if self.stats.running else {}
+            return QueueSnapshot(stats=self.stats, running_by_worker=running)
+
+        return FleetSnapshot({name: one(name) for name in queues}, tuple(self.beats))
 
     purges: list[tuple[timedelta, str | None, int]] = field(default_factory=list)
     finished: int = 0

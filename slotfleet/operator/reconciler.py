@@ -29,6 +29,7 @@ one Warning Event, and no retry until the Queue or its Secret changes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -51,7 +52,7 @@ from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
 from slotfleet.operator.retiring import RetireGate
 from slotfleet.operator.secrets import SecretRead, read_dsn
 from slotfleet.operator.sizing import EventSink, PodFleet, write_replicas
-from slotfleet.operator.stores import StoreCache, read_views
+from slotfleet.operator.stores import StoreCache, read_views, wait_for_change
 from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import one_line
 
@@ -61,6 +62,8 @@ Json = dict[str, Any]
 CHILDREN_DIGEST = f"{GROUP}/children-digest"
 #: Queues observed at once (each mostly builds a status; a few write).
 CONCURRENCY = 64
+#: Longest wait on the databases' change notifications before it is armed again.
+STORE_WAIT = 30.0
 #: Seconds a wake-up waits for more changes before observing (one burst, one tick).
 DEBOUNCE = 0.05
 logger = logging.getLogger(__name__)
@@ -123,6 +126,10 @@ class QueueReconciler:
         self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
         self._dirty: set[tuple[str, str]] = set()
         self._wake = asyncio.Event()
+        self._store_changed = False
+        self._dsns: set[str] = set()
+        self._new_dsn = asyncio.Event()
+        """The databases the last full observation read (watched for wake-ups)."""
 
     def _mem(self, ref: QueueRef) -> _QueueMemory:
         return self._memory.setdefault((ref.namespace, ref.name), _QueueMemory())
@@ -156,8 +163,18 @@ class QueueReconciler:
             self.cache.unwant(namespace, name)
 
     async def observe_forever(self, interval: float) -> None:
-        """Observe every Queue every ``interval`` seconds, and a changed one at once; one
-        Queue's failure is logged and never stops the others."""
+        """Observe every Queue every ``interval`` seconds, at once when a job is enqueued
+        or a cancel requested on one of their databases, and a changed Queue at once;
+        one Queue's failure is logged and never stops the others."""
+        watcher = asyncio.create_task(self._watch_stores())
+        try:
+            await self._observe_loop(interval)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _observe_loop(self, interval: float) -> None:
         next_full = time.monotonic()
         while True:
             remaining = next_full - time.monotonic()
@@ -169,12 +186,39 @@ class QueueReconciler:
                 except TimeoutError:
                     pass
             self._wake.clear()
-            if time.monotonic() >= next_full:
+            if time.monotonic() >= next_full or self._store_changed:
                 keys, next_full = list(self._bodies), time.monotonic() + interval
+                self._store_changed = False
             else:
                 keys = [k for k in self._dirty if k in self._bodies]
             self._dirty.clear()
             await self.observe_many(keys)
+
+    async def _watch_stores(self) -> None:
+        """Wake the loop for every Queue when a job is enqueued or a cancel requested on
+        a database a tick has read (a burst need not wait for the next tick); a database
+        seen for the first time is listened to at once."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._new_dsn.clear()
+            started = loop.time()
+            waiting = asyncio.create_task(
+                wait_for_change(self.stores, list(self._dsns), STORE_WAIT)
+            )
+            new_dsn = asyncio.create_task(self._new_dsn.wait())
+            try:
+                await asyncio.wait({waiting, new_dsn}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (waiting, new_dsn):
+                    task.cancel()
+                await asyncio.gather(waiting, new_dsn, return_exceptions=True)
+            if (
+                waiting.done()
+                and not waiting.cancelled()
+                and (loop.time() - started < STORE_WAIT * 0.95)
+            ):
+                self._store_changed = True
+                self._wake.set()
 
     async def observe_many(self, keys: Iterable[tuple[str, str]]) -> None:
         """One tick for ``keys``: one store read per database, then each Queue."""
@@ -193,6 +237,9 @@ class QueueReconciler:
             ticks.append((body, spec, secret))
             if secret.dsn:
                 by_dsn.setdefault(secret.dsn, []).append(spec.effective_queue_name(key[1]))
+        if not self._dsns.issuperset(by_dsn):
+            self._dsns.update(by_dsn)
+            self._new_dsn.set()
         views: dict[str, dict[str, QueueView]] = {}
         reads = [read_views(self.stores, dsn, q, self.store_timeout) for dsn, q in by_dsn.items()]
         for dsn, found in zip(by_dsn, await asyncio.gather(*reads), strict=True):

@@ -15,13 +15,15 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from slotfleet.models import Completion, Job, JobId, JobState, Outcome
+from slotfleet.models import Completion, Job, JobId, JobState, Outcome, QueuedJob
 from slotfleet.store import open_store
 
 from .controlplane import ControlPlane
@@ -592,3 +594,76 @@ def test_jobs_run_and_cancel_flows_through_the_queue_status(
     pods = running_pods(kube_admin, namespace, "e2e")
     cost = (pods[0].metadata.annotations or {}).get("controller.kubernetes.io/pod-deletion-cost")
     assert cost is not None
+
+
+def test_an_enqueue_and_a_cancel_wake_the_operator_before_its_tick(
+    kube_admin: KubeAdmin, namespace: str, queue_crd: str, postgres_dsn: str, tmp_path: Path
+) -> None:
+    """A burst need not wait for the next tick: the operator hears enqueues and cancel
+    requests on the Queues' databases. With a 600 s tick, a backlog is sized and a cancel
+    request reaches the status long before the second tick could have come."""
+    create_secret(kube_admin, namespace, postgres_dsn)
+    op = OperatorProcess(kube_admin, namespace, tmp_path / "operator.log", interval=600)
+    op.start()
+    try:
+        manifest = queue_manifest(
+            "woken",
+            replicas=0,
+            executor={"kind": "async", "concurrency": 2},
+            autoscaling={"mode": "operator", "minReplicas": 0, "maxReplicas": 3},
+        )
+        apply_queue(kube_admin, namespace, manifest)
+        wait_for(
+            "the first observation",
+            lambda: condition(get_queue(kube_admin, namespace, "woken"), "StoreReachable"),
+        )
+
+        async def listening() -> bool:
+            # the operator's own connection LISTENing for enqueues and cancel requests
+            async with await psycopg.AsyncConnection.connect(postgres_dsn) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%cancels%'"
+                )
+                row = await cur.fetchone()
+                return bool(row and row[0])
+
+        wait_for("the operator to listen on the database", lambda: run(listening()))
+
+        async def enqueue_and_claim() -> QueuedJob:
+            store = open_store(postgres_dsn)
+            await store.open()
+            try:
+                jobs = [Job(func="examples.tasks:send_email", queue="woken") for _ in range(4)]
+                await store.enqueue(jobs)
+                # a job claimed by a worker of no pod (there is no kubelet here), then
+                # cancelled: a running job's cancel request is what reaches the status
+                (claimed,) = await store.fetch("woken", "bystander", 1, 60, claim="c1")
+                await store.request_cancel(JobId(claimed.id))
+                found = await store.get(JobId(claimed.id))
+                assert found is not None
+                return found
+            finally:
+                await store.close()
+
+        started = time.monotonic()
+        job = run(enqueue_and_claim())
+        wait_for(
+            "spec.replicas raised by the enqueue",
+            lambda: get_queue(kube_admin, namespace, "woken")["spec"]["replicas"] > 0,
+            timeout=60,
+        )
+        wait_for(
+            "the cancel request in status",
+            lambda: any(
+                c["job"] == job.id
+                for c in (get_queue(kube_admin, namespace, "woken").get("status") or {}).get(
+                    "cancellations"
+                )
+                or []
+            ),
+            timeout=60,
+        )
+        # both came from the wake-up: the operator's next tick was 600 s away
+        assert time.monotonic() - started < 600
+    finally:
+        op.stop()

@@ -1,16 +1,17 @@
-"""kopf handlers for Queues: thin wiring from kopf's callbacks to the reconciler.
+"""kopf handlers for Queues: thin wiring from kopf's callbacks to the reconciler
+and the observer loop.
 
 Nothing here decides anything. Handlers are registered on an explicit
 ``kopf.OperatorRegistry`` (never kopf's global default), so importing this module has
 no effect and tests or embedders can build their own registry.
 
 * create / resume / spec update -> :meth:`QueueReconciler.apply_children`;
-* every watch event -> hand the Queue's latest version to the reconciler, whose own
-  loop observes it at once and every ``interval`` seconds after (status, autoscaling,
-  pod deletion costs), with no GET of its own. This is not a kopf timer on purpose:
-  kopf puts a finalizer on every object with a timer, and a Queue needs none (the
-  garbage collector removes children by their owner references), so deleting a Queue
-  never waits for the operator;
+* every watch event -> hand the Queue's latest version to the observer loop
+  (``slotfleet.operator.observer``), which observes it at once and every ``interval``
+  seconds after (status, autoscaling, pod deletion costs), with no GET of its own.
+  This is not a kopf timer on purpose: kopf puts a finalizer on every object with a
+  timer, and a Queue needs none (the garbage collector removes children by their owner
+  references), so deleting a Queue never waits for the operator;
 * startup -> the watch cache of Deployments, pods and Secrets, then the observer loop.
 
 Error policy: an API error is a ``TemporaryError`` (kopf retries with a delay); a spec
@@ -31,6 +32,7 @@ from pydantic import ValidationError
 from slotfleet.models.resource import GROUP, PLURAL, VERSION
 from slotfleet.operator.cache import ClusterCache
 from slotfleet.operator.kube import KubeApiError
+from slotfleet.operator.observer import QueueObserver
 from slotfleet.operator.reconciler import ChildRejected, QueueReconciler
 from slotfleet.operator.stores import StoreCache
 
@@ -41,6 +43,7 @@ RETRY_DELAY = 5.0
 def register(
     registry: kopf.OperatorRegistry,
     reconciler: QueueReconciler,
+    observer: QueueObserver,
     stores: StoreCache,
     *,
     interval: float,
@@ -74,12 +77,12 @@ def register(
     @kopf.on.event(*resource, registry=registry, id="track")
     async def track(event: kopf.RawEvent, name: str, namespace: str | None, **_: Any) -> None:
         # the Queues and their latest versions, for the observer loop
-        # (QueueReconciler.observe_forever); an event handler, unlike a kopf timer,
+        # (QueueObserver.observe_forever); an event handler, unlike a kopf timer,
         # needs no finalizer on the Queue
         if event.get("type") == "DELETED":
-            reconciler.forget(namespace or "", name)
+            observer.forget(namespace or "", name)
         else:
-            reconciler.track(event["object"])
+            observer.track(event["object"])
 
     observers: list[asyncio.Task[None]] = []
 
@@ -89,7 +92,7 @@ def register(
         if cache is not None:
             reconciler.cache = cache
             await cache.start()
-        observers.append(asyncio.create_task(reconciler.observe_forever(interval)))
+        observers.append(asyncio.create_task(observer.observe_forever(interval)))
 
     @kopf.on.cleanup(registry=registry, id="stop-observer")
     async def stop_observer(**_: Any) -> None:

@@ -34,6 +34,7 @@ from slotfleet.operator.election import (
 from slotfleet.operator.handlers import register
 from slotfleet.operator.kube import KubeClient, KubeEvents
 from slotfleet.operator.metrics import OperatorMetrics
+from slotfleet.operator.observer import QueueObserver
 from slotfleet.operator.reconciler import QueueReconciler
 from slotfleet.operator.stores import StoreCache
 
@@ -86,9 +87,10 @@ async def operate(options: OperatorOptions, may_write: Callable[[], bool] | None
     reconciler = QueueReconciler(
         kube, stores, events, store_timeout=options.store_timeout, metrics=metrics
     )
-    cache = ClusterCache(api, kube, options.namespaces, reconciler.touch)
+    observer = QueueObserver(reconciler, stores)
+    cache = ClusterCache(api, kube, options.namespaces, observer.touch)
     registry = kopf.OperatorRegistry()
-    register(registry, reconciler, stores, interval=options.interval, cache=cache)
+    register(registry, reconciler, observer, stores, interval=options.interval, cache=cache)
     server = None
     if options.metrics is not None:
         server = HealthServer(

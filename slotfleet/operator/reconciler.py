@@ -7,13 +7,11 @@ call :class:`QueueReconciler`. Two entry points:
   apply of everything the builders produce (idempotent: a restart or a retry changes
   nothing; names are fixed, so there are never duplicates), and removal of children the
   spec no longer wants (the HPA when the mode changes, the Service, the PodMonitor);
-* :meth:`QueueReconciler.observe_forever`: observe every Queue every ``interval``
-  seconds, and a Queue at once when its Deployment, pods or Secret change (the
-  :class:`~slotfleet.operator.cache.ClusterCache` watches them) or kopf reports a change
-  of it. The cluster side of an observation costs no API request: the Queue comes from
-  kopf's watch, the rest from the cache. The store side is one read per database for
-  every Queue on it (:func:`slotfleet.control.read_views`). Each Queue's tick: keep pods'
-  deletion cost and size the fleet through the fleet-control core
+* :meth:`QueueReconciler.observe`, one Queue's tick, called by the observer loop
+  (:class:`slotfleet.operator.observer.QueueObserver`: when, and with which store read)
+  with the Queue from kopf's watch and its Deployment, pods and Secret from the
+  :class:`~slotfleet.operator.cache.ClusterCache`, so it costs no API read. The tick:
+  keep pods' deletion cost and size the fleet through the fleet-control core
   (:func:`slotfleet.control.size_fleet` over :class:`~slotfleet.operator.sizing.PodFleet`),
   write ``status`` only when it changed, and with ``retentionSeconds`` delete finished
   jobs past it about once a minute.
@@ -29,12 +27,11 @@ one Warning Event, and no retry until the Queue or its Secret changes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,7 +49,7 @@ from slotfleet.operator.metrics import OperatorMetrics, QueueFigures
 from slotfleet.operator.retiring import RetireGate
 from slotfleet.operator.secrets import SecretRead, read_dsn
 from slotfleet.operator.sizing import EventSink, PodFleet, write_replicas
-from slotfleet.operator.stores import StoreCache, read_views, wait_for_change
+from slotfleet.operator.stores import StoreCache
 from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import one_line
 
@@ -60,12 +57,6 @@ Json = dict[str, Any]
 
 #: Annotation on the worker Deployment: the digest of every child the last apply wrote.
 CHILDREN_DIGEST = f"{GROUP}/children-digest"
-#: Queues observed at once (each mostly builds a status; a few write).
-CONCURRENCY = 64
-#: Longest wait on the databases' change notifications before it is armed again.
-STORE_WAIT = 30.0
-#: Seconds a wake-up waits for more changes before observing (one burst, one tick).
-DEBOUNCE = 0.05
 logger = logging.getLogger(__name__)
 
 
@@ -120,148 +111,23 @@ class QueueReconciler:
         self.store_timeout = store_timeout
         self.metrics = metrics or OperatorMetrics()
         self.cache: ClusterCache | None = None
-        """Set by the operator before :meth:`observe_forever` starts."""
+        """Set by the operator before the observer loop starts."""
         self._memory: dict[tuple[str, str], _QueueMemory] = {}
         self._pod_monitor_api: bool | None = None
-        self._bodies: dict[tuple[str, str], dict[str, Any]] = {}
-        self._dirty: set[tuple[str, str]] = set()
-        self._wake = asyncio.Event()
-        self._store_changed = False
-        self._dsns: set[str] = set()
-        self._new_dsn = asyncio.Event()
-        """The databases the last full observation read (watched for wake-ups)."""
+        self.on_applied: Callable[[str, str], None] = lambda _ns, _name: None
+        """Called after a Queue's children were applied (the observer looks at it)."""
 
     def _mem(self, ref: QueueRef) -> _QueueMemory:
         return self._memory.setdefault((ref.namespace, ref.name), _QueueMemory())
 
-    def track(self, body: Mapping[str, Any]) -> None:
-        """The latest version of a Queue (kopf's watch): observe it now if it is new or
-        its spec changed (a status the operator wrote itself needs no new look)."""
-        meta = body.get("metadata") or {}
-        key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        known = self._bodies.get(key)
-        self._bodies[key] = dict(body)
-        if (
-            known is None
-            or known["metadata"].get("generation") != meta.get("generation")
-            or bool(meta.get("deletionTimestamp"))
-        ):
-            self.touch(*key)
-
-    def touch(self, namespace: str, name: str) -> None:
-        """Something about Queue ``namespace/name`` changed: observe it now."""
-        if (namespace, name) in self._bodies:
-            self._dirty.add((namespace, name))
-            self._wake.set()
-
     def forget(self, namespace: str, name: str) -> None:
-        self._bodies.pop((namespace, name), None)
-        self._dirty.discard((namespace, name))
+        """Queue ``namespace/name`` is gone: drop what is remembered of it."""
         self._memory.pop((namespace, name), None)
         self.metrics.queues.forget(namespace, name)
         if self.cache is not None:
             self.cache.unwant(namespace, name)
 
-    async def observe_forever(self, interval: float) -> None:
-        """Observe every Queue every ``interval`` seconds, at once when a job is enqueued
-        or a cancel requested on one of their databases, and a changed Queue at once;
-        one Queue's failure is logged and never stops the others."""
-        watcher = asyncio.create_task(self._watch_stores())
-        try:
-            await self._observe_loop(interval)
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
-
-    async def _observe_loop(self, interval: float) -> None:
-        next_full = time.monotonic()
-        while True:
-            remaining = next_full - time.monotonic()
-            if remaining > 0:
-                try:
-                    async with asyncio.timeout(remaining):
-                        await self._wake.wait()
-                    await asyncio.sleep(DEBOUNCE)
-                except TimeoutError:
-                    pass
-            self._wake.clear()
-            if time.monotonic() >= next_full or self._store_changed:
-                keys, next_full = list(self._bodies), time.monotonic() + interval
-                self._store_changed = False
-            else:
-                keys = [k for k in self._dirty if k in self._bodies]
-            self._dirty.clear()
-            await self.observe_many(keys)
-
-    async def _watch_stores(self) -> None:
-        """Wake the loop for every Queue when a job is enqueued or a cancel requested on
-        a database a tick has read (a burst need not wait for the next tick); a database
-        seen for the first time is listened to at once."""
-        loop = asyncio.get_running_loop()
-        while True:
-            self._new_dsn.clear()
-            started = loop.time()
-            waiting = asyncio.create_task(
-                wait_for_change(self.stores, list(self._dsns), STORE_WAIT)
-            )
-            new_dsn = asyncio.create_task(self._new_dsn.wait())
-            try:
-                await asyncio.wait({waiting, new_dsn}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (waiting, new_dsn):
-                    task.cancel()
-                await asyncio.gather(waiting, new_dsn, return_exceptions=True)
-            if (
-                waiting.done()
-                and not waiting.cancelled()
-                and (loop.time() - started < STORE_WAIT * 0.95)
-            ):
-                self._store_changed = True
-                self._wake.set()
-
-    async def observe_many(self, keys: Iterable[tuple[str, str]]) -> None:
-        """One tick for ``keys``: one store read per database, then each Queue."""
-        ticks: list[tuple[dict[str, Any], QueueSpec, SecretRead]] = []
-        by_dsn: dict[str, list[str]] = {}
-        for key in keys:
-            body = self._bodies.get(key)
-            if body is None or body["metadata"].get("deletionTimestamp"):
-                continue
-            try:
-                spec = self.spec_of(body)
-                secret = await self._secret(body, spec)
-            except (ValidationError, KubeApiError) as exc:
-                logger.warning("observing Queue %s/%s failed: %s", *key, one_line(exc))
-                continue
-            ticks.append((body, spec, secret))
-            if secret.dsn:
-                by_dsn.setdefault(secret.dsn, []).append(spec.effective_queue_name(key[1]))
-        if not self._dsns.issuperset(by_dsn):
-            self._dsns.update(by_dsn)
-            self._new_dsn.set()
-        views: dict[str, dict[str, QueueView]] = {}
-        reads = [read_views(self.stores, dsn, q, self.store_timeout) for dsn, q in by_dsn.items()]
-        for dsn, found in zip(by_dsn, await asyncio.gather(*reads), strict=True):
-            views[dsn] = found
-        limit = asyncio.Semaphore(CONCURRENCY)
-
-        async def one(body: dict[str, Any], spec: QueueSpec, secret: SecretRead) -> None:
-            queue = spec.effective_queue_name(body["metadata"]["name"])
-            view = views.get(secret.dsn or "", {}).get(queue) or QueueView.failed(queue, None)
-            async with limit:
-                try:
-                    await self.observe(body, spec, secret, view)
-                except Exception as exc:
-                    meta = body["metadata"]
-                    logger.warning(
-                        "observing Queue %s/%s failed: %s",
-                        meta.get("namespace"), meta.get("name"), one_line(exc),
-                    )  # fmt: skip
-
-        await asyncio.gather(*(one(*tick) for tick in ticks))
-
-    async def _secret(self, body: Mapping[str, Any], spec: QueueSpec) -> SecretRead:
+    async def secret_of(self, body: Mapping[str, Any], spec: QueueSpec) -> SecretRead:
         ref = self.ref_of(body)
         name = spec.store.secret_ref.name
         if self.cache is not None:
@@ -351,7 +217,7 @@ class QueueReconciler:
             reason = "ApplyFailed"
             if isinstance(exc, ChildRejected):
                 reason = "ChildRejected"
-                memory.rejected = (generation, (await self._secret(body, spec)).version)
+                memory.rejected = (generation, (await self.secret_of(body, spec)).version)
             if message != memory.apply_error:  # one Event per failure, not per retry
                 self.events.warn(body, reason, message)
             memory.apply_error = message
@@ -362,7 +228,7 @@ class QueueReconciler:
             )
         memory.applied_generation = generation
         memory.apply_error = None
-        self.touch(ref.namespace, ref.name)  # status (observedGeneration) follows at once
+        self.on_applied(ref.namespace, ref.name)  # status (observedGeneration) follows
         memory.rejected = None
 
     def _applied_already(self, ref: QueueRef, digest: str, body: Mapping[str, Any]) -> bool:
@@ -402,8 +268,9 @@ class QueueReconciler:
 
     async def observe(
         self, body: Mapping[str, Any], spec: QueueSpec, secret: SecretRead, view: QueueView
-    ) -> None:
-        """One Queue's tick: decide from what was gathered, write what changed."""
+    ) -> Json | None:
+        """One Queue's tick: decide from what was gathered, write what changed; return
+        the Queue as the status write left it (``None``: nothing written)."""
         ref = self.ref_of(body)
         memory = self._mem(ref)
         generation = int(body["metadata"].get("generation", 0))
@@ -524,8 +391,8 @@ class QueueReconciler:
                 {"status": new_status},
                 subresource="status",
             )
-            if written and (ref.namespace, ref.name) in self._bodies:
-                self._bodies[(ref.namespace, ref.name)] = written
+            return written or None
+        return None
 
     async def _reapply_after_rejection(self, body: Mapping[str, Any]) -> None:
         """The Queue or its Secret changed since the API server refused a child: try

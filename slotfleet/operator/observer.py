@@ -46,6 +46,18 @@ STORE_WAIT = 30.0
 DEBOUNCE = 0.05
 
 
+def _older(body: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
+    """Whether ``body`` is an older version of the object than ``than``. The API server's
+    resourceVersions are etcd revisions; the operator's own write (its response) and the
+    watch's events of the same object can arrive in either order, and the older must
+    not replace the newer (a stale ``spec.replicas`` or ``status.retiring`` would be
+    acted on)."""
+    try:
+        return int(body["metadata"]["resourceVersion"]) < int(than["metadata"]["resourceVersion"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 class QueueObserver:
     """The observer loop of one operator process."""
 
@@ -67,6 +79,8 @@ class QueueObserver:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         known = self._bodies.get(key)
+        if known is not None and _older(body, known):
+            return  # the operator's own write already gave a newer version
         self._bodies[key] = dict(body)
         if (
             known is None
@@ -181,7 +195,8 @@ class QueueObserver:
                 try:
                     written = await self.reconciler.observe(body, spec, secret, view)
                     key = (body["metadata"]["namespace"], body["metadata"]["name"])
-                    if written is not None and key in self._bodies:
+                    known = self._bodies.get(key)
+                    if written is not None and known is not None and not _older(written, known):
                         self._bodies[key] = written
                 except Exception as exc:
                     meta = body["metadata"]

@@ -106,7 +106,10 @@ class RetireGate:
         members = []
         for pod in live_pods(pods):
             name = str((pod.get("metadata") or {}).get("name", ""))
-            members.append(Member(name, pod_tier(pod), int(busy.get(name, 0)), echoes.get(name)))
+            placed = bool((pod.get("spec") or {}).get("nodeName"))
+            members.append(
+                Member(name, pod_tier(pod), int(busy.get(name, 0)), echoes.get(name), placed)
+            )
         live = {m.name for m in members}
         present = {str((p.get("metadata") or {}).get("name", "")) for p in pods}
         previous = previous_marks(status)

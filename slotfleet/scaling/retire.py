@@ -59,6 +59,9 @@ class Member:
     """Busy slots: the larger of its running jobs and its heartbeat's busy slots."""
     echo: str | None
     """The mark its latest live heartbeat echoes, if any."""
+    placed: bool = True
+    """Whether it is on a node (or a process that runs): a pod no node took has no
+    worker, so it can claim nothing and has nothing to confirm."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +128,7 @@ def plan_retirement(
     for member, mark in zip(chosen, new_marks, strict=True):
         if member.busy > 0:
             busy.append(member.name)
-        elif member.echo != mark.since:
+        elif member.placed and member.echo != mark.since:
             if _age(mark, now) >= confirm_timeout:
                 late.append(member.name)
             else:

@@ -178,3 +178,15 @@ def test_the_status_keeps_its_marks_when_the_store_cannot_be_read() -> None:
     seen = Observed(1, 1, 2, None, "s", None, None, [])
     assert build_status(previous, seen, now=STAMP)["retiring"] == previous["retiring"]
     assert previous_marks(previous) == [Mark("b", EARLIER)]
+
+
+def test_a_pod_no_node_took_goes_without_a_confirmation() -> None:
+    """Regression: a marked pod that no node took (Pending, unscheduled) has no worker to
+    confirm its mark, so a scale-down (or a revert of `kubectl scale`) waited the full
+    confirmation bound for nothing."""
+    marks = [Mark("b", EARLIER), Mark("c", EARLIER)]
+    unplaced = [Member(n, 0, 0, None, placed=False) for n in ("b", "c")]
+    result = plan([member("a"), *unplaced], marks, target=1)
+    assert (result.replicas, result.holding) == (1, "")
+    placed = [Member(n, 0, 0, None) for n in ("b", "c")]
+    assert plan([member("a"), *placed], marks, target=1).replicas == 3

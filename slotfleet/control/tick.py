@@ -50,14 +50,16 @@ async def size_fleet(
     decision, overridden = sizer.decide(
         spec, view.stats, at=at, size=size, busy_members=busy_members, paused=paused
     )
+    wanted = decision.replicas
     decision = port.retire(decision)  # before the hold: it must see the wanted size
-    held = decision.replicas < size and not settled
-    if held:
+    if decision.replicas < size and not settled:
         decision = Decision(
             size, f"holding: marking busy pods before scaling down ({decision.reason})",
             decision.desired,
         )  # fmt: skip
-    sizer.remember(decision, overridden=overridden, held=held)
+    # Either hold keeps the size for now; it does not make an outside size the sizer's own
+    # (else the next tick would see no override, and its stabilization keep that size).
+    sizer.remember(decision, overridden=overridden, held=decision.replicas > wanted)
     if decision.replicas != size:
         decision = await port.resize(decision, busy, overridden=overridden)
     return decision

@@ -363,6 +363,10 @@ class RetiringPod(BaseModel):
     since: str
     """When the operator marked it (RFC 3339, microseconds); its worker echoes this text in
     its heartbeat to confirm that it claims nothing more."""
+    final: bool = False
+    """``spec.replicas`` no longer counts it: the pod goes (the operator deletes it if the
+    ReplicaSet controller did not), and its mark stays until the pod is gone, whatever
+    the fleet wants meanwhile."""
 
 
 class QueueStatus(BaseModel):

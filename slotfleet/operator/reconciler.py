@@ -330,7 +330,9 @@ class QueueReconciler:
         # Retiring pods (slotfleet.operator.retiring): those marked on earlier ticks
         # get the lowest deletion cost, the gate lets a scale-down through once they
         # have stopped claiming, and the status gets this tick's marks.
-        retire = RetireGate.for_tick(pods, view.busy(), view.workers, previous, datetime.now(UTC))
+        retire = RetireGate.for_tick(
+            pods, view.busy(), view.workers, previous, datetime.now(UTC), spec.replicas
+        )
         # Deletion costs first, then the size (the core's order): a scale-down written
         # this tick finds every busy pod already marked.
         fleet = PodFleet(self.kube, self.events, body, ref, spec, pods, retire)

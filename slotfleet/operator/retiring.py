@@ -15,7 +15,11 @@ Queue's previous ``status.retiring``; then
 A marked pod stays listed until its object is gone: once deleted it is no member any
 more (the plan forgets it), but it runs until the kubelet's SIGTERM, and a mark lifted in
 that gap (a burst arrived just after the scale-down) would let it claim a job it could
-only cut (:attr:`RetireGate.leaving`).
+only cut (:attr:`RetireGate.leaving`). The same holds from the moment the scale-down is
+written: its marks are final (:func:`slotfleet.scaling.retire.split_final`), their pods
+are no part of the fleet any more, and :attr:`RetireGate.doomed` names those still alive
+for the operator to delete (the ReplicaSet controller may keep one when a larger replica
+count reached it first).
 
 What this module is not: it writes nothing itself (the caller owns the status and the
 deletion costs) and decides nothing the pure plan does not; it only translates pods,
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +39,7 @@ from pydantic import ValidationError
 from slotfleet.models import WorkerHeartbeat
 from slotfleet.models.resource import MAX_RETIRING, RetiringPod
 from slotfleet.scaling import Decision
-from slotfleet.scaling.retire import Mark, Member, RetirePlan, plan_retirement
+from slotfleet.scaling.retire import Mark, Member, RetirePlan, plan_retirement, split_final
 
 Json = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -76,7 +80,7 @@ def previous_marks(status: Mapping[str, Any]) -> list[Mark]:
             pod = RetiringPod.model_validate(entry)
         except ValidationError:
             continue
-        marks.append(Mark(pod.pod, pod.since))
+        marks.append(Mark(pod.pod, pod.since, pod.final))
     return marks
 
 
@@ -85,11 +89,18 @@ class RetireGate:
     """One tick's retirement: what was marked before, and the plan once asked."""
 
     members: list[Member]
+    """The fleet: live pods, less those whose marks are final."""
     previous: list[Mark]
+    """The earlier marks of live pods that are not final (the plan may move or lift them)."""
+    final: list[Mark]
+    """Final marks of live pods (:func:`~slotfleet.scaling.retire.split_final`)."""
     leaving: list[Mark]
     """Marks of pods being deleted: kept until the pods are gone."""
     now: datetime
     plan: RetirePlan | None = field(default=None)
+    written: bool = field(default=False)
+    """Whether the scale-down the plan let through was written (:meth:`scaled`): only
+    then are its marks final."""
 
     @classmethod
     def for_tick(
@@ -99,9 +110,11 @@ class RetireGate:
         workers: Sequence[WorkerHeartbeat],
         status: Mapping[str, Any],
         now: datetime,
+        replicas: int,
     ) -> RetireGate:
         """``busy``: busy slots per worker (:func:`slotfleet.scaling.busy_by_worker`);
-        ``workers``: the live heartbeats; ``status``: the Queue's previous status."""
+        ``workers``: the live heartbeats; ``status``: the Queue's previous status;
+        ``replicas``: its ``spec.replicas``."""
         echoes = {w.worker_id: w.retiring for w in workers}
         members = []
         for pod in live_pods(pods):
@@ -113,13 +126,23 @@ class RetireGate:
         live = {m.name for m in members}
         present = {str((p.get("metadata") or {}).get("name", "")) for p in pods}
         previous = previous_marks(status)
-        leaving = [m for m in previous if m.pod in present and m.pod not in live]
-        return cls(members, previous, leaving, now)
+        leaving = [
+            replace(m, final=True) for m in previous if m.pod in present and m.pod not in live
+        ]
+        final, rest = split_final(members, previous, replicas)
+        going = {m.pod for m in final}
+        fleet = [m for m in members if m.name not in going]
+        return cls(fleet, rest, final, leaving, now)
 
     @property
     def marked(self) -> list[str]:
         """Pods marked on earlier ticks: they carry the lowest deletion cost."""
-        return [m.pod for m in self.previous]
+        return [m.pod for m in (*self.final, *self.previous)]
+
+    @property
+    def doomed(self) -> list[str]:
+        """Live pods whose marks are final: the operator deletes them."""
+        return [m.pod for m in self.final]
 
     def __call__(self, decision: Decision, replicas: int) -> Decision:
         """``decision`` as it may be written now: a smaller replica count only once the
@@ -132,7 +155,7 @@ class RetireGate:
             replicas=replicas,
             now=self.now,
             stamp=stamp,
-            most=max(0, MAX_RETIRING - len(self.leaving)),
+            most=max(0, MAX_RETIRING - len(self.leaving) - len(self.final)),
         )
         self.plan = plan
         if plan.unconfirmed:
@@ -146,10 +169,23 @@ class RetireGate:
         reason = f"holding: {plan.holding} ({decision.reason})" if plan.holding else decision.reason
         return Decision(plan.replicas, reason, decision.desired)
 
+    def scaled(self, replicas: int, before: int) -> None:
+        """``spec.replicas`` was written from ``before`` to ``replicas``: a scale-down
+        the plan let through makes its marks final (another hold may still have kept
+        the size this tick, and then nothing is final)."""
+        if self.plan is not None and self.plan.marks and replicas < before:
+            self.written = True
+
     def entries(self) -> list[Json] | None:
         """``status.retiring`` after this tick; ``None`` when the gate was not asked
         (the store could not be read): the previous entries stand."""
         if self.plan is None:
             return None
-        marks = (*self.plan.marks, *self.leaving)
-        return [RetiringPod(pod=m.pod, since=m.since).model_dump(by_alias=True) for m in marks]
+        planned = tuple(replace(m, final=self.written) for m in self.plan.marks)
+        marks = (*planned, *self.final, *self.leaving)
+        return [
+            RetiringPod(pod=m.pod, since=m.since, final=m.final).model_dump(
+                by_alias=True, exclude_defaults=True
+            )
+            for m in marks
+        ]

@@ -2,10 +2,11 @@
 
 :class:`PodFleet` is what :func:`slotfleet.control.size_fleet` sizes in the operator:
 
-* ``mark`` keeps every live worker pod's ``controller.kubernetes.io/pod-deletion-cost``
-  at its busy slots in coarse buckets (:func:`slotfleet.control.cost_bucket`), so the
-  ReplicaSet controller removes idle pods first, with a patch only when a pod changes
-  bucket;
+* ``mark`` deletes the pods a written scale-down no longer counts
+  (:attr:`~slotfleet.operator.retiring.RetireGate.doomed`) and keeps every live worker
+  pod's ``controller.kubernetes.io/pod-deletion-cost`` at its busy slots in coarse
+  buckets (:func:`slotfleet.control.cost_bucket`), so the ReplicaSet controller removes
+  idle pods first, with a patch only when a pod changes bucket;
 * ``retire`` passes a smaller size only once the pods it removes have stopped claiming
   (:class:`~slotfleet.operator.retiring.RetireGate`; the pods it marked carry the lowest
   deletion cost);
@@ -94,6 +95,10 @@ class PodFleet:
 
     async def mark(self, busy: Mapping[str, int]) -> bool:
         marked = self.retiring.marked if self.retiring is not None else ()
+        for name in self.retiring.doomed if self.retiring is not None else ():
+            # a smaller spec.replicas no longer counts it, but the ReplicaSet controller
+            # may keep it (a larger count reached it first): it must go all the same
+            await self.kube.delete("v1", "Pod", self.ref.namespace, name)
         changes = deletion_costs(self.pods, busy, frozenset(marked))
         for name, cost in changes.items():
             try:
@@ -123,6 +128,8 @@ class PodFleet:
                 decision.desired,
             )
         await write_replicas(self.kube, self.ref, decision.replicas)
+        if self.retiring is not None:
+            self.retiring.scaled(decision.replicas, replicas)
         message = f"replicas {replicas} -> {decision.replicas}: {decision.reason}"
         if overridden:
             self.events.warn(self.body, "ScaleReverted", message)

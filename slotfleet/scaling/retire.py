@@ -33,7 +33,7 @@ Queue's status into :class:`Member` and :class:`Mark` values.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 #: ``pod-deletion-cost`` of a retiring member: below an idle member's 0.
@@ -71,6 +71,10 @@ class Mark:
     pod: str
     since: str
     """When it was marked (RFC 3339); also the text its worker echoes to confirm."""
+    final: bool = False
+    """The replica count no longer counts it (the scale-down it was marked for was
+    written, which only the caller knows): it goes, and its mark is never lifted (see
+    :func:`split_final`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +146,30 @@ def plan_retirement(
             new_marks, replicas, f"waiting for retiring {_join(waiting)} to stop claiming"
         )
     return RetirePlan(new_marks, smaller, "", tuple(late))
+
+
+def split_final(
+    members: Sequence[Member], marks: Iterable[Mark], replicas: int
+) -> tuple[list[Mark], list[Mark]]:
+    """The marks of live members, split into final ones and the rest.
+
+    A mark is final once the scale-down it was made for is written: its entry says so, or
+    (the status write after that scale-down was lost) ``spec.replicas`` is below the live
+    members and the marked ones are those the ReplicaSet controller removes. A final mark
+    is never lifted while its pod lives: the controller may already have deleted the pod
+    (the operator's watch lags), and a lifted mark would let it claim a job just before
+    its SIGTERM, a burst right after a scale-down being the common case. Its pod is not
+    part of the fleet any more; the operator deletes it if the controller does not (it
+    may have seen a larger replica count first)."""
+    live = {m.name for m in members}
+    ours = [m for m in marks if m.pod in live]
+    final = [m for m in ours if m.final]
+    excess = len(members) - replicas - len(final)
+    rest = [m for m in ours if not m.final]
+    if excess > 0:
+        final += [replace(m, final=True) for m in rest[:excess]]
+        rest = rest[excess:]
+    return final, rest
 
 
 def _age(mark: Mark, now: datetime) -> float:

@@ -201,7 +201,7 @@ OPERATOR_PERMISSIONS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
             ("monitoring.coreos.com", "podmonitors"),
         )
     ),
-    ("", "pods", "", ("get", "list", "watch", "patch")),
+    ("", "pods", "", ("get", "list", "watch", "patch", "delete")),
     ("", "secrets", "", ("get", "list", "watch")),
     ("", "events", "", ("create", "patch")),
     ("events.k8s.io", "events", "", ("create", "patch")),

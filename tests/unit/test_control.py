@@ -165,6 +165,31 @@ async def test_the_port_sees_the_wanted_size_before_any_hold_and_may_hold_it() -
     assert port.resized == [2]
 
 
+async def test_an_outside_size_held_by_retiring_is_still_reverted_as_one() -> None:
+    """Regression: ``kubectl scale`` to 3 in operator mode, while the 3 pods exist. The
+    retire hold kept 3 for a tick and the sizer took that 3 for its own word; the next
+    tick saw no outside size, the scale-down stabilization kept 3, and the revert never
+    came (the kube test waited 40 s for ``spec.replicas`` back to 0)."""
+    port = Port(3, ["x", "y", "z"], retiring=True)  # none of them busy
+    sizer = Sizer(last=Decision(0, "idle", 0))
+    s = spec(minReplicas=0, scaleDownStabilizationSeconds=300)
+    reverts: list[bool] = []
+
+    async def resize(decision: Decision, busy: Mapping[str, int], *, overridden: bool) -> Decision:
+        reverts.append(overridden)
+        port.current = decision.replicas
+        return decision
+
+    port.resize = resize  # type: ignore[method-assign]
+    d = await size_fleet(port, sizer, s, view(), at=0, paused=False, hpa_sizes=True)
+    assert d is not None
+    assert (d.replicas, d.reason) == (3, "holding: retiring")
+    port.retiring = False  # the three pods have stopped claiming
+    d = await size_fleet(port, sizer, s, view(), at=1, paused=False, hpa_sizes=True)
+    assert d is not None
+    assert (d.replicas, reverts) == (0, [True])
+
+
 async def test_nothing_is_marked_or_resized_on_a_failed_read_and_an_hpa_only_marks() -> None:
     port = Port(1, ["a"])
     failed = QueueView.failed("q", "down")

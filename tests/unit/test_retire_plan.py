@@ -154,12 +154,14 @@ def test_the_gate_holds_the_decision_and_writes_the_marks_to_the_status() -> Non
     ]
     beats = [WorkerHeartbeat(worker_id="a"), WorkerHeartbeat(worker_id="b", retiring=EARLIER)]
     status = {"retiring": [{"pod": "b", "since": EARLIER}, {"bad": 1}]}
-    gate = RetireGate.for_tick(pods, {"a": 1}, beats, status, NOW)
+    gate = RetireGate.for_tick(pods, {"a": 1}, beats, status, NOW, 2)
     assert gate.marked == ["b"]
     assert gate.entries() is None  # not asked: the previous entries stand
     assert gate(Decision(1, "idle"), 2) == Decision(1, "idle")
     assert gate.entries() == [{"pod": "b", "since": EARLIER}]
-    held = RetireGate.for_tick(pods, {}, [], {}, NOW)(Decision(1, "idle"), 2)
+    gate.scaled(1, 2)  # written: the mark is final
+    assert gate.entries() == [{"pod": "b", "since": EARLIER, "final": True}]
+    held = RetireGate.for_tick(pods, {}, [], {}, NOW, 2)(Decision(1, "idle"), 2)
     assert (held.replicas, held.reason[:18]) == (2, "holding: retiring ")
 
 
@@ -168,9 +170,48 @@ def test_a_deleted_pod_keeps_its_mark_until_it_is_gone() -> None:
     deleted; still running until their SIGTERM, they claimed long jobs and cut them."""
     deleted = {**pod("b"), "metadata": {"name": "b", "deletionTimestamp": "x"}}
     status = {"retiring": [{"pod": "b", "since": EARLIER}, {"pod": "gone", "since": EARLIER}]}
-    gate = RetireGate.for_tick([pod("a"), deleted], {}, [], status, NOW)
+    gate = RetireGate.for_tick([pod("a"), deleted], {}, [], status, NOW, 1)
     assert gate(Decision(3, "scale up: a burst"), 1) == Decision(3, "scale up: a burst")
-    assert gate.entries() == [{"pod": "b", "since": EARLIER}]
+    assert gate.entries() == [{"pod": "b", "since": EARLIER, "final": True}]
+
+
+def test_a_written_scale_down_makes_its_marks_final_until_the_pods_are_gone() -> None:
+    """Regression: the tick right after a 3 -> 1 scale-down, with two long jobs just
+    enqueued, scaled up to 2 and lifted a mark, while the ReplicaSet controller had
+    already deleted both marked pods (the watch had not shown it yet): the pod claimed a
+    long job and its SIGTERM cut it. Marks are final once their scale-down is written
+    (said by the entry, or read from a spec.replicas below the live pods when that
+    status write was lost): kept whatever the fleet wants, their pods out of the fleet,
+    and deleted by the operator when still alive."""
+    pods = [pod("a"), pod("b"), pod("c")]
+    beats = [WorkerHeartbeat(worker_id=n, retiring=EARLIER) for n in "bc"]
+    confirmed = {"retiring": [{"pod": "b", "since": EARLIER}, {"pod": "c", "since": EARLIER}]}
+    drop = RetireGate.for_tick(pods, {}, beats, confirmed, NOW, 3)
+    assert drop(Decision(1, "idle"), 3).replicas == 1
+    drop.scaled(1, 3)
+    entries = drop.entries() or []
+    assert [e["final"] for e in entries] == [True, True]
+    written = {"retiring": entries}
+    for status, replicas in ((written, 1), (confirmed, 1), (written, 2)):
+        # the burst's tick (spec.replicas 1, the pods alive in the watch), one whose
+        # status write was lost, and the next (spec.replicas 2, the pods still there)
+        burst = RetireGate.for_tick(pods, {}, beats, status, NOW, replicas)
+        assert [m.name for m in burst.members] == ["a"]
+        assert burst.doomed == ["b", "c"]
+        assert burst.marked == ["b", "c"]  # the lowest deletion cost stays
+        assert burst(Decision(2, "a burst"), replicas) == Decision(2, "a burst")
+        assert [e["pod"] for e in burst.entries() or []] == ["b", "c"], (status, replicas)
+    # a scale-down the plan let through but another hold kept (no write): nothing final,
+    # nothing deleted (regression: the pods were deleted with spec.replicas still 3, the
+    # ReplicaSet controller replaced them, and the scale-down then removed the new ones)
+    held = RetireGate.for_tick(pods, {}, beats, confirmed, NOW, 3)
+    assert held(Decision(1, "idle"), 3).replicas == 1
+    after = RetireGate.for_tick(pods, {}, beats, {"retiring": held.entries()}, NOW, 3)
+    assert (after.doomed, [m.name for m in after.members]) == ([], ["a", "b", "c"])
+    # a mark not yet final is still lifted by a burst
+    early = RetireGate.for_tick(pods, {}, beats, confirmed, NOW, 3)
+    assert early(Decision(3, "a burst"), 3) == Decision(3, "a burst")
+    assert (early.entries(), early.doomed) == ([], [])
 
 
 def test_the_status_keeps_its_marks_when_the_store_cannot_be_read() -> None:

@@ -240,6 +240,24 @@ def store_do(dsn: str, action: Callable[[Any], Any]) -> Any:
     return asyncio.run(_with_store(dsn, action))
 
 
+#: The operator counts as settled after this long without an API request of its own.
+QUIET_SECONDS = 5.0
+
+
+def wait_quiet(cluster: BenchCluster, quiet: float, bound: float) -> float | None:
+    """Seconds until the operator made no API request for ``quiet`` seconds (the end of
+    its handling of the creations: kopf's own writes, the Deployments' first status), so
+    the idle window measures the steady state; ``None`` if it never was within ``bound``
+    (the idle window is measured anyway, and shows it)."""
+    started = time.monotonic()
+    while time.monotonic() - started < bound:
+        before = cluster.operator_requests()["dispatched"]
+        time.sleep(quiet)
+        if cluster.operator_requests()["dispatched"] == before:
+            return time.monotonic() - started
+    return None
+
+
 def idle_window(cluster: BenchCluster, op: OperatorRun, seconds: float) -> Json:
     assert cluster.pg is not None
     before = cluster.operator_requests()
@@ -356,6 +374,7 @@ def run_size(args: argparse.Namespace, n: int) -> Json:
         if ready is None:
             row["error"] = f"{count} of {n} Queues Ready within the budget"
         time.sleep(args.settle_seconds)
+        row["quiet_s"] = wait_quiet(cluster, QUIET_SECONDS, bound=300.0)
         row.update(idle_window(cluster, op, args.idle_seconds))
         bound = 60.0
         row["burst"] = median_of(

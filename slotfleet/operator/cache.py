@@ -41,6 +41,27 @@ def collection_path(api_version: str, plural: str, namespace: str | None) -> str
     return f"{base}/namespaces/{namespace}/{plural}" if namespace else f"{base}/{plural}"
 
 
+def slim(obj: Json) -> Json:
+    """``obj`` without ``metadata.managedFields`` (the API server's record of who set
+    which field: often the largest part of an object, and read by nothing here)."""
+    meta = obj.get("metadata")
+    if not isinstance(meta, dict) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
+
+
+def slim_deployment(obj: Json) -> Json:
+    """What the operator reads of a worker Deployment: its metadata (the children
+    digest annotation), ``spec.replicas`` and its status. The pod template (most of it)
+    is the operator's own build and never read back; kept whole, a thousand Queues'
+    Deployments cost tens of MiB."""
+    return {
+        "metadata": slim(obj).get("metadata") or {},
+        "spec": {"replicas": (obj.get("spec") or {}).get("replicas")},
+        "status": obj.get("status") or {},
+    }
+
+
 def _key(obj: Json) -> Key:
     meta = obj.get("metadata") or {}
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
@@ -156,7 +177,7 @@ class ClusterCache:
         if kind == "DELETED":
             self.deployments.pop(key, None)
         else:
-            self.deployments[key] = obj
+            self.deployments[key] = slim_deployment(obj)
         queue = ((obj.get("metadata") or {}).get("labels") or {}).get(QUEUE_LABEL)
         if queue:
             self._on_change(key[0], str(queue))
@@ -182,7 +203,7 @@ class ClusterCache:
             if not pods:
                 del self._pods[(namespace, queue)]
         else:
-            pods[name] = obj
+            pods[name] = slim(obj)
             self._pod_queue[(namespace, name)] = queue
         self._on_change(namespace, queue)
 

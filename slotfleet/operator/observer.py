@@ -12,7 +12,11 @@ over, ``handlers.track``) and calls :meth:`QueueReconciler.observe` for each:
 
 Each observation reads each database once for all its Queues
 (:func:`slotfleet.operator.stores.read_views`), then observes up to ``CONCURRENCY``
-Queues at once; one Queue's failure is logged and never stops the others.
+Queues at once; one Queue's failure is logged and never stops the others. An observation
+of changed Queues only (a spec, a Deployment, a pod) reuses the views of a read younger
+than ``interval`` (:class:`RecentViews`): what it looks at changed in the cluster, not in
+the store, and a store change wakes a fresh read of its own. So an idle database is read
+once per interval however many Queues it serves and however busy their pods are.
 
 What this module is not: it decides nothing about a Queue and writes nothing itself.
 """
@@ -30,6 +34,7 @@ from pydantic import ValidationError
 
 from slotfleet.control import QueueView
 from slotfleet.models.resource import QueueSpec
+from slotfleet.operator.cache import slim
 from slotfleet.operator.kube import KubeApiError
 from slotfleet.operator.reconciler import QueueReconciler
 from slotfleet.operator.secrets import SecretRead
@@ -58,6 +63,43 @@ def _older(body: Mapping[str, Any], than: Mapping[str, Any]) -> bool:
         return False
 
 
+class RecentViews:
+    """The views of the latest store reads, per database and queue, with when each was
+    read (``time.monotonic``): what an observation of changed Queues reuses."""
+
+    def __init__(self) -> None:
+        self._views: dict[str, dict[str, tuple[float, QueueView]]] = {}
+
+    def reuse(
+        self, dsn: str, queues: Iterable[str], *, now: float, younger_than: float
+    ) -> dict[str, QueueView] | None:
+        """Every view of ``queues`` on ``dsn`` if each was read fine less than
+        ``younger_than`` seconds ago; else ``None`` (the database is read again)."""
+        known = self._views.get(dsn, {})
+        found: dict[str, QueueView] = {}
+        for queue in queues:
+            hit = known.get(queue)
+            if hit is None or now - hit[0] >= younger_than or hit[1].stats is None:
+                return None
+            found[queue] = hit[1]
+        return found
+
+    def keep(self, dsn: str, views: Mapping[str, QueueView], *, at: float, full: bool) -> None:
+        """The views one read returned; a ``full`` read (every Queue on ``dsn``) replaces
+        what was kept for it, so queues no Queue names any more are let go."""
+        fresh = {queue: (at, view) for queue, view in views.items()}
+        if full:
+            self._views[dsn] = fresh
+        else:
+            self._views.setdefault(dsn, {}).update(fresh)
+
+    def only(self, dsns: Iterable[str]) -> None:
+        """Let go of the databases no Queue names any more."""
+        keep = set(dsns)
+        for dsn in [d for d in self._views if d not in keep]:
+            del self._views[dsn]
+
+
 class QueueObserver:
     """The observer loop of one operator process."""
 
@@ -71,6 +113,9 @@ class QueueObserver:
         self._dsns: set[str] = set()
         """The databases observations have read (watched for wake-ups)."""
         self._new_dsn = asyncio.Event()
+        self._recent = RecentViews()
+        self._interval = 2.0
+        """The full observation's period (``observe_forever`` sets it)."""
         reconciler.on_applied = self.touch
 
     def track(self, body: Mapping[str, Any]) -> None:
@@ -81,7 +126,7 @@ class QueueObserver:
         known = self._bodies.get(key)
         if known is not None and _older(body, known):
             return  # the operator's own write already gave a newer version
-        self._bodies[key] = dict(body)
+        self._bodies[key] = slim(dict(body))
         if (
             known is None
             or known["metadata"].get("generation") != meta.get("generation")
@@ -105,6 +150,7 @@ class QueueObserver:
         """Observe every Queue every ``interval`` seconds, at once when a job is enqueued
         or a cancel requested on one of their databases, and a changed Queue at once;
         one Queue's failure is logged and never stops the others."""
+        self._interval = interval
         watcher = asyncio.create_task(self._watch_stores())
         try:
             await self._observe_loop(interval)
@@ -125,13 +171,14 @@ class QueueObserver:
                 except TimeoutError:
                     pass
             self._wake.clear()
-            if time.monotonic() >= next_full or self._store_changed:
+            full = time.monotonic() >= next_full or self._store_changed
+            if full:
                 keys, next_full = list(self._bodies), time.monotonic() + interval
                 self._store_changed = False
             else:
                 keys = [k for k in self._dirty if k in self._bodies]
             self._dirty.clear()
-            await self.observe_many(keys)
+            await self.observe_many(keys, full=full)
 
     async def _watch_stores(self) -> None:
         """Wake the loop for every Queue when a job is enqueued or a cancel requested on
@@ -159,8 +206,10 @@ class QueueObserver:
                 self._store_changed = True
                 self._wake.set()
 
-    async def observe_many(self, keys: Iterable[tuple[str, str]]) -> None:
-        """One tick for ``keys``: one store read per database, then each Queue."""
+    async def observe_many(self, keys: Iterable[tuple[str, str]], *, full: bool = True) -> None:
+        """One tick for ``keys``: one store read per database, then each Queue. ``full``:
+        ``keys`` are every Queue and the databases are read afresh; otherwise a read
+        younger than the interval is reused where it covers them."""
         ticks: list[tuple[dict[str, Any], QueueSpec, SecretRead]] = []
         by_dsn: dict[str, list[str]] = {}
         for key in keys:
@@ -180,12 +229,22 @@ class QueueObserver:
             self._dsns.update(by_dsn)
             self._new_dsn.set()
         views: dict[str, dict[str, QueueView]] = {}
+        started = time.monotonic()
+        if full:
+            self._recent.only(by_dsn)
+        else:
+            for dsn, queues in by_dsn.items():
+                reused = self._recent.reuse(dsn, queues, now=started, younger_than=self._interval)
+                if reused is not None:
+                    views[dsn] = reused
+        unread = [dsn for dsn in by_dsn if dsn not in views]
         reads = [
-            read_views(self.stores, dsn, q, self.reconciler.store_timeout)
-            for dsn, q in by_dsn.items()
+            read_views(self.stores, dsn, by_dsn[dsn], self.reconciler.store_timeout)
+            for dsn in unread
         ]
-        for dsn, found in zip(by_dsn, await asyncio.gather(*reads), strict=True):
+        for dsn, found in zip(unread, await asyncio.gather(*reads), strict=True):
             views[dsn] = found
+            self._recent.keep(dsn, found, at=started, full=full)
         limit = asyncio.Semaphore(CONCURRENCY)
 
         async def one(body: dict[str, Any], spec: QueueSpec, secret: SecretRead) -> None:
@@ -197,7 +256,7 @@ class QueueObserver:
                     key = (body["metadata"]["namespace"], body["metadata"]["name"])
                     known = self._bodies.get(key)
                     if written is not None and known is not None and not _older(written, known):
-                        self._bodies[key] = written
+                        self._bodies[key] = slim(written)
                 except Exception as exc:
                     meta = body["metadata"]
                     logger.warning(

@@ -93,15 +93,16 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         *(row_text(r) for r in rows),
         "",
         "| Queues | created in | all Ready condition | all observedGeneration | operator live in "
-        "| restarted live in | quiet after | mean APF wait (idle) | wall time "
-        "| load average at the end |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| restarted live in | API requests per new Queue | their rate | quiet after "
+        "| mean APF wait (idle) | wall time | load average at the end |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         lines.append(
             f"| {int(r['queues']):,} | {_seconds(r.get('created_s'))} "
             f"| {_seconds(r.get('ready_condition_s'))} | {_seconds(r.get('ready_generation_s'))} "
             f"| {_seconds(r.get('first_live_s'))} | {_seconds(r.get('live_s'))} "
+            f"| {fmt(r.get('create_requests_per_queue'), 1)} | {fmt(r.get('create_rps'))}/s "
             f"| {_seconds(r.get('quiet_s'))} | {_ms(r.get('apf_wait_ms'))} "
             f"| {_seconds(r.get('wall_s'))} "
             f"| {r.get('loadavg_end', '?')} |"
@@ -115,6 +116,8 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         " first create -> every Queue `Ready=True`, `StoreReachable=True` and"
         " `observedGeneration == generation` (polled by a list, the figure's resolution is"
         " the poll period; the second table shows when each half first held for every Queue);"
+        " API requests per new Queue = the operator's requests from the first create to all"
+        " Ready, over the number of Queues (their rate: over that time);"
         " the idle window starts once the operator made no API request for 5 s after the"
         " settle wait (quiet after = from the end of the settle wait);"
         " RSS = VmRSS at the end of the idle window; CPU = user + system"

@@ -97,6 +97,11 @@ class ClusterCache:
     def deployment(self, namespace: str, name: str) -> Json | None:
         return self.deployments.get((namespace, name))
 
+    @property
+    def synced(self) -> bool:
+        """Whether every watch has listed its collection at least once."""
+        return bool(self._synced) and all(e.is_set() for e in self._synced.values())
+
     async def secret(self, namespace: str, name: str, queue: str) -> Json | None:
         """The Secret ``namespace/name`` (``None``: absent), wanted from now on by
         ``queue``; read once with a GET the first time it is wanted."""

@@ -191,6 +191,15 @@ class QueueReconciler:
             memory.applied_generation = generation
             memory.applied, memory.digest = digests, digest
             return
+        # a spec never changed and no worker Deployment yet (the watch has listed them
+        # all): nobody applied this Queue before, so it has no child to remove (two GETs
+        # less per new Queue)
+        first_apply = (
+            generation == 1
+            and self.cache is not None
+            and self.cache.synced
+            and self.cache.deployment(ref.namespace, ref.worker_name) is None
+        )
         try:
             for child in children:
                 key = f"{child['kind']}/{child['metadata']['name']}"
@@ -206,9 +215,9 @@ class QueueReconciler:
                         f"the API server refused {kind} {name}: {exc.detail}"
                     ) from exc
                 memory.applied[key] = digests[key]
-            if memory.digest != digest:
+            if memory.digest != digest and not first_apply:
                 await self._remove_unwanted(ref, spec, monitor_api)
-                memory.digest = digest
+            memory.digest = digest
             if "replicas" not in (body.get("spec") or {}):
                 # the schema has no default: the first size depends on the mode
                 await write_replicas(self.kube, ref, spec.replicas)

@@ -80,9 +80,10 @@ def render(rows: list[Json], facts: Json, args: argparse.Namespace) -> str:
         "",
         f"    {command_line()}",
         "",
-        f"Machine: {facts.get('nproc', '?')} cores ({facts.get('cpu', '?')}), **shared with"
-        " other engineers' test runs while this ran**, so figures are noisy; load average"
-        f" at the start {facts.get('loadavg_start', '?')}. Each size in a fresh cluster: one"
+        f"Machine: {facts.get('nproc', '?')} cores ({facts.get('cpu', '?')}), load average"
+        f" at the start {facts.get('loadavg_start', '?')} (the last column below gives it at"
+        " the end of each size: anything else running on the machine shows there, and makes"
+        " the figures noisy). Each size in a fresh cluster: one"
         " PostgreSQL, the Go-built etcd + kube-apiserver + kube-controller-manager on the"
         " same cores, no node; one `slotfleet operator` with the chart's default flags as the"
         " chart's ServiceAccount. Queues: `autoscaling.mode: operator`, `minReplicas: 0`,"

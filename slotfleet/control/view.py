@@ -30,10 +30,12 @@ class QueueView:
     leased: Mapping[str, int] = field(default_factory=dict)
     """The queue's running jobs per lease owner."""
     error: str | None = None
+    opening: bool = False
+    """The store is still being opened (connecting, migrating): not known to be down."""
 
     @classmethod
-    def failed(cls, queue: str, error: str | None) -> QueueView:
-        return cls(queue, None, None, (), {}, error)
+    def failed(cls, queue: str, error: str | None, *, opening: bool = False) -> QueueView:
+        return cls(queue, None, None, (), {}, error, opening)
 
     def busy(self) -> dict[str, int]:
         """Worker id -> busy slots on this queue (empty without the store's figures)."""

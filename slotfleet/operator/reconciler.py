@@ -315,6 +315,10 @@ class QueueReconciler:
             store_cond = st.ConditionUpdate(
                 st.STORE_REACHABLE, None, "NoDSN", "the store DSN cannot be read"
             )
+        elif view.stats is None and view.opening:
+            store_cond = st.ConditionUpdate(
+                st.STORE_REACHABLE, None, "Connecting", scrub(view.error or "", dsn)
+            )
         elif view.stats is None:
             error = view.error or "the job store was not read"
             store_cond = st.ConditionUpdate(

@@ -26,31 +26,51 @@ from slotfleet.store.rows import one_line
 
 
 class StoreCache:
-    """DSN -> open :class:`Store`."""
+    """DSN -> open :class:`Store`.
+
+    A store is opened once, by one task per DSN that no caller's cancellation or
+    timeout stops (opening may migrate the schema, which can take longer than a read may
+    wait); callers wait for it each with their own bound, and one slow database never
+    holds up the stores of others."""
 
     def __init__(self) -> None:
         self._stores: dict[str, Store] = {}
-        self._lock = asyncio.Lock()
+        self._opening: dict[str, asyncio.Task[Store]] = {}
+
+    def opening(self, dsn: str) -> bool:
+        """Whether the store of ``dsn`` is being opened now."""
+        return dsn in self._opening
 
     async def get(self, dsn: str) -> Store:
-        async with self._lock:
-            store = self._stores.get(dsn)
-            if store is None:
-                store = open_store(dsn)
-                await store.open()
-                self._stores[dsn] = store
+        store = self._stores.get(dsn)
+        if store is not None:
             return store
+        task = self._opening.get(dsn)
+        if task is None:
+            task = self._opening[dsn] = asyncio.create_task(self._open(dsn))
+        return await asyncio.shield(task)
+
+    async def _open(self, dsn: str) -> Store:
+        try:
+            store = open_store(dsn)
+            await store.open()
+            self._stores[dsn] = store
+            return store
+        finally:
+            self._opening.pop(dsn, None)
 
     async def discard(self, dsn: str) -> None:
-        async with self._lock:
-            store = self._stores.pop(dsn, None)
+        store = self._stores.pop(dsn, None)
         if store is not None:
             with contextlib.suppress(Exception):  # it is broken already; just let go
                 await store.close()
 
     async def close(self) -> None:
-        async with self._lock:
-            stores, self._stores = list(self._stores.values()), {}
+        opening, self._opening = list(self._opening.values()), {}
+        for task in opening:
+            task.cancel()
+        await asyncio.gather(*opening, return_exceptions=True)
+        stores, self._stores = list(self._stores.values()), {}
         for store in stores:
             with contextlib.suppress(Exception):
                 await store.close()
@@ -62,11 +82,19 @@ async def read_views(
     """One tick's read of every queue in ``queues`` on database ``dsn``
     (:func:`slotfleet.control.read_views`), bounded by ``timeout``; a failed read
     discards the store and every queue's view carries the one-line error (the DSN's
-    password scrubbed)."""
+    password scrubbed). A store still being opened when the bound ends (connecting,
+    migrating the schema) is no failure yet: the open goes on, and the views say
+    ``opening``."""
+    opened = False
     try:
         async with asyncio.timeout(timeout):
-            return await control_read_views(await stores.get(dsn), queues)
+            store = await stores.get(dsn)
+            opened = True
+            return await control_read_views(store, queues)
     except TimeoutError:
+        if not opened and stores.opening(dsn):
+            error = f"still opening the job store (connecting, migrating) after {timeout:g} s"
+            return {queue: QueueView.failed(queue, error, opening=True) for queue in queues}
         error = f"no answer from the job store within {timeout:g} s"
     except Exception as exc:  # any driver error: report it, retry next tick
         error = scrub(one_line(exc), dsn)

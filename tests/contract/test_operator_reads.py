@@ -1,7 +1,8 @@
 """The operator's store reads over ``fleet_snapshot`` (``operator/stores.py``), on both
 stores: ``read_views`` gives every queue the view the per-queue calls it replaced give,
 a failed read is one scrubbed line for every queue, and ``wait_for_change`` over several
-DSNs wakes on any of them and only sleeps on a broken one.
+DSNs wakes on any of them and only sleeps on a broken one. A store still being opened
+(migrating, on PostgreSQL) when a read's bound ends is not down, and its open goes on.
 """
 
 from __future__ import annotations
@@ -9,10 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+import psycopg
+
 from slotfleet.control import QueueView
 from slotfleet.models import Job
 from slotfleet.operator.stores import StoreCache, read_views, wait_for_change
 from slotfleet.store import Store
+from slotfleet.store import postgres_sql as sql
 from tests.fixtures.stores import StoreFactory
 
 #: A DSN nothing listens on, with a password that must never be shown.
@@ -82,3 +86,39 @@ async def test_wait_for_change_wakes_on_any_store_and_sleeps_on_a_broken_one(
         assert waiter.done(), "an enqueue never woke the operator's wait"
     finally:
         await stores.close()
+
+
+async def test_a_store_still_opening_is_not_down_and_its_open_is_never_cut(
+    postgres_dsn: str,
+) -> None:
+    """Regression: at a thousand new Queues on a fresh database, the operator's first
+    read timed out (5 s) while the store was still migrating; the timeout cancelled the
+    open, the store was discarded, and every later tick opened it anew and waited for the
+    migration lock again, so every Queue flapped to StoreReachable=False with a Warning
+    Event and back. Now the open goes on past the read's bound (its views say
+    ``opening``, not an error), later reads wait for the same open, and a cancelled
+    waiter does not cancel it."""
+    holder = await psycopg.AsyncConnection.connect(postgres_dsn, autocommit=True)
+    key = {"key": sql.MIGRATION_RUN_LOCK_KEY}
+    await holder.execute(sql.TRY_RUN_LOCK, key)  # another process is migrating
+    stores = StoreCache()
+    try:
+        views = await read_views(stores, postgres_dsn, ["a"], 0.5)
+        assert views["a"].opening
+        assert views["a"].stats is None
+        assert "still opening the job store" in (views["a"].error or "")
+        waiter = asyncio.create_task(wait_for_change(stores, [postgres_dsn], 30.0))
+        await asyncio.sleep(0.3)
+        waiter.cancel()  # the observer cancels its wait every round
+        await asyncio.gather(waiter, return_exceptions=True)
+        assert stores.opening(postgres_dsn), "a cancelled wait cut the open"
+        again = await read_views(stores, postgres_dsn, ["a"], 0.5)
+        assert again["a"].opening
+        await holder.execute(sql.RUN_UNLOCK, key)  # the other process is done
+        views = await read_views(stores, postgres_dsn, ["a"], 10.0)
+        assert views["a"].stats is not None
+        assert not views["a"].opening
+        assert not stores.opening(postgres_dsn)
+    finally:
+        await stores.close()
+        await holder.close()

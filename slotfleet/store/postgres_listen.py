@@ -71,15 +71,18 @@ class Listener:
         waiters = self._waiters.setdefault(queue, set())
         waiters.add(future)
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
-                # While not listening (connecting, or the database is down) a
-                # notification could not reach us; wait for LISTEN first.
-                await self._listening.wait()
-                await future
-        except TimeoutError:
-            pass
+            await self._until(future, timeout)
         finally:
             waiters.discard(future)
+
+    async def _until(self, future: asyncio.Future[None], timeout: float) -> None:
+        """Wait for ``future`` (a notification) or ``timeout``. While not listening
+        (connecting, or the database is down) a notification could not reach us, so
+        LISTEN comes first."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, timeout)):
+                await self._listening.wait()
+                await future
 
     async def wait_any(self, timeout: float) -> None:
         """Return on a notification on any channel (or one since the previous call
@@ -90,11 +93,7 @@ class Listener:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._any.add(future)
         try:
-            async with asyncio.timeout(max(0.0, timeout)):
-                await self._listening.wait()
-                await future
-        except TimeoutError:
-            pass
+            await self._until(future, timeout)
         finally:
             self._any.discard(future)
         # What came before this return, the caller reads next. Not when cancelled: a

@@ -98,6 +98,9 @@ class RetireGate:
     """Marks of pods being deleted: kept until the pods are gone."""
     now: datetime
     plan: RetirePlan | None = field(default=None)
+    kept: bool = field(default=False)
+    """Whether ``spec.replicas`` counts every live pod: the ReplicaSet controller removes
+    none, so a final pod still alive was kept (it saw a larger count first)."""
     written: bool = field(default=False)
     """Whether the scale-down the plan let through was written (:meth:`scaled`): only
     then are its marks final."""
@@ -132,7 +135,7 @@ class RetireGate:
         final, rest = split_final(members, previous, replicas)
         going = {m.pod for m in final}
         fleet = [m for m in members if m.name not in going]
-        return cls(fleet, rest, final, leaving, now)
+        return cls(fleet, rest, final, leaving, now, kept=len(members) <= replicas)
 
     @property
     def marked(self) -> list[str]:
@@ -141,8 +144,11 @@ class RetireGate:
 
     @property
     def doomed(self) -> list[str]:
-        """Live pods whose marks are final: the operator deletes them."""
-        return [m.pod for m in self.final]
+        """Live pods whose marks are final that the ReplicaSet controller kept: the
+        operator deletes them. While there are more live pods than ``spec.replicas`` the
+        controller removes the final ones itself (they cost least); deleting them too
+        raced its own deletes, and it once removed a new pod instead (a job cut)."""
+        return [m.pod for m in self.final] if self.kept else []
 
     def __call__(self, decision: Decision, replicas: int) -> Decision:
         """``decision`` as it may be written now: a smaller replica count only once the

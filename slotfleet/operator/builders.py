@@ -244,8 +244,9 @@ def build_hpa(queue: QueueRef, spec: QueueSpec) -> Json:
 
 
 def build_children(queue: QueueRef, spec: QueueSpec, *, pod_monitor_available: bool) -> list[Json]:
-    """Every child the Queue should have now, in the order they are applied (identity
-    and RBAC before the pods that use them)."""
+    """Every child the Queue should have now: identity and RBAC before the pods that use
+    them. The reconciler applies the worker Deployment last whatever its place here (its
+    digest annotation says every other child is in place)."""
     children = [
         build_service_account(queue, spec),
         build_role(queue),

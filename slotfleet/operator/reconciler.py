@@ -200,23 +200,17 @@ class QueueReconciler:
             and self.cache.synced
             and self.cache.deployment(ref.namespace, ref.worker_name) is None
         )
+        # the Deployment goes last, after the unwanted children are removed: the digest it
+        # carries says every other child is in place, so an operator killed in between
+        # resumes the whole apply rather than trusting a partial one
+        carrier = next(c for c in children if c["kind"] == "Deployment")
         try:
             for child in children:
-                key = f"{child['kind']}/{child['metadata']['name']}"
-                if memory.applied.get(key) == digests[key]:
-                    continue  # applied as it is now (a /scale write changes one child)
-                try:
-                    await self.kube.apply(child)
-                except KubeApiError as exc:
-                    if not exc.invalid:
-                        raise
-                    kind, name = child["kind"], child["metadata"]["name"]
-                    raise ChildRejected(
-                        f"the API server refused {kind} {name}: {exc.detail}"
-                    ) from exc
-                memory.applied[key] = digests[key]
+                if child is not carrier:
+                    await self._apply_child(child, memory, digests)
             if memory.digest != digest and not first_apply:
                 await self._remove_unwanted(ref, spec, monitor_api)
+            await self._apply_child(carrier, memory, digests)
             memory.digest = digest
             if "replicas" not in (body.get("spec") or {}):
                 # the schema has no default: the first size depends on the mode
@@ -239,6 +233,21 @@ class QueueReconciler:
         memory.apply_error = None
         self.on_applied(ref.namespace, ref.name)  # status (observedGeneration) follows
         memory.rejected = None
+
+    async def _apply_child(
+        self, child: Json, memory: _QueueMemory, digests: Mapping[str, str]
+    ) -> None:
+        kind, name = child["kind"], child["metadata"]["name"]
+        key = f"{kind}/{name}"
+        if memory.applied.get(key) == digests[key]:
+            return  # applied as it is now (a /scale write changes one child)
+        try:
+            await self.kube.apply(child)
+        except KubeApiError as exc:
+            if not exc.invalid:
+                raise
+            raise ChildRejected(f"the API server refused {kind} {name}: {exc.detail}") from exc
+        memory.applied[key] = digests[key]
 
     def _applied_already(self, ref: QueueRef, digest: str, body: Mapping[str, Any]) -> bool:
         if self.cache is None or "replicas" not in (body.get("spec") or {}):

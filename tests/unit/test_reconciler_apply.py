@@ -1,0 +1,138 @@
+"""The order of a Queue's apply and what a restarted operator trusts of it (no cluster).
+
+The kube-tier test ``test_operator_killed_mid_reconcile_converges_without_duplicates``
+kills a real operator at a random point of its first apply; this one puts the kill at the
+one point that lost a child for good.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from slotfleet.operator.kube import KubeApiError
+from slotfleet.operator.reconciler import CHILDREN_DIGEST, QueueReconciler
+from slotfleet.operator.stores import StoreCache
+
+Json = dict[str, Any]
+
+
+def queue_body(**spec: Any) -> Json:
+    return {
+        "apiVersion": "slotfleet.dev/v1alpha1",
+        "kind": "Queue",
+        "metadata": {"name": "sturdy", "namespace": "ns", "uid": "u-1", "generation": 1},
+        "spec": {"image": "img", "store": {"secretRef": {"name": "db"}}, "replicas": 0, **spec},
+    }
+
+
+class Cluster:
+    """What the API server holds, written by server-side apply; ``dies_after`` ends the
+    operator (an error nothing catches) right after that kind is written."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], Json] = {}
+        self.dies_after: str | None = None
+        self.applied: list[str] = []
+
+    async def apply(self, child: Json) -> Json:
+        self.objects[(child["kind"], child["metadata"]["name"])] = child
+        self.applied.append(child["kind"])
+        if child["kind"] == self.dies_after:
+            raise SystemExit("SIGKILL")
+        return child
+
+    async def has_api(self, api_version: str, plural: str) -> bool:
+        return False
+
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> Json | None:
+        return self.objects.get((kind, name))
+
+    async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+        self.objects.pop((kind, name), None)
+
+
+class Cache:
+    """The operator's watch cache: the Deployment as the API server holds it."""
+
+    synced = True
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+
+    def deployment(self, namespace: str, name: str) -> Json | None:
+        return self.cluster.objects.get(("Deployment", name))
+
+
+class Events:
+    def __init__(self) -> None:
+        self.posted: list[str] = []
+
+    def info(self, body: Any, reason: str, message: str) -> None:
+        self.posted.append(reason)
+
+    def warn(self, body: Any, reason: str, message: str) -> None:
+        self.posted.append(reason)
+
+
+def operator(cluster: Cluster) -> QueueReconciler:
+    reconciler = QueueReconciler(cluster, StoreCache(), Events())  # type: ignore[arg-type]
+    reconciler.cache = Cache(cluster)  # type: ignore[assignment]
+    return reconciler
+
+
+async def test_an_operator_killed_right_after_the_deployment_leaves_no_child_unapplied() -> None:
+    """Regression: the Deployment, which carries the digest of every child, was applied
+    before the metrics Service; an operator killed between the two left a Deployment
+    that said "all applied", and the restarted operator trusted it and never created the
+    Service (the kube test timed out waiting for the children)."""
+    cluster = Cluster()
+    cluster.dies_after = "Deployment"
+    with pytest.raises(SystemExit):
+        await operator(cluster).apply_children(queue_body())
+    cluster.dies_after = None
+    await operator(cluster).apply_children(queue_body())  # the restarted operator
+    kinds = {kind for kind, _ in cluster.objects}
+    assert kinds == {"ServiceAccount", "Role", "RoleBinding", "Service", "Deployment"}
+    assert cluster.applied[-1] == "Deployment"  # the digest is written last
+
+    # and once it is all in place, a restart writes nothing
+    applies = len(cluster.applied)
+    await operator(cluster).apply_children(queue_body())
+    assert len(cluster.applied) == applies
+
+
+async def test_a_child_removed_by_a_spec_change_is_gone_before_the_digest_says_so() -> None:
+    """The same for removal: the metrics Service turned off must be deleted before the
+    Deployment's digest claims the new spec is in place, or an operator killed in between
+    leaves the Service for good."""
+    cluster = Cluster()
+    await operator(cluster).apply_children(queue_body())
+    assert ("Service", "sturdy-metrics") in cluster.objects
+    for obj in cluster.objects.values():
+        obj["metadata"]["ownerReferences"] = [{"uid": "u-1"}]
+    changed = queue_body(metricsService=False)
+    changed["metadata"]["generation"] = 2
+    cluster.dies_after = "Deployment"
+    with pytest.raises(SystemExit):
+        await operator(cluster).apply_children(changed)
+    assert ("Service", "sturdy-metrics") not in cluster.objects
+    deployment = cluster.objects[("Deployment", "sturdy-worker")]
+    assert deployment["metadata"]["annotations"][CHILDREN_DIGEST]
+
+
+async def test_a_failed_apply_of_an_early_child_writes_no_digest() -> None:
+    """An API error on an early child ends the apply before the Deployment: nothing
+    claims the apply is done, and kopf's retry applies it whole."""
+
+    class Refusing(Cluster):
+        async def apply(self, child: Json) -> Json:
+            if child["kind"] == "Service":
+                raise KubeApiError("boom", status=500)
+            return await super().apply(child)
+
+    cluster = Refusing()
+    with pytest.raises(KubeApiError):
+        await operator(cluster).apply_children(queue_body())
+    assert ("Deployment", "sturdy-worker") not in cluster.objects

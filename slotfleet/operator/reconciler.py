@@ -204,6 +204,7 @@ class QueueReconciler:
         # carries says every other child is in place, so an operator killed in between
         # resumes the whole apply rather than trusting a partial one
         carrier = next(c for c in children if c["kind"] == "Deployment")
+        news = memory.digest != digest or memory.apply_error is not None
         try:
             for child in children:
                 if child is not carrier:
@@ -225,7 +226,9 @@ class QueueReconciler:
                 self.events.warn(body, reason, message)
             memory.apply_error = message
             raise
-        if memory.applied_generation != generation:
+        if memory.applied_generation != generation and news:
+            # a new generation that builds the same children (the first size written
+            # through /scale just now) is no news: one Event per apply that changed them
             self.events.info(
                 body, "Applied", f"worker fleet configured for generation {generation}"
             )

@@ -516,6 +516,42 @@ def test_operator_killed_mid_reconcile_converges_without_duplicates(
     assert {k: v[0].metadata.resource_version for k, v in after.items()} == before
 
 
+def test_a_new_queue_without_replicas_gets_one_applied_event(
+    kube_admin: KubeAdmin, namespace: str, operator: OperatorProcess, postgres_dsn: str
+) -> None:
+    """Regression (issue 13, requests per new Queue): the first size, written through
+    ``/scale``, made a second generation that announced "Applied" again, with nothing
+    applied; a thousand new Queues paid a thousand Events for it."""
+    create_secret(kube_admin, namespace, postgres_dsn)
+    manifest = queue_manifest(
+        "fresh", autoscaling={"mode": "operator", "minReplicas": 0, "maxReplicas": 2}
+    )
+    manifest["spec"].pop("replicas")
+    apply_queue(kube_admin, namespace, manifest)
+
+    def settled() -> bool:
+        queue = get_queue(kube_admin, namespace, "fresh")
+        ready = condition(queue, "Ready")
+        return (
+            queue["spec"].get("replicas") == 0
+            and queue["metadata"]["generation"] == 2
+            and queue.get("status", {}).get("observedGeneration") == 2
+            and ready is not None
+            and ready["status"] == "True"
+        )
+
+    wait_for("the first size written and observed", settled)
+    time.sleep(3)  # a late Event would be posted by now
+    events = (
+        client.CoreV1Api(kube_admin.api_client)
+        .list_namespaced_event(namespace, field_selector="involvedObject.name=fresh")
+        .items
+    )
+    assert sorted((e.reason, e.message) for e in events) == [
+        ("Applied", "worker fleet configured for generation 1")
+    ], [(e.reason, e.message, e.source.component) for e in events]
+
+
 # ------------------------------------------------------------------ workers end to end
 
 

@@ -76,8 +76,8 @@ class Events:
         self.posted.append(reason)
 
 
-def operator(cluster: Cluster) -> QueueReconciler:
-    reconciler = QueueReconciler(cluster, StoreCache(), Events())  # type: ignore[arg-type]
+def operator(cluster: Cluster, events: Events | None = None) -> QueueReconciler:
+    reconciler = QueueReconciler(cluster, StoreCache(), events or Events())  # type: ignore[arg-type]
     reconciler.cache = Cache(cluster)  # type: ignore[assignment]
     return reconciler
 
@@ -136,3 +136,21 @@ async def test_a_failed_apply_of_an_early_child_writes_no_digest() -> None:
     with pytest.raises(KubeApiError):
         await operator(cluster).apply_children(queue_body())
     assert ("Deployment", "sturdy-worker") not in cluster.objects
+
+
+async def test_a_generation_that_changes_no_child_posts_no_applied_event() -> None:
+    """The first size, written through ``/scale`` when the spec leaves ``replicas`` out,
+    makes a second generation that builds the same children: it is no news (one Event
+    request per new Queue less). A generation that changes a child is."""
+    cluster, events = Cluster(), Events()
+    reconciler = operator(cluster, events)
+    body = queue_body()
+    await reconciler.apply_children(body)
+    assert events.posted == ["Applied"]
+    body["metadata"]["generation"] = 2  # spec.replicas written, as the default already was
+    await reconciler.apply_children(body)
+    assert events.posted == ["Applied"]
+    changed = queue_body(replicas=3)
+    changed["metadata"]["generation"] = 3
+    await reconciler.apply_children(changed)
+    assert events.posted == ["Applied", "Applied"]

@@ -35,7 +35,7 @@ def test_the_core_needs_no_database_driver_and_no_kubernetes() -> None:
     assert names(project["dependencies"]) == {"pydantic", "prometheus-client", "PyYAML"}
     extras = project["optional-dependencies"]
     assert names(extras["postgres"]) == {"psycopg", "psycopg-pool"}
-    assert names(extras["operator"]) == {"kopf", "kubernetes", "slotfleet"}
+    assert names(extras["operator"]) == {"kopf", "aiohttp", "kubernetes", "slotfleet"}
     assert "slotfleet[postgres]" in extras["operator"]
     assert names(extras["dashboard"]) == {"starlette", "uvicorn", "jinja2", "rich"}
     assert extras["all"] == ["slotfleet[postgres,operator,dashboard]"]

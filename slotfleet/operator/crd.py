@@ -62,7 +62,7 @@ PRINTER_COLUMNS: tuple[Json, ...] = (
     {"name": "Pending", "type": "integer", "jsonPath": ".status.pending"},
     {"name": "Paused", "type": "boolean", "jsonPath": ".status.paused"},
     {"name": "Mode", "type": "string", "jsonPath": ".spec.autoscaling.mode"},
-    # the Ready condition's reason: WorkersReady, ScaledToZero, WorkersStarting,
+    # the Ready condition's reason: WorkersReady, ScaledToZero, WorkersStarting, Configuring,
     # SecretNotFound, StoreUnreachable, ChildRejected, ...
     {
         "name": "Status",

@@ -349,6 +349,7 @@ class QueueReconciler:
                 store_ok=store_cond.status,
                 ready=ready_replicas,
                 wanted=spec.replicas,
+                deployed=deployment is not None,
             )
         )
 

@@ -322,13 +322,23 @@ def worker_problem(pods: Sequence[Mapping[str, Any]]) -> ConditionUpdate | None:
 
 
 def ready_condition(
-    *, degraded: ConditionUpdate | None, store_ok: bool | None, ready: int, wanted: int
+    *,
+    degraded: ConditionUpdate | None,
+    store_ok: bool | None,
+    ready: int,
+    wanted: int,
+    deployed: bool = True,
 ) -> ConditionUpdate:
-    """Ready: not degraded, the store reachable, and every wanted worker ready."""
+    """Ready: not degraded, the store reachable, the worker Deployment in place
+    (``deployed``) and every wanted worker ready."""
     if degraded is not None and degraded.status:
         return ConditionUpdate(READY, False, degraded.reason, degraded.message)
     if store_ok is False:
         return ConditionUpdate(READY, False, "StoreUnreachable", "the job store cannot be reached")
+    if not deployed:
+        return ConditionUpdate(
+            READY, False, "Configuring", "the worker Deployment is not created yet"
+        )
     if ready < wanted:
         return ConditionUpdate(
             READY, False, "WorkersStarting", f"{ready} of {wanted} workers ready"

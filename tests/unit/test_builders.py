@@ -340,6 +340,14 @@ def test_ready_condition(ready: int, wanted: int, expected: tuple[str, str]) -> 
     assert (cond.status_text, cond.reason) == expected
 
 
+def test_a_queue_without_its_worker_deployment_is_not_ready() -> None:
+    """Regression: a Queue observed before its first apply wrote the Deployment was
+    Ready=True/ScaledToZero (no worker wanted, none ready), so ``kubectl wait
+    --for=condition=Ready`` and the 1,000-Queue bench passed with no fleet in place."""
+    cond = st.ready_condition(degraded=None, store_ok=True, ready=0, wanted=0, deployed=False)
+    assert (cond.status, cond.reason) == (False, "Configuring")
+
+
 def test_degraded_makes_not_ready() -> None:
     deg = st.ConditionUpdate("Degraded", True, "SecretNotFound", "Secret x/db not found")
     cond = st.ready_condition(degraded=deg, store_ok=None, ready=1, wanted=1)

@@ -40,7 +40,7 @@ from slotfleet.operator.stores import StoreCache
 #: Seconds before kopf retries a handler that hit an API error.
 RETRY_DELAY = 5.0
 #: Connections kopf's own requests (its watch, its patches) may hold at once.
-KOPF_CONNECTIONS = 16
+KOPF_CONNECTIONS = 32
 
 
 def bounded_session(info: kopf.ConnectionInfo) -> kopf.AiohttpSession:

@@ -349,7 +349,9 @@ class QueueReconciler:
                 store_ok=store_cond.status,
                 ready=ready_replicas,
                 wanted=spec.replicas,
-                deployed=deployment is not None,
+                # (a cache still listing says nothing about it: no flap on a slow start)
+                deployed=deployment is not None
+                or (self.cache is not None and not self.cache.synced),
             )
         )
 

@@ -12,9 +12,12 @@ from typing import Any
 import kopf
 import pytest
 
+from slotfleet.control import QueueView
+from slotfleet.models import QueueStats
 from slotfleet.operator.handlers import KOPF_CONNECTIONS, bounded_session
 from slotfleet.operator.kube import KubeApiError
 from slotfleet.operator.reconciler import CHILDREN_DIGEST, QueueReconciler
+from slotfleet.operator.secrets import SecretRead
 from slotfleet.operator.stores import StoreCache
 
 Json = dict[str, Any]
@@ -58,13 +61,15 @@ class Cluster:
 class Cache:
     """The operator's watch cache: the Deployment as the API server holds it."""
 
-    synced = True
-
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
+        self.synced = True
 
     def deployment(self, namespace: str, name: str) -> Json | None:
         return self.cluster.objects.get(("Deployment", name))
+
+    def pods(self, namespace: str, queue: str) -> list[Json]:
+        return []
 
 
 class Events:
@@ -175,3 +180,46 @@ async def test_kopf_gets_a_session_with_bounded_connections_and_the_same_credent
         assert context.aiohttp_session.headers["Authorization"] == "Bearer t0ken"
     finally:
         await context.aiohttp_session.close()
+
+
+class Writing(Cluster):
+    """The cluster, also taking the operator's status writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: list[Json] = []
+
+    async def merge_patch(
+        self, api_version: str, kind: str, namespace: str, name: str, patch: Json, **_: Any
+    ) -> Json:
+        self.statuses.append(patch["status"])
+        return {}
+
+
+@pytest.mark.parametrize(
+    ("synced", "deployed", "ready"),
+    [
+        (True, False, ("False", "Configuring")),  # listed, and no Deployment: not applied
+        (False, False, ("True", "ScaledToZero")),  # still listing: absence says nothing
+        (True, True, ("True", "ScaledToZero")),
+    ],
+)
+async def test_ready_waits_for_the_deployment_only_once_the_cache_has_listed(
+    synced: bool, deployed: bool, ready: tuple[str, str]
+) -> None:
+    """A Queue with no worker Deployment is not Ready (it was ``ScaledToZero`` before its
+    first apply); but while the operator's cache is still listing at a slow start, a
+    missing Deployment says nothing, and Ready must not flap to ``Configuring``."""
+    cluster = Writing()
+    reconciler = operator(cluster)
+    cache = reconciler.cache
+    assert isinstance(cache, Cache)
+    cache.synced = synced
+    body = queue_body(autoscaling={"mode": "off"})
+    if deployed:
+        cluster.objects[("Deployment", "sturdy-worker")] = {"metadata": {}, "status": {}}
+    view = QueueView("sturdy", QueueStats(queue="sturdy"), [], [], {})
+    await reconciler.observe(body, reconciler.parse_spec(body), SecretRead(None, None, "1"), view)
+    (status,) = cluster.statuses
+    found = {c["type"]: (c["status"], c["reason"]) for c in status["conditions"]}
+    assert found["Ready"] == ready

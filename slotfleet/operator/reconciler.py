@@ -181,9 +181,9 @@ class QueueReconciler:
             )
         children = build_children(ref, spec, pod_monitor_available=monitor_api)
         digest = children_digest(children)
-        for child in children:
-            if child["kind"] == "Deployment":
-                child["metadata"].setdefault("annotations", {})[CHILDREN_DIGEST] = digest
+        # the worker Deployment carries the digest, and is applied last (below)
+        carrier = next(c for c in children if c["kind"] == "Deployment")
+        carrier["metadata"].setdefault("annotations", {})[CHILDREN_DIGEST] = digest
         digests = {f"{c['kind']}/{c['metadata']['name']}": children_digest([c]) for c in children}
         if self._applied_already(ref, digest, body) and memory.applied_generation is None:
             # an operator restart: what this spec builds is in place already (the
@@ -203,7 +203,6 @@ class QueueReconciler:
         # the Deployment goes last, after the unwanted children are removed: the digest it
         # carries says every other child is in place, so an operator killed in between
         # resumes the whole apply rather than trusting a partial one
-        carrier = next(c for c in children if c["kind"] == "Deployment")
         news = memory.digest != digest or memory.apply_error is not None
         try:
             for child in children:

@@ -46,7 +46,7 @@ def child(tree: str, dsn: str) -> None:
         store = open_store(dsn)
         await store.open()
         try:
-            settings = [QueueSettings(name="q", executor="async", concurrency=100)]
+            settings = [QueueSettings(name="q", concurrency=100)]
             worker = Worker(store, settings, metrics=None)
             start = time.perf_counter()
             await worker.run(burst=True)

@@ -30,14 +30,13 @@ STEPS = [
     ("asyncio", "import asyncio"),
     ("psycopg and psycopg_pool (libpq, the type adapters)", "import psycopg, psycopg_pool"),
     ("prometheus_client", "import prometheus_client"),
-    ("pydantic (the package alone)", "import pydantic"),
-    ("slotfleet's models (the pydantic classes: jobs, queues)",
-     "import slotfleet.models.jobs, slotfleet.models.queues"),
     ("the whole worker command (`slotfleet worker`'s modules, parsed arguments)",
      "from slotfleet.cli.main import build_parser\n"
      "build_parser(['worker']).parse_args(['worker', '--queue', 'q:async:5'])\n"
      "import slotfleet.worker.worker, slotfleet.store.postgres\n"
      "import slotfleet.worker.executors.async_"),
+    ("not in a worker: the pydantic models of jobs (what a client that enqueues loads)",
+     "import slotfleet.models.jobs"),
 ]  # fmt: skip
 
 _PRINT_RSS = (
@@ -85,8 +84,9 @@ def render(rows: list[dict[str, Any]], facts: dict[str, Any], command: str, runs
             "",
             f"A fresh `python -c` per step importing that step's modules and those above it;"
             f" the process's life from spawn to exit as the harness sees it, and its VmRSS at"
-            f" the end; median of {runs} runs. The last row is what `slotfleet worker` loads"
-            " before it connects (the `.pyc` files compiled beforehand).",
+            f" the end; median of {runs} runs. The row of the whole worker command is what"
+            " `slotfleet worker` loads before it connects (the `.pyc` files compiled"
+            " beforehand); the row after it adds what a worker no longer loads.",
             "",
             *lines,
         ]

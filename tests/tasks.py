@@ -215,3 +215,17 @@ def plain_add(a: int, b: int) -> int:
 async def plain_async_add(a: int, b: int) -> int:
     """Not registered with @job either (for the async executor)."""
     return a + b
+
+
+@job
+def loaded_modules(prefix: str) -> list[str]:
+    """The modules the running worker has loaded whose names start with ``prefix``."""
+    import sys
+
+    return sorted(m for m in sys.modules if m.startswith(prefix))
+
+
+@job
+async def async_loaded_modules(prefix: str) -> list[str]:
+    """:func:`loaded_modules`, from a coroutine on the worker's event loop."""
+    return loaded_modules(prefix)

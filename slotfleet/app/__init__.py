@@ -1,7 +1,35 @@
-"""The client API: ``@job``, :class:`App` (async) and :class:`SyncApp` (blocking)."""
+"""The client API: ``@job``, :class:`App` (async) and :class:`SyncApp` (blocking).
 
-from slotfleet.app.client import App
-from slotfleet.app.decorator import JobFunction, job
-from slotfleet.app.sync import SyncApp
+Names are loaded on first use (PEP 562): a task module's ``from slotfleet import job``
+loads the decorator only, not the client and its pydantic models, so a worker importing
+its jobs' modules stays without them (see ``decorator.defer_option_checks``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from slotfleet.app.client import App
+    from slotfleet.app.decorator import JobFunction, job
+    from slotfleet.app.sync import SyncApp
+
+_WHERE = {
+    "App": "slotfleet.app.client",
+    "JobFunction": "slotfleet.app.decorator",
+    "SyncApp": "slotfleet.app.sync",
+    "job": "slotfleet.app.decorator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = ["App", "JobFunction", "SyncApp", "job"]

@@ -9,15 +9,34 @@ runs nothing else: a job naming an undecorated callable (``os:system``) fails.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from pydantic import ValidationError
+from slotfleet.models.errors import InvalidJobError, describe_validation_error
 
-from slotfleet.models import InvalidJobError, Job, describe_validation_error
+if TYPE_CHECKING:
+    from slotfleet.models.jobs import Job
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+_CHECK_LATER: ContextVar[bool] = ContextVar("slotfleet_job_options_later", default=False)
+
+
+@contextmanager
+def options_checked_later() -> Iterator[None]:
+    """Within the block (this thread, this task), ``@job`` checks its options when the
+    first job is made from the function (``with_kwargs``), not as it decorates. A worker
+    imports its jobs' modules within it: it runs jobs that were checked at enqueue and
+    makes none from a decorator unless a job enqueues another, so its task modules need
+    not load the pydantic models. Everywhere else a typo in the options fails at import."""
+    token = _CHECK_LATER.set(True)
+    try:
+        yield
+    finally:
+        _CHECK_LATER.reset(token)
 
 
 def import_path(func: Callable[..., Any]) -> str:
@@ -44,7 +63,8 @@ class JobFunction(Generic[P, R]):
         self.options = options
         self.path = import_path(func)
         functools.update_wrapper(self, func)
-        self.template = make_job(self.path, {}, options)
+        if not _CHECK_LATER.get():
+            make_job(self.path, {}, options)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         return self.__wrapped__(*args, **kwargs)
@@ -63,6 +83,10 @@ class JobFunction(Generic[P, R]):
 
 def make_job(path: str, kwargs: dict[str, Any], options: dict[str, Any]) -> Job:
     """Build a validated :class:`Job`, turning a validation failure into one clear line."""
+    from pydantic import ValidationError
+
+    from slotfleet.models.jobs import Job
+
     try:
         return Job.model_validate({**options, "func": path, "kwargs": kwargs})
     except ValidationError as exc:

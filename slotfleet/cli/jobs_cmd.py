@@ -182,7 +182,10 @@ def _queues(args: argparse.Namespace) -> int:
 
     stats = run_async(main())
     if args.json:
-        print_json([s.model_dump(mode="json") | {"slots_free": s.slots_free} for s in stats])
+        from pydantic import TypeAdapter  # the JSON form pydantic gives every other listing
+
+        plain = TypeAdapter(list[QueueStats]).dump_python(stats, mode="json")
+        print_json([p | {"slots_free": s.slots_free} for p, s in zip(plain, stats, strict=True)])
         return 0
     print_table(
         [

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import logging
 import os
@@ -24,15 +25,13 @@ import threading
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
+from slotfleet.app.decorator import options_checked_later
 from slotfleet.cli.common import add_dsn, guarded, port_arg, require_extra, run_async
 from slotfleet.models import (
     FunctionPolicy,
     InvalidSettingsError,
     QueueSettings,
     RateLimit,
-    describe_validation_error,
 )
 from slotfleet.store import DEFAULT_LEASE_SECONDS, dsn_from_env, open_store
 from slotfleet.worker import CancelSource, MetricsServerConfig, Worker
@@ -44,10 +43,8 @@ def queue_arg(text: str) -> QueueSettings:
     """``--queue NAME[:EXECUTOR[:CONCURRENCY]]``."""
     try:
         return QueueSettings.parse(text)
-    except ValidationError as exc:
-        raise argparse.ArgumentTypeError(
-            describe_validation_error(exc, f"queue {text!r}")
-        ) from None
+    except InvalidSettingsError as exc:
+        raise argparse.ArgumentTypeError(f"queue {text!r}: {exc}") from None
 
 
 def rate_arg(text: str) -> RateLimit:
@@ -55,7 +52,7 @@ def rate_arg(text: str) -> RateLimit:
     count, _, period = text.partition("/")
     try:
         return RateLimit(count=int(count), period=float(period or 1))
-    except (ValueError, ValidationError):
+    except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not COUNT/PERIOD with COUNT >= 1 and PERIOD > 0 seconds (e.g. 10/1)"
         ) from None
@@ -97,9 +94,9 @@ def _apply(queue: QueueSettings, args: argparse.Namespace) -> QueueSettings:
     if not changes:
         return queue
     try:
-        return QueueSettings.model_validate({**queue.model_dump(), **changes})
-    except ValidationError as exc:
-        raise InvalidSettingsError(describe_validation_error(exc, f"queue {queue.name}")) from None
+        return dataclasses.replace(queue, **changes)
+    except InvalidSettingsError as exc:
+        raise InvalidSettingsError(f"queue {queue.name}: {exc}") from None
 
 
 def _import_modules(names: list[str]) -> None:
@@ -112,7 +109,8 @@ def _import_modules(names: list[str]) -> None:
         sys.path.insert(0, here)
     for name in names:
         try:
-            importlib.import_module(name)
+            with options_checked_later():  # see slotfleet.app.decorator
+                importlib.import_module(name)
         except Exception as exc:
             raise InvalidSettingsError(f"--import {name}: {type(exc).__name__}: {exc}") from exc
 

@@ -13,6 +13,7 @@ never imports the web stack).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -72,7 +73,7 @@ class QueueView(BaseModel):
 
 
 def queue_view(stats: QueueStats, recent: Rates) -> QueueView:
-    return QueueView(**stats.model_dump(), slots_free=stats.slots_free, recent=recent)
+    return QueueView(**dataclasses.asdict(stats), slots_free=stats.slots_free, recent=recent)
 
 
 class WorkerSlots(BaseModel):

@@ -77,7 +77,7 @@ _WHERE = {
     "RateLimit": "slotfleet.models.queues",
     "Reference": "slotfleet.models.jobs",
     "RetryPolicy": "slotfleet.models.jobs",
-    "SUMMARY_ERROR_CHARS": "slotfleet.models.jobs",
+    "SUMMARY_ERROR_CHARS": "slotfleet.models.values",
     "SlotfleetError": "slotfleet.models.errors",
     "StoreError": "slotfleet.models.errors",
     "StoreUnavailableError": "slotfleet.models.errors",

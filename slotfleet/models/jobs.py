@@ -27,7 +27,9 @@ from slotfleet.models.queues import QUEUE_NAME_PATTERN
 from slotfleet.models.values import (
     MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,
+    SUMMARY_ERROR_CHARS,
     TERMINAL_STATES,
+    TRUSTED_ROW,
     Completion,
     JobId,
     JobState,
@@ -78,10 +80,6 @@ MAX_SCHEDULED_AT = datetime(9999, 12, 30, tzinfo=UTC)
 #: text keeps its start and its end (where a traceback names the failing line).
 MAX_ERROR_CHARS = 4_000
 MAX_TRACEBACK_CHARS = 32_000
-
-#: Validation context marking data read back from a store, whose payloads were checked
-#: at enqueue: ``QueuedJob.model_validate(row, context={TRUSTED_ROW: True})``.
-TRUSTED_ROW = "slotfleet.trusted_row"
 
 
 class RetryPolicy(BaseModel):
@@ -286,10 +284,6 @@ class JobSummary(BaseModel):
     @property
     def is_terminal(self) -> bool:
         return self.state in TERMINAL_STATES
-
-
-#: Characters of the latest error a :class:`JobSummary` carries.
-SUMMARY_ERROR_CHARS = 200
 
 
 class FinishedCounts(BaseModel):

@@ -25,7 +25,13 @@ from pydantic.alias_generators import to_camel
 
 from slotfleet.models.container import EnvFromSource, EnvVar, Resources, VolumeMount
 from slotfleet.models.pod import DisruptionBudget, PodTemplate, ServiceAccountSpec
-from slotfleet.models.queues import ExecutorKind, FunctionPolicy, RateLimit
+from slotfleet.models.queues import (
+    Concurrency,
+    ExecutorKind,
+    FunctionPolicy,
+    PollingInterval,
+    RateLimit,
+)
 from slotfleet.models.rules import (
     ImageRef,
     KeyName,
@@ -121,7 +127,7 @@ class ExecutorSpec(SpecModel):
 
     kind: ExecutorKind = ExecutorKind.ASYNC
     """async (coroutines), threads (a thread pool) or processes (a pool of child processes)."""
-    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 10
+    concurrency: Concurrency = 10
     """Slots per worker pod: jobs one pod runs at once."""
 
 
@@ -249,7 +255,7 @@ class QueueSpec(SpecModel):
     """The worker ServiceAccount's annotations (cloud workload identity)."""
     pod_disruption_budget: DisruptionBudget | None = None
     """A PodDisruptionBudget over the worker pods; unset: none."""
-    polling_interval: Annotated[float, Field(gt=0, le=3600)] = 1.0
+    polling_interval: PollingInterval = 1.0
     """Seconds between fetches when nothing wakes a worker earlier."""
     rate_limit: RateLimit | None = Field(default=None)
     """Job starts allowed per window across the whole fleet."""

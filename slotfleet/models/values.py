@@ -31,6 +31,13 @@ MAX_PAYLOAD_BYTES = 1 << 20
 #: Deepest nesting of kwargs accepted at enqueue (JSON parsers and jsonb have limits).
 MAX_PAYLOAD_DEPTH = 64
 
+#: Characters of the latest error a :class:`~slotfleet.models.jobs.JobSummary` carries.
+SUMMARY_ERROR_CHARS = 200
+
+#: Validation context marking data read back from a store, whose payloads were checked
+#: at enqueue: ``QueuedJob.model_validate(row, context={TRUSTED_ROW: True})``.
+TRUSTED_ROW = "slotfleet.trusted_row"
+
 
 class JobState(StrEnum):
     """Where a job is in its life. ``retrying`` is a pending job with a failed attempt."""

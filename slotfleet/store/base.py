@@ -15,22 +15,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from slotfleet.models import (
     Completion,
-    FinishedCounts,
     FleetSnapshot,
-    Job,
     JobId,
     JobState,
-    JobSummary,
-    QueuedJob,
     QueuePause,
     QueueStats,
     WorkerHeartbeat,
 )
 from slotfleet.models.claimed import ClaimedJob
+
+if TYPE_CHECKING:  # pydantic models: a worker that only claims and reports loads none
+    from slotfleet.models.jobs import FinishedCounts, Job, JobSummary, QueuedJob
 
 #: Seconds a fetched job's lease lasts unless its worker's heartbeat extends it. A job
 #: whose worker died is back in the queue within about this long.

@@ -5,6 +5,7 @@ Connections are in autocommit mode and every verb is one statement (see
 workers on machines with skewed clocks agree on leases and schedules. Idle workers
 sleep in :meth:`PostgresStore.wait_for_jobs` on a dedicated LISTEN connection (not
 from the pool) and wake on ``NOTIFY`` from enqueues, retries and recovered jobs.
+
 Listings and the dashboard's reads live in ``postgres_reads``, the layer under this class.
 
 What this is not: a general database layer. It runs only the named statements of
@@ -17,6 +18,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 import psycopg
 from psycopg.rows import DictRow, RowMaker
@@ -24,9 +26,7 @@ from psycopg.types.json import Jsonb
 
 from slotfleet.models import (
     Completion,
-    Job,
     JobId,
-    QueuedJob,
     QueuePause,
     QueueStats,
     StoreError,
@@ -57,6 +57,9 @@ from slotfleet.store.rows import (
     purge_seconds,
     unreadable_message,
 )
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import Job, QueuedJob
 
 log = logging.getLogger(__name__)
 

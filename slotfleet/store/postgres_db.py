@@ -9,7 +9,7 @@ import json
 import select
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -19,15 +19,15 @@ from psycopg.types.json import set_json_loads
 from slotfleet.models import (
     Completion,
     InvalidSettingsError,
-    Job,
-    QueuedJob,
     QueuePause,
-    RetryPolicy,
     StoreError,
     WorkerHeartbeat,
 )
 from slotfleet.store.dsn import scrub
 from slotfleet.store.rows import error_json, job_from_record, one_line
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import Job, QueuedJob, RetryPolicy
 
 Conn = psycopg.AsyncConnection[DictRow]
 

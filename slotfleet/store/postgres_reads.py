@@ -14,17 +14,14 @@ What this is not: a query layer. Each method is one statement, except
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg.rows import DictRow
 
 from slotfleet.models import (
-    FinishedCounts,
     FleetSnapshot,
     JobId,
     JobState,
-    JobSummary,
-    QueuedJob,
     StoreError,
 )
 from slotfleet.store import postgres_reads_sql as sql
@@ -39,6 +36,9 @@ from slotfleet.store.rows import (
     listing_states,
     summary_from_record,
 )
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import FinishedCounts, JobSummary, QueuedJob
 
 T = TypeVar("T")
 _Rows = list[DictRow]

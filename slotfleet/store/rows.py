@@ -12,22 +12,21 @@ import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slotfleet.models import (
     Completion,
-    FinishedCounts,
     FleetSnapshot,
-    Job,
     JobState,
-    JobSummary,
-    QueuedJob,
     QueuePause,
     QueueSnapshot,
     QueueStats,
     WorkerHeartbeat,
 )
-from slotfleet.models.jobs import TRUSTED_ROW
+from slotfleet.models.values import TRUSTED_ROW
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import FinishedCounts, Job, JobSummary, QueuedJob
 
 #: Job columns in table order (``lease_token`` was added by migration 0003); every
 #: backend's job table has exactly these.
@@ -86,6 +85,8 @@ _STATE_FIELDS = ("running", "succeeded", "failed", "cancelled")
 
 def job_from_record(record: Mapping[str, Any]) -> QueuedJob:
     """A validated :class:`QueuedJob` from a row already decoded to Python values."""
+    from slotfleet.models.jobs import QueuedJob  # cached after the first call
+
     return QueuedJob.model_validate(
         {name: record[name] for name in JOB_COLUMNS}, context={TRUSTED_ROW: True}
     )
@@ -150,12 +151,16 @@ def listing_states(
 
 def summary_from_record(record: Mapping[str, Any]) -> JobSummary:
     """A :class:`JobSummary` from a row already decoded to Python values."""
+    from slotfleet.models.jobs import JobSummary
+
     return JobSummary.model_validate(record)
 
 
 def finished_from_record(record: Mapping[str, Any]) -> FinishedCounts:
     """:class:`FinishedCounts` from ``{queue, start (epoch seconds), succeeded, failed,
     cancelled}``."""
+    from slotfleet.models.jobs import FinishedCounts
+
     return FinishedCounts(
         queue=str(record["queue"]),
         start=datetime.fromtimestamp(float(record["start"]), UTC),

@@ -28,13 +28,11 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from slotfleet.models import (
     Completion,
-    Job,
     JobId,
-    QueuedJob,
     QueuePause,
     QueueStats,
     WorkerHeartbeat,
@@ -66,6 +64,9 @@ from slotfleet.store.sqlite_db import (
     write,
 )
 from slotfleet.store.sqlite_reads import SQLiteReads
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import Job, QueuedJob
 
 #: Longest single wait of :meth:`SQLiteStore.wait_for_jobs` (a job whose
 #: ``scheduled_at`` passes changes nothing in the file, so it is noticed by polling).

@@ -10,12 +10,19 @@ import sqlite3
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from slotfleet.models import InvalidSettingsError, QueuedJob, QueuePause, WorkerHeartbeat
+from slotfleet.models import (
+    InvalidSettingsError,
+    QueuePause,
+    WorkerHeartbeat,
+)
 from slotfleet.models.claimed import CLAIMED_COLUMNS, ClaimedJob
 from slotfleet.store import sqlite_sql as sql
 from slotfleet.store.rows import dump_json, job_from_record, migration_scripts
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import QueuedJob
 
 T = TypeVar("T")
 

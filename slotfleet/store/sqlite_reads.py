@@ -16,15 +16,12 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from slotfleet.models import (
-    FinishedCounts,
     FleetSnapshot,
     JobId,
     JobState,
-    JobSummary,
-    QueuedJob,
 )
 from slotfleet.store import sqlite_reads_sql as sql
 from slotfleet.store import sqlite_sql as hot
@@ -37,6 +34,9 @@ from slotfleet.store.rows import (
     summary_from_record,
 )
 from slotfleet.store.sqlite_db import data_version, job_row, pause_row, worker_row, write
+
+if TYPE_CHECKING:  # pydantic models, built off the worker's claim-run-report path
+    from slotfleet.models.jobs import FinishedCounts, JobSummary, QueuedJob
 
 T = TypeVar("T")
 _Rows = list[sqlite3.Row]

@@ -32,7 +32,6 @@ from datetime import datetime
 
 from slotfleet.models import (
     Completion,
-    JobError,
     JobId,
     Outcome,
     StoreError,
@@ -153,6 +152,8 @@ class CompletionBatcher:
 
     async def _write_refused(self, completion: Completion, refusal: SlotfleetError) -> list[JobId]:
         """Record that the store refused ``completion``: the attempt fails, saying why."""
+        from slotfleet.models.jobs import JobError  # a refusal: off the hot path
+
         log.error("the store refused the completion of job %s: %s", completion.job_id, refusal)
         error = JobError(
             attempt=completion.attempt,

@@ -40,7 +40,6 @@ from slotfleet.models import (
     InvalidSettingsError,
     JobId,
     QueueSettings,
-    Reference,
     WorkerHeartbeat,
 )
 from slotfleet.models.claimed import ClaimedJob
@@ -175,6 +174,8 @@ class Worker:
     async def cancel(self, job_id: JobId) -> bool:
         for executor in self.executors.values():
             if executor.holds(job_id):
+                from slotfleet.models.jobs import Reference  # a cancel: off the hot path
+
                 await executor.cancel(Reference(identifier=job_id))
                 return True
         return False

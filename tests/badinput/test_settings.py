@@ -8,6 +8,7 @@ names the field for models. Anything else escaping (a ``ValueError`` from a driv
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -121,14 +122,30 @@ queue_data = st.fixed_dictionaries(
 @FAST
 @given(data=queue_data)
 def test_queue_settings_validate_or_refuse_readably(data: dict[str, Any]) -> None:
+    """A worker's settings are a plain dataclass (no pydantic in a worker): a bad value is
+    an ``InvalidSettingsError`` naming the field in one line; only a keyword the class does
+    not have, or a missing name, is Python's own ``TypeError``."""
+    known = {f.name for f in dataclasses.fields(QueueSettings)}
+    refusal: Exception | None = None
     try:
-        queue = QueueSettings.model_validate(data)
-    except ValidationError as exc:
-        readable(exc, "queue")
+        queue = QueueSettings(**data)
+    except (InvalidSettingsError, TypeError) as exc:
+        refusal = exc
+    if isinstance(refusal, TypeError):
+        assert set(data) - known or "name" not in data, f"refused {data}: {refusal}"
         return
+    if refusal is not None:
+        one_line(f"queue: {refusal}")
+        field = str(refusal).split(":", 1)[0].split(".", 1)[0]
+        assert field in data, f"{refusal} names a field that was not given: {sorted(data)}"
+        return
+    assert set(data) <= known
+    assert "name" in data
     assert queue.concurrency is None or 1 <= queue.concurrency <= 10_000
     assert math.isfinite(queue.polling_interval)
     assert 0 < queue.polling_interval <= 3600
+    assert isinstance(queue.paused, bool)
+    assert queue.rate_limit is None or 1 <= queue.rate_limit.count <= 1_000_000
 
 
 @FAST
@@ -141,8 +158,8 @@ def test_queue_settings_validate_or_refuse_readably(data: dict[str, Any]) -> Non
 def test_queue_spec_strings_parse_or_refuse_readably(text: str) -> None:
     try:
         QueueSettings.parse(text)
-    except ValidationError as exc:
-        readable(exc, f"queue {text!r}")
+    except InvalidSettingsError as exc:
+        one_line(f"queue {text!r}: {exc}")
 
 
 spec_data = st.fixed_dictionaries(

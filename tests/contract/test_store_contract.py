@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,8 +57,8 @@ def done(
     )
 
 
-def beat(worker: str, **kw: object) -> WorkerHeartbeat:
-    return WorkerHeartbeat.model_validate({"worker_id": worker, **kw})
+def beat(worker: str, **kw: Any) -> WorkerHeartbeat:
+    return WorkerHeartbeat(worker_id=worker, **kw)
 
 
 def error(attempt: int, text: str = "boom") -> JobError:
@@ -492,14 +493,14 @@ async def test_heartbeat_extends_leases_and_lists_workers(store: Store) -> None:
     assert worker.started_at is not None
     assert worker.last_seen is not None
     started = worker.started_at
-    await store.heartbeat(alive.model_copy(update={"draining": True}), LEASE, [lease])
+    await store.heartbeat(replace(alive, draining=True), LEASE, [lease])
     [worker] = await store.workers()
     assert worker.draining
     assert worker.started_at == started
     assert worker.retiring is None
     # a retiring worker's confirmation (its mark) is kept, and cleared, beat by beat
     mark = "2026-11-30T21:00:00.123456Z"
-    await store.heartbeat(alive.model_copy(update={"retiring": mark}), LEASE, [lease])
+    await store.heartbeat(replace(alive, retiring=mark), LEASE, [lease])
     assert [w.retiring for w in await store.workers()] == [mark]
     await store.heartbeat(alive, LEASE, [lease])
     assert [w.retiring for w in await store.workers()] == [None]

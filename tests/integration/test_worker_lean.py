@@ -63,6 +63,34 @@ async def test_every_executor_runs_its_jobs_from_slim_claimed_rows(
             assert done.result == job.kwargs["a"] + job.kwargs["b"]
 
 
+async def test_a_worker_serves_its_queues_without_loading_pydantic(
+    store_factory: StoreFactory,
+) -> None:
+    """A real ``slotfleet worker``, with settings from every flag that makes them, claims,
+    runs and reports jobs of a ``@job`` module without loading pydantic (issue 14: its
+    memory and start-up), and so do the process executor's children. The jobs themselves
+    look, late in the drain: completions written, heartbeats beaten, more claims made."""
+    store = await store_factory()
+    look = {"prefix": "pydantic"}
+    jobs = await store.enqueue(
+        [Job(func="tests.tasks:async_loaded_modules", queue="a", kwargs=look) for _ in range(20)]
+        + [Job(func="tests.tasks:loaded_modules", queue="t", kwargs=look) for _ in range(5)]
+        + [Job(func="tests.tasks:loaded_modules", queue="p", kwargs=look) for _ in range(3)]
+    )
+    run_worker(
+        store.dsn,
+        *("--queue", "a:async:2", "--queue", "t:threads:1", "--queue", "p:processes:1"),
+        *("--import", "tests.tasks"),
+        *("--rate-limit", "1000/1", "--polling-interval", "0.5", "--functions", "registered"),
+        *("--heartbeat-interval", "0.2", "--burst"),
+    )
+    for job in jobs:
+        done = await store.get(job.id)
+        assert done is not None
+        assert done.state is JobState.SUCCEEDED, done.errors
+        assert done.result == [], f"the worker had loaded {done.result}"
+
+
 def test_the_worker_command_imports_only_what_a_worker_uses() -> None:
     """``slotfleet worker`` loads its own command module only: no operator (kopf), no
     Kubernetes client, no YAML, no dashboard stack, no job client."""
@@ -84,6 +112,8 @@ def test_the_worker_command_imports_only_what_a_worker_uses() -> None:
     )
     loaded = set(proc.stdout.split())
     for heavy in (
+        "pydantic",
+        "pydantic_core",
         "kopf",
         "kubernetes",
         "yaml",

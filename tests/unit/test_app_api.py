@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from slotfleet.app import job
@@ -60,3 +63,30 @@ def test_parse_kwargs() -> None:
     for text, pairs in (("[1]", []), ("{bad", []), (None, ["novalue"]), (None, ["1x=2"])):
         with pytest.raises(InvalidJobError):
             parse_kwargs(text, pairs)
+
+
+def test_a_worker_checks_decorator_options_when_a_job_is_made_from_them() -> None:
+    """A worker imports its task modules with the check deferred (they load no pydantic);
+    the options are still checked, by the first ``with_kwargs``. Outside the block the
+    check is at decoration again. A fresh process, to see what it loads."""
+    code = (
+        "import sys\n"
+        "from slotfleet.app.decorator import options_checked_later\n"
+        "from slotfleet import job\n"
+        "def f(): ...\n"
+        "f.__module__ = 'tasks'\n"
+        "with options_checked_later():\n"
+        "    bad = job(max_attempts=0)(f)\n"
+        "print(any(m.startswith('pydantic') for m in sys.modules))\n"
+        "for attempt in (bad.with_kwargs, lambda: job(max_attempts=0)(f)):\n"
+        "    try:\n"
+        "        attempt()\n"
+        "    except Exception as exc:\n"
+        "        print(type(exc).__name__, exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out[0] == "False"
+    assert out[1].startswith("InvalidJobError job tasks:f: max_attempts")
+    assert out[2].startswith("InvalidJobError job tasks:f: max_attempts")

@@ -119,7 +119,7 @@ class Port:
         return decision
 
 
-def view(**stats: int) -> QueueView:
+def view(**stats: Any) -> QueueView:
     beats = [WorkerHeartbeat(worker_id="a", queues={"q": (10, 3)})]
     return QueueView("q", QueueStats(queue="q", **stats), [], beats, {"b": 1})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def test_the_json_api_matches_the_store(
 ) -> None:
     async def truth() -> tuple[list[dict[str, object]], list[JobId]]:
         async with App(dsn) as app:
-            stats = [s.model_dump() | {"slots_free": s.slots_free} for s in await app.queues()]
+            stats = [asdict(s) | {"slots_free": s.slots_free} for s in await app.queues()]
             failed = [j.id for j in await app.list(states=["failed"])]
         return stats, failed
 

@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from pydantic import ValidationError
 
-from slotfleet.models import Job, JobError, QueueSettings, RetryPolicy, describe_validation_error
+from slotfleet.models import (
+    InvalidSettingsError,
+    Job,
+    JobError,
+    QueueSettings,
+    RetryPolicy,
+    describe_validation_error,
+)
 from slotfleet.models.jobs import (
     MAX_PAYLOAD_BYTES,
     MAX_PAYLOAD_DEPTH,
@@ -82,7 +89,7 @@ def test_queue_settings_parse() -> None:
     )
     assert QueueSettings.parse("plain").executor.value == "async"
     for bad in ("Bad Name", "q:fibers", "q:async:0", "q:async:x"):
-        with pytest.raises(ValidationError):
+        with pytest.raises(InvalidSettingsError):
             QueueSettings.parse(bad)
 
 

@@ -32,7 +32,12 @@ def names(requirements: list[str]) -> set[str]:
 
 def test_the_core_needs_no_database_driver_and_no_kubernetes() -> None:
     project = PYPROJECT["project"]
-    assert names(project["dependencies"]) == {"pydantic", "prometheus-client", "PyYAML"}
+    assert names(project["dependencies"]) == {
+        "pydantic",
+        "annotated-types",
+        "prometheus-client",
+        "PyYAML",
+    }
     extras = project["optional-dependencies"]
     assert names(extras["postgres"]) == {"psycopg", "psycopg-pool"}
     assert names(extras["operator"]) == {"kopf", "aiohttp", "kubernetes", "slotfleet"}

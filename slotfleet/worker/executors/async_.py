@@ -18,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slotfleet.models import Reference
 from slotfleet.models.claimed import ClaimedJob
 from slotfleet.models.errors import SlotfleetError
 from slotfleet.worker.context import JobCancelled, context_with_token
 from slotfleet.worker.executors.base import Executor, Run
 from slotfleet.worker.executors.outcomes import await_job
+
+if TYPE_CHECKING:
+    from slotfleet.models.jobs import Reference
 
 
 class NotACoroutineError(SlotfleetError, TypeError):

@@ -58,9 +58,9 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from slotfleet.models import FunctionPolicy, JobId, QueueSettings, Reference
+from slotfleet.models import FunctionPolicy, JobId, QueueSettings
 from slotfleet.models.claimed import ClaimedJob
 from slotfleet.store import Lease
 from slotfleet.worker.context import JobCancelled
@@ -68,6 +68,9 @@ from slotfleet.worker.executors.attempt import ExecutorHost, Run, lease_of
 from slotfleet.worker.executors.functions import resolve_function
 from slotfleet.worker.executors.instance import instance_params, meta_problem
 from slotfleet.worker.executors.outcomes import JobReleased, JobTimeout, format_seconds
+
+if TYPE_CHECKING:
+    from slotfleet.models.jobs import Reference
 from slotfleet.worker.executors.verdict import decide, undecided
 
 __all__ = ["ConcurrentExecutor", "Executor", "ExecutorHost", "Run", "lease_of"]

@@ -1,8 +1,8 @@
 """Finding a job's function from its import path, and encoding what it returns.
 
 Used on both sides of the process executor's pipe, so it imports nothing heavier than
-the standard library and ``slotfleet.models.errors``: a child process pays only for the
-user's own modules.
+the standard library, ``slotfleet.models.errors`` and the ``@job`` decorator's module: a
+child process pays only for the user's own modules.
 
 By default a worker runs only functions registered with ``@job`` (the object a job's path
 names carries the ``JobFunction`` class's ``__slotfleet_job__`` mark): whoever can enqueue
@@ -22,6 +22,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from slotfleet.app.decorator import options_checked_later
 from slotfleet.models.errors import FunctionNotAllowedError, SlotfleetError, UnknownFunctionError
 
 #: The mark ``@job`` leaves on its ``JobFunction`` class (``slotfleet.app.decorator``).
@@ -91,7 +92,8 @@ def _resolve_uncached(path: str) -> tuple[Callable[..., Any], bool]:
     if not module_name or not attr:
         raise UnknownFunctionError(f"{path!r} is not an import path like 'package.module:function'")
     try:
-        module = importlib.import_module(module_name)
+        with options_checked_later():  # a worker loads no pydantic for its task modules
+            module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             raise UnknownFunctionError(

@@ -17,9 +17,10 @@ stores build from their own rows; they check nothing.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import StrEnum
@@ -81,6 +82,15 @@ def _hints(cls: type) -> dict[str, Any]:
     return hints
 
 
+#: The ``annotated_types`` bounds this module reads: attribute, test, words for an error.
+_RULES: dict[type, tuple[str, Callable[[float, float], bool], str]] = {
+    Ge: ("ge", operator.ge, "at least"),
+    Gt: ("gt", operator.gt, "greater than"),
+    Le: ("le", operator.le, "at most"),
+    Lt: ("lt", operator.lt, "less than"),
+}
+
+
 def _number(cls: type, name: str, value: object) -> int | float:
     """``value`` as the number field ``name`` of ``cls`` holds, within its bounds, or
     :class:`InvalidSettingsError` naming the field (one line)."""
@@ -100,15 +110,13 @@ def _number(cls: type, name: str, value: object) -> int | float:
     if not math.isfinite(number):
         raise InvalidSettingsError(f"{name}: {value!r} is not a finite number")
     for bound in bounds:
-        limit = float(getattr(bound, type(bound).__name__.lower(), 0))
-        broken = (
-            (isinstance(bound, Ge) and not number >= limit and "at least")
-            or (isinstance(bound, Gt) and not number > limit and "greater than")
-            or (isinstance(bound, Le) and not number <= limit and "at most")
-            or (isinstance(bound, Lt) and not number < limit and "less than")
-        )
-        if broken:
-            raise InvalidSettingsError(f"{name}: must be {broken} {limit:g} (got {value!r})")
+        rule = _RULES.get(type(bound))
+        if rule is None:  # pydantic would enforce it and this reader would not: refuse
+            raise TypeError(f"{cls.__name__}.{name}: unsupported bound {bound!r}")
+        attr, holds, words = rule
+        limit = float(getattr(bound, attr))
+        if not holds(number, limit):
+            raise InvalidSettingsError(f"{name}: must be {words} {limit:g} (got {value!r})")
     return number
 
 

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Annotated, Any, cast
 
 import pytest
+from annotated_types import MultipleOf
 from pydantic import ValidationError
 
 from slotfleet.models import (
@@ -22,6 +25,7 @@ from slotfleet.models.jobs import (
     MAX_TRACEBACK_CHARS,
     storable_text,
 )
+from slotfleet.models.queues import check_bounds
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -175,3 +179,69 @@ def test_the_worker_values_load_without_pydantic() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize(
+    ("field", "kind"),
+    [("concurrency", "Concurrency"), ("polling_interval", "PollingInterval")],
+)
+def test_a_worker_and_the_crd_enforce_the_same_bounds(field: str, kind: str) -> None:
+    """The bounds are declared once (``annotated_types`` metadata) and enforced twice:
+    by pydantic in the CRD's models and by the worker's ``QueueSettings``, which loads no
+    pydantic. Both must accept exactly the same values, a bool aside: pydantic's lax mode
+    takes ``True`` as 1 where the worker refuses it."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from slotfleet.models import queues
+
+    crd = TypeAdapter(getattr(queues, kind))
+    for value in (-1, 0, 0.5, 1, 1.0, 2, 3599.5, 3600, 3600.5, 9999, 10_000, 10_001, 1e9,
+                  float("nan"), float("inf"), True):  # fmt: skip
+        try:
+            crd.validate_python(value, strict=False)
+            crd_accepts = not isinstance(value, bool)  # the worker refuses a bool: stricter
+        except ValidationError:
+            crd_accepts = False
+        try:
+            QueueSettings(name="q", **cast(dict[str, Any], {field: value}))
+            worker_accepts = True
+        except InvalidSettingsError:
+            worker_accepts = False
+        assert worker_accepts == crd_accepts, (field, value)
+
+
+def test_rate_limit_bounds_agree_with_pydantic() -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from slotfleet.models import RateLimit
+
+    crd = TypeAdapter(RateLimit)
+    for count, period in ((0, 1), (1, 1), (1_000_000, 1), (1_000_001, 1), (5, 0), (5, 86_400),
+                          (5, 86_401), (5, -1), (5, 0.001)):  # fmt: skip
+        try:
+            crd.validate_python({"count": count, "period": period})
+            crd_accepts = True
+        except ValidationError:
+            crd_accepts = False
+        try:
+            RateLimit(count=count, period=period)
+            worker_accepts = True
+        except InvalidSettingsError:
+            worker_accepts = False
+        assert worker_accepts == crd_accepts, (count, period)
+
+
+@dataclass(frozen=True)
+class _Even:
+    """A dataclass with a bound :func:`check_bounds` does not know."""
+
+    n: Annotated[int, MultipleOf(2)]
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
+
+
+def test_a_bound_the_worker_cannot_read_is_refused_not_skipped() -> None:
+    """A bound only pydantic would enforce would let the two diverge silently."""
+    with pytest.raises(TypeError, match="unsupported bound"):
+        _Even(n=4)

@@ -113,7 +113,8 @@ def job(
     """Register a function as a job: ``@job`` or ``@job(queue="emails", max_attempts=3)``.
 
     Options are :class:`~slotfleet.models.Job` fields and are checked now, so a typo
-    fails at import rather than at enqueue.
+    fails at import rather than at enqueue; a worker importing its jobs' modules checks
+    them when it makes a job from the function (:func:`options_checked_later`).
     """
     if func is not None:
         return JobFunction(func, options)

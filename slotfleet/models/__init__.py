@@ -5,8 +5,9 @@ from slotfleet, so the store, the worker, the operator and the CLI can all speak
 the same terms without depending on one another.
 
 Names are loaded on first use (PEP 562): ``from slotfleet.models import JobId`` loads
-only the pydantic-free ``values`` module, so a worker that never validates a model never
-imports pydantic for it (``claimed``, ``values`` and ``errors`` need none).
+only the pydantic-free ``values`` module. ``claimed``, ``values``, ``queues``, ``fleet``
+and ``errors`` need no pydantic, and they are all a worker builds: a worker loads none
+(the job models of ``jobs`` and the CRD's of ``resource`` are pydantic).
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ process importing ``slotfleet.models``, say) does not pull in the whole client.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from slotfleet._exports import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -28,11 +29,7 @@ if TYPE_CHECKING:
     from slotfleet.models import Job, JobState, QueuedJob, Reference, RetryPolicy, SlotfleetError
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'slotfleet' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = [

@@ -7,8 +7,9 @@ its jobs' modules stays without them (see ``decorator.defer_option_checks``).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from slotfleet._exports import lazy_exports
 
 if TYPE_CHECKING:
     from slotfleet.app.client import App
@@ -23,13 +24,7 @@ _WHERE = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _WHERE, globals())
 
 
 __all__ = ["App", "JobFunction", "SyncApp", "job"]

@@ -8,8 +8,9 @@ store driver.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from slotfleet._exports import lazy_exports
 
 if TYPE_CHECKING:
     from slotfleet.health_server import MetricsServerConfig
@@ -29,11 +30,7 @@ _EXPORTS = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 __all__ = [

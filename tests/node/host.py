@@ -119,6 +119,21 @@ def revert_commands(before: dict[str, Table], after: dict[str, Table]) -> list[l
     return commands
 
 
+def created_tables(before: dict[str, Table], after: dict[str, Table]) -> list[str]:
+    """Tables absent from ``before`` that hold nothing now: only their built-in chains,
+    no rules. A fresh host has no tables at all; kube-proxy's first rule creates them,
+    and emptying them (:func:`revert_commands`) does not remove them."""
+    return [
+        name
+        for name, table in after.items()
+        if name not in before and not table.rules and table.chains == table.builtin
+    ]
+
+
+#: The nftables family of each binary's tables (iptables-nft keeps them there).
+NFT_FAMILY = {"iptables": "ip", "ip6tables": "ip6"}
+
+
 def normalized_save(text: str) -> list[str]:
     """``iptables-save`` text without its comments and packet counters."""
     return [
@@ -314,6 +329,11 @@ class HostLedger:
                 proc = run([binary, "-w", *args], check=False)
                 if proc.returncode != 0:
                     problems.append(f"{binary} {' '.join(args)}: {proc.stderr.strip()}")
+            for table in created_tables(before, save_tables(binary)):
+                argv = ["nft", "delete", "table", NFT_FAMILY[binary], table]
+                proc = run(argv, check=False)
+                if proc.returncode != 0:
+                    problems.append(f"{' '.join(argv)}: {proc.stderr.strip()}")
         return problems
 
 

@@ -58,7 +58,7 @@ LOCK_FILE = Path("/run/lock/slotfleet-real-node.lock")
 #: containerd's shim sockets and runc state, the kubelet's legacy log symlinks, libcni's
 #: result cache.
 HOST_PATHS = ("/run/containerd", "/var/log/containers", "/var/lib/cni")
-DAEMONS = ("containerd", "runc", "ctr", "dnsmasq", "iptables", "ip6tables", "ip", "nfacct")
+DAEMONS = ("containerd", "runc", "ctr", "dnsmasq", "iptables", "ip6tables", "nft", "ip", "nfacct")
 
 
 class NodeError(RuntimeError):
@@ -103,8 +103,8 @@ def why_not() -> str | None:
     if missing:
         return (
             f"missing {', '.join(missing)}: apt-get install containerd runc "
-            "containernetworking-plugins iptables dnsmasq-base iproute2 nfacct (scripts/test "
-            "does)"
+            "containernetworking-plugins iptables nftables dnsmasq-base iproute2 nfacct "
+            "(scripts/test does)"
         )
     return None
 

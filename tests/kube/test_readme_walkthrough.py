@@ -290,11 +290,20 @@ def after(
             "spec.replicas filled in",
             lambda: get_queue(admin, namespace, "emails")["spec"].get("replicas") == 0,
         )
-        ready = wait_for(
-            "the Ready condition",
-            lambda: condition(get_queue(admin, namespace, "emails"), "Ready"),
-        )
-        assert ready["reason"] in ("ScaledToZero", "WorkersReady"), ready
+        # the first status can predate the operator's watch event for the Deployment it
+        # just created ("Configuring: not created yet"); that event, or the next tick,
+        # settles it
+        seen: list[dict[str, Any]] = []
+
+        def settled() -> bool:
+            ready = condition(get_queue(admin, namespace, "emails"), "Ready")
+            seen.append(ready or {})
+            return ready is not None and ready["reason"] in ("ScaledToZero", "WorkersReady")
+
+        try:
+            wait_for("the Ready condition to settle", settled, timeout=20)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last Ready condition: {seen[-1:]}") from None
         return "apply"
     if words[:3] == ["kubectl", "get", "queues"]:
         header = proc.stdout.splitlines()[0].split()

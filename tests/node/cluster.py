@@ -123,7 +123,9 @@ def start_cluster(work: Path) -> NodeCluster:
         node.prepare()
         mark = time.monotonic()
         cp.start()
+        timings["control_plane"] = time.monotonic() - mark
         node.start(cp)
+        timings["node_started"] = time.monotonic() - mark
         admin = KubeAdmin(
             kubeconfig=cp.admin_kubeconfig,
             api_client=api_client_for(cp.admin_kubeconfig),

@@ -57,12 +57,13 @@ def cni_conflist(ipam_dir: Path) -> Json:
     }
 
 
-def containerd_toml(base: Path, socket: Path, pause_image: str, cni_conf: Path) -> str:
-    """containerd 1.6's config: root, state, sockets and ``opt`` under ``base``; the CRI
-    plugin with runc (cgroupfs), the CNI network and the pause image built here."""
+def containerd_toml(base: Path, root: Path, socket: Path, pause_image: str, cni_conf: Path) -> str:
+    """containerd 1.6's config: state, sockets and ``opt`` under ``base``, its root (the
+    images) at ``root``; the CRI plugin with runc (cgroupfs), the CNI network and the
+    pause image built here."""
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
-root = "{base / "root"}"
+root = "{root}"
 state = "{base / "state"}"
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"]

@@ -5,10 +5,12 @@ What runs, each started so that its own PID is recorded and stopped by that PID:
 
 * a Linux bridge :data:`BRIDGE` with the gateway :data:`GATEWAY` (made here first, so the
   API server can bind to it and the CNI bridge plugin adopts it);
-* ``containerd`` (Debian's) with a config, root, state and socket of its own; its CRI
+* ``containerd`` (Debian's) with a config, state and socket of its own; its CRI
   plugin runs pods with runc, Debian's CNI plugins (``bridge`` + ``host-local``) on
   :data:`POD_CIDR`, and the pause image built from Kubernetes' source
-  (``tools/image/build.sh``); the images are imported with ``ctr images import``;
+  (``tools/image/build.sh``); the images are imported with ``ctr images import`` into a
+  root kept between sessions (:func:`containerd_root`: one per set of image archives,
+  so a warm session imports nothing; a session that did not end cleanly drops it);
 * ``dnsmasq`` on the gateway as the cluster DNS: it answers for
   ``kubernetes.default.svc.cluster.local`` (kopf connects to that name) and says
   NXDOMAIN for the rest of ``cluster.local``;
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -54,6 +57,13 @@ NODE_BUILD = REPO / "tools" / "k8s" / "build-node.sh"
 IMAGE_BUILD = REPO / "tools" / "image" / "build.sh"
 
 LOCK_FILE = Path("/run/lock/slotfleet-real-node.lock")
+#: Where containerd's roots are kept between sessions (content and unpacked snapshots).
+CONTAINERD_CACHE = (
+    Path(os.environ.get("SLOTFLEET_IMAGE_CACHE", Path.home() / ".cache" / "slotfleet" / "image"))
+    / "containerd"
+)
+#: Written into a root once every archive is imported into it.
+IMPORTED = "imported"
 #: Host paths the daemons create when absent, whatever their configuration says:
 #: containerd's shim sockets and runc state, the kubelet's legacy log symlinks, libcni's
 #: result cache.
@@ -83,6 +93,13 @@ class NodeImages:
     @property
     def pause(self) -> str:
         return self.names["pause"]
+
+
+def containerd_root(images: NodeImages, cache: Path = CONTAINERD_CACHE) -> Path:
+    """containerd's root for these images: named after their archives (which are named by
+    content hash), so a rebuilt image gets a fresh root and the images go in again."""
+    names = sorted(f"{k}={v.name}" for k, v in images.archives.items())
+    return cache / hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
 def why_not() -> str | None:
@@ -166,6 +183,10 @@ class RealNode:
     def log_dir(self) -> Path:
         return self.work_dir / "logs"
 
+    @property
+    def containerd_root(self) -> Path:
+        return containerd_root(self.images)
+
     # ------------------------------------------------------------------ host
     def prepare(self, lock_wait: float = 900.0) -> None:
         """Take the machine's real-node lock, revert a killed session's leftovers,
@@ -186,8 +207,13 @@ class RealNode:
         stale = HostLedger.load()
         if stale is not None:
             self.recovered = self._recover(stale)
+            shutil.rmtree(CONTAINERD_CACHE, ignore_errors=True)  # may hold its containers
+        keep = self.containerd_root
+        for other in CONTAINERD_CACHE.glob("*"):
+            if other != keep:
+                shutil.rmtree(other, ignore_errors=True)  # the roots of older images
         self.ledger = HostLedger(
-            watched=[str(self.work_dir)],
+            watched=[str(self.work_dir), str(self.containerd_root)],
             cgroup_root=CGROUP_ROOT,
             bridge=BRIDGE,
             host_paths=list(HOST_PATHS),
@@ -230,8 +256,11 @@ class RealNode:
         deadline = time.monotonic() + timeout
         self._start_containerd()
         self._wait(lambda: self.containerd_socket.exists(), "containerd's socket", deadline)
-        for archive in self.images.archives.values():
-            self.ctr("images", "import", str(archive), timeout=300)
+        marker = self.containerd_root / IMPORTED
+        if not marker.exists():
+            for archive in self.images.archives.values():
+                self.ctr("images", "import", str(archive), timeout=300)
+            marker.touch()
         self._start_dns()
         kubeconfig = str(control_plane.admin_kubeconfig)
         self._spawn(
@@ -297,7 +326,9 @@ class RealNode:
         cni_conf = self.work_dir / "cni" / "net.d"
         conflist = cfg.cni_conflist(self.work_dir / "cni" / "ipam")
         _write(cni_conf / "10-slotfleet.conflist", json.dumps(conflist, indent=1))
-        toml = cfg.containerd_toml(base, self.containerd_socket, self.images.pause, cni_conf)
+        toml = cfg.containerd_toml(
+            base, self.containerd_root, self.containerd_socket, self.images.pause, cni_conf
+        )
         config = _write(base / "config.toml", toml)
         self._spawn("containerd", ["containerd", "--config", str(config)])
 
@@ -320,8 +351,10 @@ class RealNode:
         for name in ("kube-scheduler", "kube-proxy", "kubelet"):
             if name in self.processes:
                 self.processes[name].stop(timeout=20)
+        left = ["containerd is not running"]
         if "containerd" in self.processes and self.processes["containerd"].alive():
-            problems += self._remove_containers()
+            left = self._remove_containers()
+            problems += left
         for name in ("containerd", "dnsmasq"):
             if name in self.processes:
                 self.processes[name].stop(timeout=20)
@@ -335,6 +368,8 @@ class RealNode:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             problems += self.ledger.revert()
+        if left:  # containers may still be recorded in the root: the next session starts afresh
+            shutil.rmtree(self.containerd_root, ignore_errors=True)
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()

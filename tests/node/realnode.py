@@ -102,6 +102,30 @@ def containerd_root(images: NodeImages, cache: Path = CONTAINERD_CACHE) -> Path:
     return cache / hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
 
 
+def is_shim_under(argv: list[bytes], dirs: list[str]) -> bool:
+    """Whether ``argv`` is a containerd shim serving a containerd whose socket lies under
+    one of ``dirs`` (a shim names its containerd's socket after ``-address``)."""
+    if not argv or not argv[0].endswith(b"containerd-shim-runc-v2") or b"-address" not in argv:
+        return False
+    at = argv.index(b"-address") + 1
+    address = argv[at].decode(errors="replace") if at < len(argv) else ""
+    return any(address.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def kill_shims(dirs: list[str]) -> list[int]:
+    """SIGKILL the containerd shims of a containerd whose socket lies under ``dirs`` (a
+    node's work directory: only this tier's shims); returns their PIDs."""
+    killed = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            if is_shim_under((entry / "cmdline").read_bytes().split(b"\0"), dirs):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+    return killed
+
+
 def why_not() -> str | None:
     """Why a real node cannot run on this machine, or ``None`` when it can."""
     if os.geteuid() != 0:
@@ -244,6 +268,9 @@ class RealNode:
         for pid in stale.cgroup_pids():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+        shims = kill_shims(stale.watched)  # not in the cgroup root: containerd's own children
+        if shims:
+            notes.append(f"killed the earlier session's {len(shims)} containerd shims")
         time.sleep(1)
         problems = stale.revert()
         notes.append("reverted the earlier session's host changes")
@@ -395,14 +422,7 @@ class RealNode:
 
     def _stop_shims(self) -> list[str]:
         """containerd's shims outlive it by design; ours name our socket in their argv."""
-        marker = str(self.containerd_socket).encode()
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            with contextlib.suppress(OSError):
-                argv = (entry / "cmdline").read_bytes().split(b"\0")
-                if argv and argv[0].endswith(b"containerd-shim-runc-v2") and marker in argv:
-                    os.kill(int(entry.name), signal.SIGKILL)
+        kill_shims([str(self.work_dir)])
         return []
 
     def log_tails(self, lines: int = 40) -> str:

@@ -378,14 +378,15 @@ class RealNode:
         for name in ("kube-scheduler", "kube-proxy", "kubelet"):
             if name in self.processes:
                 self.processes[name].stop(timeout=20)
-        left = ["containerd is not running"]
+        emptied = False  # whether containerd removed every container it had
         if "containerd" in self.processes and self.processes["containerd"].alive():
             left = self._remove_containers()
             problems += left
+            emptied = not left
         for name in ("containerd", "dnsmasq"):
             if name in self.processes:
                 self.processes[name].stop(timeout=20)
-        problems += self._stop_shims()
+        kill_shims([str(self.work_dir)])  # containerd's shims outlive it by design
         if (self.node_bin / "kube-proxy").exists():
             subprocess.run(
                 [str(self.node_bin / "kube-proxy"), "--cleanup"], capture_output=True, timeout=60
@@ -395,7 +396,7 @@ class RealNode:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             problems += self.ledger.revert()
-        if left:  # containers may still be recorded in the root: the next session starts afresh
+        if not emptied:  # containers may still be recorded in the root: start afresh next time
             shutil.rmtree(self.containerd_root, ignore_errors=True)
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
@@ -419,11 +420,6 @@ class RealNode:
         except NodeError as exc:
             problems.append(str(exc))
         return problems
-
-    def _stop_shims(self) -> list[str]:
-        """containerd's shims outlive it by design; ours name our socket in their argv."""
-        kill_shims([str(self.work_dir)])
-        return []
 
     def log_tails(self, lines: int = 40) -> str:
         return log_tails(self.processes, lines)
